@@ -1,0 +1,226 @@
+"""One typed configuration for every stage.
+
+The CLI reads it from YAML plus ``section.key=value`` overrides, Prefect takes it
+as a flow parameter, tests shrink the default. The resolved config is saved
+beside every artifact so a model can be rebuilt from its directory alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from aepipe.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CorpusConfig(_Section):
+    """Where items come from. ``source`` is ``digits`` (scikit-learn's bundled
+    8x8 handwritten digits), a folder of images, a Parquet file/dataset, or a
+    NumPy ``.npy``/``.npz`` file."""
+
+    kind: Literal["images"] = "images"
+    source: str = "digits"
+    format: Literal["auto", "digits", "folder", "parquet", "numpy"] = "auto"
+    id_column: str = "id"
+    image_column: str = "image"
+    label_column: str | None = "label"
+    array_key: str | None = Field(None, description="npz key of the images (default: first 3-D/4-D array)")
+    labels_key: str | None = Field(None, description="npz key of the labels (default: 'y', 'labels' or 'y_*')")
+    extensions: list[str] = [".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"]
+    max_pixels: int = Field(40_000_000, gt=0, description="items with more pixels are quarantined (decompression bombs)")
+    max_file_bytes: int = Field(256 * 2**20, gt=0)
+    limit: int | None = Field(None, gt=0, description="read only the first N items")
+
+
+class FeaturesConfig(_Section):
+    """How items become model inputs: (C, H, W) float32 in [0, 1]."""
+
+    image_size: tuple[int, int] | None = Field(None, description="(H, W); default: size of the first good item")
+    channels: Literal[1, 3] | None = Field(None, description="default: 1 for grayscale corpora, else 3")
+
+
+class ModelConfig(_Section):
+    """The four classic hyperparameters plus the architecture."""
+
+    architecture: Literal["dense", "conv"] = "dense"
+    code_size: int = Field(10, gt=0)
+    n_layers: int = Field(3, ge=1, le=8)
+    nodes_per_layer: int | list[int] | None = Field(
+        None,
+        description="hidden widths (dense) or channels (conv) of the encoder; the decoder mirrors them. "
+        "Default: 512, 256, 128... (dense) or 32, 64, 128... (conv)",
+    )
+    loss: Literal["auto", "mse", "bce"] = Field("auto", description="auto: BCE for inputs in [0, 1], else MSE")
+    activation: Literal["relu", "gelu", "leaky_relu", "tanh", "sigmoid"] = "gelu"
+    batch_norm: bool = False
+
+    @model_validator(mode="after")
+    def _check_widths(self) -> ModelConfig:
+        if isinstance(self.nodes_per_layer, list) and len(self.nodes_per_layer) != self.n_layers:
+            raise ValueError(
+                f"nodes_per_layer has {len(self.nodes_per_layer)} entries but n_layers is {self.n_layers}"
+            )
+        widths = self.nodes_per_layer if isinstance(self.nodes_per_layer, list) else [self.nodes_per_layer or 1]
+        if any(w <= 0 for w in widths):
+            raise ValueError("nodes_per_layer must be positive")
+        return self
+
+    def widths(self) -> list[int]:
+        """Encoder widths (dense) or channels (conv), outermost first."""
+        if isinstance(self.nodes_per_layer, list):
+            return list(self.nodes_per_layer)
+        if isinstance(self.nodes_per_layer, int):
+            return [self.nodes_per_layer] * self.n_layers
+        if self.architecture == "dense":
+            return [max(512 >> i, 32) for i in range(self.n_layers)]
+        return [min(32 << i, 256) for i in range(self.n_layers)]
+
+
+class TrainingConfig(_Section):
+    max_epochs: int = Field(60, ge=1)
+    max_time_minutes: float | None = Field(None, gt=0, description="stop training after this wall time")
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    lr_schedule: Literal["constant", "onecycle", "cosine"] = "onecycle"
+    val_fraction: float = Field(0.1, ge=0, lt=0.5, description="held out for early stopping")
+    test_fraction: float = Field(0.1, ge=0, lt=0.5, description="held out for the metrics in metrics.json")
+    early_stopping_patience: int = Field(15, ge=1)
+    max_items: int | None = Field(None, gt=0, description="train on a random sample of at most this many items")
+    seed: int = 0
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    num_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _check_split(self) -> TrainingConfig:
+        if self.val_fraction + self.test_fraction >= 0.8:
+            raise ValueError("val_fraction + test_fraction must leave most items for training")
+        return self
+
+
+class EncodeConfig(_Section):
+    batch_size: int = Field(512, ge=1)
+    code_dtype: Literal["float32", "float16"] = "float32"
+    rows_per_part: int = Field(100_000, ge=1, description="items per shard / Parquet part file")
+    row_group_size: int = Field(32_768, ge=1)
+    compression: Literal["none", "snappy", "lz4", "zstd"] = "snappy"
+
+
+class IndexConfig(_Section):
+    factory: str = Field("auto", description="'auto' or any faiss index_factory string, e.g. 'HNSW32', 'IVF256,PQ8'")
+    metric: Literal["l2", "cosine"] = "l2"
+    memory_budget_mb: float = Field(2048, gt=0)
+    recall_target: float = Field(0.95, gt=0, le=1)
+    n_eval_queries: int = Field(500, ge=1)
+    flat_max_items: int = Field(50_000, ge=1, description="exact (Flat) search up to this many vectors")
+    add_batch_size: int = Field(65_536, ge=1)
+    seed: int = 0
+
+
+class ClusterConfig(_Section):
+    n_clusters: int | None = Field(None, ge=2, description="default: number of distinct labels, else 10")
+    niter: int = Field(50, ge=1)
+    n_redo: int = Field(3, ge=1)
+    seed: int = 0
+
+
+class QueryConfig(_Section):
+    k: int = Field(10, ge=1)
+
+
+class PipelineConfig(_Section):
+    """The whole pipeline. ``run_dir`` is where every artifact goes (see layout.py)."""
+
+    run_dir: str = "runs/default"
+    corpus: CorpusConfig = CorpusConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    encode: EncodeConfig = EncodeConfig()
+    index: IndexConfig = IndexConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    query: QueryConfig = QueryConfig()
+
+    @field_validator("run_dir")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("run_dir must not be empty")
+        return v
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem, 'section.key: message'."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "config"
+        parts.append(f"{loc}: {e['msg']}")
+    return "invalid config: " + "; ".join(parts)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["model.code_size=30", "index.metric=cosine"]`` -> nested dict (values parsed as YAML)."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' conflicts with another override")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': value is not valid YAML ({exc.__class__.__name__})") from None
+    return nested
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build_config(data: dict[str, Any] | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Validate ``data`` plus overrides; raise ConfigError with a one-line message."""
+    merged = _merge(data or {}, parse_overrides(overrides or []))
+    try:
+        return PipelineConfig.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections")
+    return build_config(data, overrides)
+
+
+def dump_config(cfg: PipelineConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

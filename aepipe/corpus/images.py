@@ -1,0 +1,407 @@
+"""Image corpora: a folder of files, a Parquet table of encoded images, a NumPy
+array, or the bundled scikit-learn ``digits``. Every reader normalises pixel
+values to [0, 1]; the preprocessor converts channels and resizes.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+from PIL import Image, UnidentifiedImageError
+
+from aepipe.config import CorpusConfig, FeaturesConfig
+from aepipe.corpus.base import BadItem, ItemBatch, Quarantine, RawItem, Shard
+from aepipe.errors import CorpusError
+
+log = logging.getLogger(__name__)
+
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+
+
+@dataclass(frozen=True)
+class ImagePreprocessor:
+    """Model input spec, saved as ``preprocess.json`` beside the model."""
+
+    height: int
+    width: int
+    channels: int
+    kind: str = "image"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+    @property
+    def dim(self) -> int:
+        return self.channels * self.height * self.width
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ImagePreprocessor:
+        return cls(height=int(d["height"]), width=int(d["width"]), channels=int(d["channels"]))
+
+    def __call__(self, payload: Any, max_pixels: int = 40_000_000) -> np.ndarray:
+        """Raw payload (encoded bytes or array in [0, 1]) -> (C, H, W) float32 in [0, 1]."""
+        if isinstance(payload, (bytes, bytearray, memoryview)):
+            return self._from_bytes(bytes(payload), max_pixels)
+        return self._from_array(np.asarray(payload))
+
+    def _from_bytes(self, data: bytes, max_pixels: int) -> np.ndarray:
+        img = open_image_bytes(data, max_pixels)
+        img = img.convert("L" if self.channels == 1 else "RGB")
+        if img.size != (self.width, self.height):
+            img = img.resize((self.width, self.height), Image.Resampling.BILINEAR)
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+    def _from_array(self, arr: np.ndarray) -> np.ndarray:
+        # arr: (H, W) or (H, W, C) in [0, 1]
+        arr = np.asarray(arr, dtype=np.float32)
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+            raise BadItem(f"array of shape {tuple(arr.shape)} is not an image")
+        if not np.isfinite(arr).all():
+            raise BadItem("array holds NaN or infinite values")
+        if arr.min() < 0.0 or arr.max() > 1.0:
+            raise BadItem(f"values outside [0, 1] after scaling (min {arr.min():.3g}, max {arr.max():.3g})")
+        arr = arr[:, :, :3]
+        if self.channels == 1 and arr.shape[2] == 3:
+            arr = arr @ np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None]  # same weights as Pillow's "L"
+        elif self.channels == 3 and arr.shape[2] == 1:
+            arr = np.repeat(arr, 3, axis=2)
+        if arr.shape[:2] != (self.height, self.width):
+            arr = np.stack(
+                [
+                    np.asarray(Image.fromarray(arr[:, :, c], mode="F").resize((self.width, self.height), Image.Resampling.BILINEAR))
+                    for c in range(arr.shape[2])
+                ],
+                axis=2,
+            )
+        return np.clip(arr, 0.0, 1.0).transpose(2, 0, 1).copy()
+
+
+def open_image_bytes(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode fully, or raise BadItem with the reason (empty, not an image, too large, truncated)."""
+    if not data:
+        raise BadItem("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w <= 0 or h <= 0:
+                raise BadItem(f"invalid dimensions {w}x{h}")
+            if w * h > max_pixels:
+                raise BadItem(f"too large: {w}x{h} = {w * h} pixels > max_pixels {max_pixels} (decompression bomb guard)")
+            img.load()
+    except BadItem:
+        raise
+    except UnidentifiedImageError:
+        raise BadItem("not an image (Pillow cannot identify the format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadItem(f"too large: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadItem(f"truncated or corrupt image: {exc}") from None
+    return img
+
+
+def _gray_mode(mode: str) -> bool:
+    return mode in _GRAY_MODES
+
+
+class ImageCorpus:
+    """A readable, shardable image corpus described by a CorpusConfig."""
+
+    def __init__(self, cfg: CorpusConfig):
+        self.cfg = cfg
+        self.format = _detect_format(cfg)
+        self._files: list[str] | None = None
+        self._arrays: tuple[np.ndarray, np.ndarray | None, float] | None = None
+        if self.format == "folder":
+            self._files = _list_files(Path(cfg.source))
+        elif self.format in ("numpy", "digits"):
+            self._arrays = _load_arrays(cfg) if self.format == "numpy" else _load_digits()
+        elif self.format == "parquet":
+            self._dataset = _open_parquet(cfg)
+        n = self._count()
+        self.n_items = min(n, cfg.limit) if cfg.limit else n
+
+    def _count(self) -> int:
+        if self._files is not None:
+            return len(self._files)
+        if self._arrays is not None:
+            return len(self._arrays[0])
+        return self._dataset.count_rows()
+
+    @property
+    def has_labels(self) -> bool:
+        if self.format == "folder":
+            return any("/" in f for f in (self._files or []))
+        if self._arrays is not None:
+            return self._arrays[1] is not None
+        return self.cfg.label_column is not None and self.cfg.label_column in self._dataset.schema.names
+
+    def shards(self, rows_per_shard: int) -> list[Shard]:
+        out = []
+        for i, start in enumerate(range(0, self.n_items, rows_per_shard)):
+            stop = min(start + rows_per_shard, self.n_items)
+            files = tuple(self._files[start:stop]) if self._files is not None else ()
+            out.append(Shard(index=i, start=start, stop=stop, files=files))
+        return out
+
+    def iter_raw(self, shard: Shard | None = None) -> Iterator[RawItem]:
+        shard = shard or Shard(0, 0, self.n_items, tuple(self._files or ()))
+        if self.format == "folder":
+            yield from self._iter_folder(shard)
+        elif self._arrays is not None:
+            yield from self._iter_arrays(shard)
+        else:
+            yield from self._iter_parquet(shard)
+
+    def _iter_folder(self, shard: Shard) -> Iterator[RawItem]:
+        root = Path(self.cfg.source)
+        exts = {e.lower() for e in self.cfg.extensions}
+        for pos, rel in zip(range(shard.start, shard.stop), shard.files):
+            parent = rel.rsplit("/", 1)[0] if "/" in rel else None
+            item = RawItem(pos=pos, id=rel, source=str(root / rel), label=parent, payload=None)
+            if Path(rel).suffix.lower() not in exts:
+                item.payload = BadItem(f"not an image file (extension '{Path(rel).suffix}' not in corpus.extensions)")
+            else:
+                try:
+                    size = os.path.getsize(root / rel)
+                    if size > self.cfg.max_file_bytes:
+                        item.payload = BadItem(f"file of {size} bytes exceeds max_file_bytes {self.cfg.max_file_bytes}")
+                    else:
+                        item.payload = (root / rel).read_bytes()
+                except OSError as exc:
+                    item.payload = BadItem(f"unreadable file: {exc.strerror or exc}")
+            yield item
+
+    def _iter_arrays(self, shard: Shard) -> Iterator[RawItem]:
+        images, labels, scale = self._arrays  # type: ignore[misc]
+        width = len(str(max(self.n_items - 1, 0)))
+        name = "digits" if self.format == "digits" else Path(self.cfg.source).name
+        for pos in range(shard.start, shard.stop):
+            label = None if labels is None else str(labels[pos])
+            payload = np.asarray(images[pos], dtype=np.float32) / scale
+            yield RawItem(pos=pos, id=f"{pos:0{width}d}", source=f"{name}[{pos}]", label=label, payload=payload)
+
+    def _iter_parquet(self, shard: Shard) -> Iterator[RawItem]:
+        cols = [self.cfg.id_column, self.cfg.image_column]
+        if self.has_labels:
+            cols.append(self.cfg.label_column)  # type: ignore[arg-type]
+        pos = 0
+        for batch in self._dataset.to_batches(columns=cols, batch_size=4096):
+            n = batch.num_rows
+            if pos + n <= shard.start:
+                pos += n
+                continue
+            if pos >= shard.stop:
+                break
+            lo, hi = max(shard.start - pos, 0), min(shard.stop - pos, n)
+            ids = batch.column(0).slice(lo, hi - lo).to_pylist()
+            payloads = _binary_values(batch.column(1).slice(lo, hi - lo))
+            labels = batch.column(2).slice(lo, hi - lo).to_pylist() if len(cols) == 3 else [None] * (hi - lo)
+            for j, (item_id, payload, label) in enumerate(zip(ids, payloads, labels)):
+                p = pos + lo + j
+                rid = str(item_id) if item_id is not None else f"row-{p}"
+                raw = RawItem(pos=p, id=rid, source=f"{self.cfg.source}#row={p}", label=None if label is None else str(label), payload=payload)
+                if item_id is None:
+                    raw.payload = BadItem(f"missing id in column '{self.cfg.id_column}'")
+                elif payload is None:
+                    raw.payload = BadItem(f"missing image bytes in column '{self.cfg.image_column}'")
+                yield raw
+            pos += n
+
+    def infer_preprocessor(self, features: FeaturesConfig) -> ImagePreprocessor:
+        """Input spec from the config, filling unset size/channels from the first good item."""
+        if features.image_size and features.channels:
+            return ImagePreprocessor(features.image_size[0], features.image_size[1], features.channels)
+        for raw in self.iter_raw():
+            if isinstance(raw.payload, BadItem):
+                continue
+            try:
+                h, w, c = _native_shape(raw.payload, self.cfg.max_pixels)
+            except BadItem:
+                continue
+            size = features.image_size or (h, w)
+            channels = features.channels or c
+            return ImagePreprocessor(size[0], size[1], channels)
+        raise CorpusError(f"corpus {self.cfg.source} holds no readable image")
+
+    def iter_batches(
+        self,
+        prep: ImagePreprocessor,
+        batch_size: int,
+        quarantine: Quarantine,
+        shard: Shard | None = None,
+        keep: set[int] | None = None,
+    ) -> Iterator[ItemBatch]:
+        """Decoded batches; bad items go to ``quarantine``. ``keep`` restricts to positions."""
+        ids: list[str] = []
+        xs: list[np.ndarray] = []
+        labels: list[str | None] = []
+        sources: list[str] = []
+        positions: list[int] = []
+        for raw in self.iter_raw(shard):
+            if keep is not None and raw.pos not in keep:
+                continue
+            try:
+                if isinstance(raw.payload, BadItem):
+                    raise raw.payload
+                x = prep(raw.payload, self.cfg.max_pixels)
+            except BadItem as bad:
+                quarantine.add(raw.id, raw.source, bad.reason)
+                continue
+            ids.append(raw.id)
+            xs.append(x)
+            labels.append(raw.label)
+            sources.append(raw.source)
+            positions.append(raw.pos)
+            if len(ids) == batch_size:
+                yield ItemBatch(ids, np.stack(xs), labels, sources, positions)
+                ids, xs, labels, sources, positions = [], [], [], [], []
+        if ids:
+            yield ItemBatch(ids, np.stack(xs), labels, sources, positions)
+
+
+def _native_shape(payload: Any, max_pixels: int) -> tuple[int, int, int]:
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        img = open_image_bytes(bytes(payload), max_pixels)
+        return img.height, img.width, 1 if _gray_mode(img.mode) else 3
+    arr = np.asarray(payload)
+    if arr.ndim == 2:
+        return arr.shape[0], arr.shape[1], 1
+    if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
+        return arr.shape[0], arr.shape[1], 1 if arr.shape[2] == 1 else 3
+    raise BadItem(f"array of shape {arr.shape} is not an image")
+
+
+def _binary_values(col: pa.Array) -> list[bytes | None]:
+    """Image bytes from a binary column or a struct column with a 'bytes' field
+    (the layout Hugging Face datasets use)."""
+    if pa.types.is_struct(col.type):
+        col = col.field("bytes")
+    return col.to_pylist()
+
+
+def _detect_format(cfg: CorpusConfig) -> str:
+    if cfg.format != "auto":
+        fmt = cfg.format
+    elif cfg.source == "digits":
+        fmt = "digits"
+    else:
+        p = Path(cfg.source)
+        if not p.exists():
+            raise CorpusError(f"corpus source {cfg.source} does not exist (give a folder, .parquet, .npy/.npz, or 'digits')")
+        if p.suffix.lower() in (".npy", ".npz"):
+            fmt = "numpy"
+        elif p.suffix.lower() == ".parquet" or (p.is_dir() and any(p.rglob("*.parquet"))):
+            fmt = "parquet"
+        elif p.is_dir():
+            fmt = "folder"
+        else:
+            raise CorpusError(f"cannot tell the format of {cfg.source}; set corpus.format")
+    if fmt != "digits" and not Path(cfg.source).exists():
+        raise CorpusError(f"corpus source {cfg.source} does not exist")
+    return fmt
+
+
+def _list_files(root: Path) -> list[str]:
+    if not root.is_dir():
+        raise CorpusError(f"{root} is not a folder")
+    files = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    if not files:
+        raise CorpusError(f"folder {root} holds no files")
+    return files
+
+
+def _scale_for(dtype: np.dtype, sample: np.ndarray) -> float:
+    """Divisor that maps stored values to [0, 1]: 255 for uint8, the type's max for
+    other unsigned ints, 1 for floats (which must already lie in [0, 1])."""
+    if dtype == np.uint8:
+        return 255.0
+    if np.issubdtype(dtype, np.unsignedinteger):
+        return float(np.iinfo(dtype).max)
+    if np.issubdtype(dtype, np.integer):
+        return 255.0 if sample.size and sample.max() <= 255 else float(np.iinfo(dtype).max)
+    return 1.0
+
+
+def _load_arrays(cfg: CorpusConfig) -> tuple[np.ndarray, np.ndarray | None, float]:
+    path = Path(cfg.source)
+    try:
+        if path.suffix.lower() == ".npy":
+            images = np.load(path, mmap_mode="r", allow_pickle=False)
+            labels = None
+        else:
+            with np.load(path, allow_pickle=False) as npz:
+                keys = list(npz.keys())
+                key = cfg.array_key or next((k for k in keys if npz[k].ndim in (3, 4)), None)
+                if key is None or key not in keys:
+                    raise CorpusError(f"{path}: no image array (keys: {', '.join(keys)}); set corpus.array_key")
+                images = npz[key]
+                lkey = cfg.labels_key or _guess_labels_key(key, keys)
+                labels = npz[lkey] if lkey in keys else None
+                if labels is not None and len(labels) != len(images):
+                    raise CorpusError(f"{path}: {lkey} has {len(labels)} labels for {len(images)} images")
+    except (ValueError, OSError) as exc:
+        raise CorpusError(f"cannot read {path}: {exc}") from None
+    if images.ndim not in (3, 4):
+        raise CorpusError(f"{path}: array of shape {images.shape} is not a stack of images (N, H, W[, C])")
+    return images, labels, _scale_for(images.dtype, np.asarray(images[: min(len(images), 64)]))
+
+
+def _guess_labels_key(image_key: str, keys: list[str]) -> str | None:
+    suffix = image_key[1:] if image_key.startswith("x") else ""
+    for cand in (f"y{suffix}", "y", "labels", "label", "targets"):
+        if cand in keys:
+            return cand
+    return None
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray, float]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images.astype(np.float32), d.target, 16.0  # pixel values are 0..16
+
+
+def _open_parquet(cfg: CorpusConfig) -> pads.Dataset:
+    try:
+        ds = pads.dataset(cfg.source, format="parquet")
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise CorpusError(f"cannot open Parquet corpus {cfg.source}: {exc}") from None
+    for col in (cfg.id_column, cfg.image_column):
+        if col not in ds.schema.names:
+            raise CorpusError(
+                f"Parquet corpus {cfg.source} has no column '{col}' (columns: {', '.join(ds.schema.names)}); "
+                "set corpus.id_column / corpus.image_column"
+            )
+    return ds
+
+
+def open_image_corpus(cfg: CorpusConfig) -> ImageCorpus:
+    return ImageCorpus(cfg)
+
+
+def ceil_div(a: int, b: int) -> int:
+    return math.ceil(a / b)

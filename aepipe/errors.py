@@ -1,0 +1,25 @@
+"""Errors raised to users. Each message says what went wrong and what to do."""
+
+
+class AepipeError(Exception):
+    """Base class: the CLI prints these as one line and exits non-zero."""
+
+
+class ConfigError(AepipeError):
+    """The configuration or a command-line argument is invalid."""
+
+
+class CorpusError(AepipeError):
+    """The corpus as a whole cannot be read (single bad items are quarantined instead)."""
+
+
+class MissingArtifact(AepipeError):
+    """A stage needs an artifact (model, store, index) that does not exist yet."""
+
+
+class DimensionMismatch(AepipeError):
+    """Query vectors do not have the dimension of the index."""
+
+
+class IndexMismatch(AepipeError):
+    """Index, store and model come from different models."""

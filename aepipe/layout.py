@@ -1,0 +1,129 @@
+"""The one place that names files under a run directory.
+
+    run_dir/
+      config.yaml            resolved config of the last run
+      report.json            summary of the last pipeline run
+      model/                 weights.safetensors, model.json, config.json, preprocess.json, metrics.json,
+                             checkpoints/, logs/ (Lightning CSV metrics)
+      store/                 part-*.parquet (one latent code per item), _manifest.json
+      quarantine/            <stage>.parquet: items that could not be read (id, source, reason)
+      index/                 index.faiss, ids.parquet, index_infos.json
+      clusters/              assignments.parquet, summary.json, centroids.npy, prototypes.png
+      .staging/              work in progress; swapped into place when complete
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    root: Path
+
+    @property
+    def weights(self) -> Path:
+        return self.root / "weights.safetensors"
+
+    @property
+    def info(self) -> Path:
+        return self.root / "model.json"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def preprocess(self) -> Path:
+        return self.root / "preprocess.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+
+@dataclass(frozen=True)
+class IndexFiles:
+    root: Path
+
+    @property
+    def index(self) -> Path:
+        return self.root / "index.faiss"
+
+    @property
+    def ids(self) -> Path:
+        return self.root / "ids.parquet"
+
+    @property
+    def infos(self) -> Path:
+        return self.root / "index_infos.json"
+
+
+@dataclass(frozen=True)
+class ClusterFiles:
+    root: Path
+
+    @property
+    def assignments(self) -> Path:
+        return self.root / "assignments.parquet"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def centroids(self) -> Path:
+        return self.root / "centroids.npy"
+
+    @property
+    def prototypes(self) -> Path:
+        return self.root / "prototypes.png"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    @classmethod
+    def at(cls, run_dir: str | Path) -> RunLayout:
+        return cls(Path(run_dir).expanduser())
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.json"
+
+    @property
+    def model(self) -> ModelFiles:
+        return ModelFiles(self.root / "model")
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def index(self) -> IndexFiles:
+        return IndexFiles(self.root / "index")
+
+    @property
+    def clusters(self) -> ClusterFiles:
+        return ClusterFiles(self.root / "clusters")
+
+    def quarantine(self, stage: str) -> Path:
+        return self.root / "quarantine" / f"{stage}.parquet"
+
+    def staging(self, name: str) -> Path:
+        """A work-in-progress directory for ``name``; swapped into place by io.replace_dir."""
+        return self.root / ".staging" / name

@@ -1,0 +1,60 @@
+"""LightningModule around a pure autoencoder network: one shared ``_step`` for
+train / val / test."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from aepipe.models.modules import Autoencoder
+
+
+def reconstruction_loss(out: torch.Tensor, x: torch.Tensor, loss: str, net: Autoencoder) -> torch.Tensor:
+    """Mean over items of the per-element loss (BCE on logits, or MSE on activated outputs)."""
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(out, x)
+    return F.mse_loss(net.activate(out), x)
+
+
+class AutoencoderModule(L.LightningModule):
+    def __init__(self, net: Autoencoder, loss: str, lr: float, weight_decay: float, lr_schedule: str):
+        super().__init__()
+        self.net = net
+        self.loss = loss
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.save_hyperparameters(ignore=["net"])
+
+    def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
+        x = batch[0]  # (B, C, H, W)
+        _, out = self.net(x)
+        loss = reconstruction_loss(out, x, self.loss, self.net)
+        with torch.no_grad():
+            sse = (self.net.activate(out) - x).pow(2).flatten(1).sum(1).mean()  # summed squared error per item
+        self.log(f"{stage}_loss", loss, prog_bar=stage != "test", on_epoch=True, on_step=False, batch_size=len(x), sync_dist=True)
+        self.log(f"{stage}_sse", sse, on_epoch=True, on_step=False, batch_size=len(x), sync_dist=True)
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if self.lr_schedule == "constant":
+            return opt
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        if self.lr_schedule == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=total, pct_start=0.15)
+        else:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,90 @@
+"""The model directory: safetensors weights (no pickle), the resolved config,
+the preprocessing spec and a content-hash model id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from aepipe import __version__
+from aepipe.config import PipelineConfig
+from aepipe.corpus.images import ImagePreprocessor
+from aepipe.errors import MissingArtifact
+from aepipe.io import atomic_write_json, read_json
+from aepipe.layout import ModelFiles
+from aepipe.models.modules import Autoencoder, build_autoencoder
+
+
+@dataclass
+class LoadedModel:
+    net: Autoencoder
+    prep: ImagePreprocessor
+    config: PipelineConfig
+    info: dict[str, Any]
+
+    @property
+    def model_id(self) -> str:
+        return self.info["model_id"]
+
+    @property
+    def code_size(self) -> int:
+        return self.net.code_size
+
+
+def model_id_for(weights_path: Path, config: PipelineConfig, prep: ImagePreprocessor) -> str:
+    h = hashlib.sha256()
+    h.update(Path(weights_path).read_bytes())
+    h.update(json.dumps(config.model.model_dump(mode="json"), sort_keys=True).encode())
+    h.update(json.dumps(prep.to_dict(), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def save_model(files: ModelFiles, net: Autoencoder, config: PipelineConfig, prep: ImagePreprocessor,
+               extra_info: dict[str, Any] | None = None) -> str:
+    """Write weights, config, preprocessing spec and model.json into ``files.root``; return the model id."""
+    files.root.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(files.weights))
+    atomic_write_json(files.config, config.model_dump(mode="json"))
+    atomic_write_json(files.preprocess, prep.to_dict())
+    model_id = model_id_for(files.weights, config, prep)
+    info = {
+        "model_id": model_id,
+        "architecture": config.model.architecture,
+        "input_shape": list(prep.shape),
+        "code_size": config.model.code_size,
+        "output_activation": net.output_activation,
+        "aepipe_version": __version__,
+        **(extra_info or {}),
+    }
+    atomic_write_json(files.info, info)
+    return model_id
+
+
+def load_model(files: ModelFiles | str | Path) -> LoadedModel:
+    """Rebuild a model from its directory alone (no unpickling)."""
+    if not isinstance(files, ModelFiles):
+        files = ModelFiles(Path(files))
+    if not files.weights.is_file() or not files.info.is_file():
+        raise MissingArtifact(f"no trained model in {files.root}; run `aepipe train` first")
+    config = PipelineConfig.model_validate(read_json(files.config))
+    prep = ImagePreprocessor.from_dict(read_json(files.preprocess))
+    info = read_json(files.info)
+    net = build_autoencoder(config.model, prep.shape, info.get("output_activation", "sigmoid"))
+    net.load_state_dict(load_file(str(files.weights)))
+    net.eval()
+    return LoadedModel(net=net, prep=prep, config=config, info=info)
+
+
+@torch.inference_mode()
+def encode_array(net: Autoencoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes and per-item summed squared reconstruction error. (B, C, H, W) -> (B, code), (B,)"""
+    z = net.encode(x)
+    recon = net.activate(net.decode(z))
+    return z, (recon - x).pow(2).flatten(1).sum(1)

@@ -1,0 +1,148 @@
+"""Query API: open a run directory, search by vectors, stored ids or image files.
+
+    from aepipe.search import Searcher
+    s = Searcher("runs/default")
+    hits = s.search_images(["cat.png"], k=5)    # one list of Hit per query
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from aepipe.corpus.base import BadItem
+from aepipe.encode import codes_of
+from aepipe.errors import AepipeError, DimensionMismatch, IndexMismatch, MissingArtifact
+from aepipe.index import METRICS, set_search_params
+from aepipe.io import read_json
+from aepipe.layout import RunLayout
+from aepipe.models.saved import LoadedModel, load_model
+from aepipe.store import arrow_to_codes, open_store
+
+
+@dataclass
+class Hit:
+    query: str
+    rank: int
+    id: str
+    distance: float  # squared L2, or 1 - cosine similarity
+    label: str | None
+    source: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Searcher:
+    def __init__(self, run_dir: str | Path, model_dir: str | Path | None = None):
+        self.layout = RunLayout.at(run_dir)
+        files = self.layout.index
+        if not files.infos.is_file() or not files.index.is_file():
+            raise MissingArtifact(f"no index in {files.root}; run `aepipe index` first")
+        self.infos = read_json(files.infos)
+        self.index = faiss.read_index(str(files.index))
+        set_search_params(self.index, self.infos.get("params", {}))
+        self.ids: list[str] = pq.read_table(files.ids).column("id").to_pylist()
+        self.dim = int(self.infos["dim"])
+        self.metric = self.infos["metric"]
+        self._model_dir = Path(model_dir) if model_dir else self.layout.model.root
+        self._model: LoadedModel | None = None
+        self._meta: dict[str, tuple[str | None, str | None]] | None = None
+        self._store = None
+
+    @property
+    def model_id(self) -> str:
+        return self.infos["model_id"]
+
+    @property
+    def model(self) -> LoadedModel:
+        if self._model is None:
+            model = load_model(self._model_dir)
+            if model.model_id != self.model_id:
+                raise IndexMismatch(
+                    f"index was built from model {self.model_id}, but {self._model_dir} holds model {model.model_id}; "
+                    "rebuild with `aepipe encode` and `aepipe index`, or pass the matching model")
+            self._model = model
+        return self._model
+
+    def _store_checked(self):
+        if self._store is None:
+            store = open_store(self.layout.store)
+            if store.model_id != self.model_id:
+                raise IndexMismatch(f"store was encoded with model {store.model_id} but the index with {self.model_id}; "
+                                    "rebuild with `aepipe index`")
+            self._store = store
+        return self._store
+
+    def _metadata(self) -> dict[str, tuple[str | None, str | None]]:
+        if self._meta is None:
+            t = self._store_checked().read(["id", "label", "source"])
+            self._meta = dict(zip(t.column("id").to_pylist(), zip(t.column("label").to_pylist(), t.column("source").to_pylist())))
+        return self._meta
+
+    def search_vectors(self, vectors: np.ndarray, k: int = 10, query_names: list[str] | None = None,
+                       exclude: list[str] | None = None) -> list[list[Hit]]:
+        """k nearest stored items of each vector. ``exclude[i]``: an id to drop from query i's results."""
+        q = np.asarray(vectors, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise DimensionMismatch(f"query vectors have dimension {q.shape[-1] if q.ndim else 0}, "
+                                    f"the index has dimension {self.dim}")
+        q = np.ascontiguousarray(q)
+        if self.metric == "cosine":
+            faiss.normalize_L2(q)
+        extra = 1 if exclude else 0
+        dist, idx = self.index.search(q, min(k + extra, self.index.ntotal))
+        meta = self._metadata()
+        names = query_names or [str(i) for i in range(len(q))]
+        results = []
+        for qi, (drow, irow) in enumerate(zip(dist, idx)):
+            hits = []
+            for d, i in zip(drow, irow):
+                if i < 0 or (exclude and self.ids[i] == exclude[qi]) or len(hits) == k:
+                    continue
+                item_id = self.ids[i]
+                label, source = meta.get(item_id, (None, None))
+                score = 1.0 - float(d) if self.metric == "cosine" else float(d)
+                hits.append(Hit(names[qi], len(hits) + 1, item_id, score, label, source))
+            results.append(hits)
+        return results
+
+    def vectors_for_ids(self, ids: list[str]) -> np.ndarray:
+        table = self._store_checked().dataset.to_table(columns=["id", "code"], filter=pc.field("id").isin(ids))
+        found = dict(zip(table.column("id").to_pylist(), arrow_to_codes(table.column("code"))))
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise MissingArtifact(f"id(s) not in the store: {', '.join(missing[:5])}")
+        return np.stack([found[i] for i in ids])
+
+    def search_ids(self, ids: list[str], k: int = 10) -> list[list[Hit]]:
+        """Neighbours of stored items (the item itself is left out)."""
+        return self.search_vectors(self.vectors_for_ids(ids), k, query_names=ids, exclude=ids)
+
+    def search_images(self, paths: list[str | Path], k: int = 10) -> list[list[Hit]]:
+        model = self.model
+        xs = []
+        for p in paths:
+            try:
+                xs.append(model.prep(Path(p).read_bytes(), model.config.corpus.max_pixels))
+            except BadItem as bad:
+                raise AepipeError(f"cannot use {p} as a query: {bad.reason}") from None
+            except OSError as exc:
+                raise AepipeError(f"cannot read {p}: {exc.strerror or exc}") from None
+        return self.search_vectors(codes_of(model, np.stack(xs)), k, query_names=[str(p) for p in paths])
+
+
+def hits_table(results: list[list[Hit]]) -> pa.Table:
+    rows = [h.to_dict() for hits in results for h in hits]
+    return pa.Table.from_pylist(rows, schema=pa.schema([
+        ("query", pa.string()), ("rank", pa.int32()), ("id", pa.string()), ("distance", pa.float32()),
+        ("label", pa.string()), ("source", pa.string())]))

@@ -1,0 +1,153 @@
+"""The code store: a Parquet dataset with one latent code per item.
+
+Columns: ``id`` (string), ``code`` (fixed-size list of float32/float16),
+``recon_error`` (summed squared reconstruction error), ``label``, ``source``,
+``position`` (item position in the corpus). The schema metadata key ``aepipe``
+holds JSON with the model id, code size, dtype, config and library version.
+Each part file is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from aepipe import __version__
+from aepipe.errors import MissingArtifact
+
+META_KEY = b"aepipe"
+PART_GLOB = "part-*.parquet"
+
+
+def store_schema(code_size: int, code_dtype: str, meta: dict[str, Any]) -> pa.Schema:
+    value_type = pa.float16() if code_dtype == "float16" else pa.float32()
+    fields = [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("code", pa.list_(value_type, code_size), nullable=False),
+        pa.field("recon_error", pa.float32()),
+        pa.field("label", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("position", pa.int64()),
+    ]
+    full_meta = {"aepipe_version": __version__, "code_size": code_size, "code_dtype": code_dtype, **meta}
+    return pa.schema(fields, metadata={META_KEY: json.dumps(full_meta).encode()})
+
+
+def codes_to_arrow(codes: np.ndarray, code_dtype: str) -> pa.FixedSizeListArray:
+    """(N, code) float array -> FixedSizeList column without a Python loop."""
+    np_dtype = np.float16 if code_dtype == "float16" else np.float32
+    flat = pa.array(np.ascontiguousarray(codes, dtype=np_dtype).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, codes.shape[1])
+
+
+def arrow_to_codes(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """FixedSizeList column -> (N, code) float32 array."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    dim = col.type.list_size
+    values = col.flatten().to_numpy(zero_copy_only=False)
+    return values.astype(np.float32, copy=False).reshape(-1, dim)
+
+
+class PartWriter:
+    """Writes one part file atomically: rows go to a hidden temp file, renamed on close."""
+
+    def __init__(self, path: Path, schema: pa.Schema, compression: str = "snappy", row_group_size: int = 32_768):
+        self.path = Path(path)
+        self.schema = schema
+        self.row_group_size = row_group_size
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = pq.ParquetWriter(self.tmp, schema, compression=None if compression == "none" else compression)
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self.n_rows = 0
+
+    def write(self, ids: list[str], codes: np.ndarray, recon_error: np.ndarray, labels: list[str | None],
+              sources: list[str], positions: list[int]) -> None:
+        meta = json.loads(self.schema.metadata[META_KEY])
+        batch = pa.record_batch(
+            [pa.array(ids, pa.string()), codes_to_arrow(codes, meta["code_dtype"]),
+             pa.array(np.asarray(recon_error, dtype=np.float32)), pa.array(labels, pa.string()),
+             pa.array(sources, pa.string()), pa.array(positions, pa.int64())],
+            schema=self.schema,
+        )
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
+        self.n_rows += batch.num_rows
+        if self._pending_rows >= self.row_group_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._writer.write_table(pa.Table.from_batches(self._pending, self.schema), row_group_size=self.row_group_size)
+            self._pending, self._pending_rows = [], 0
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self._writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class CodeStore:
+    """Read access to a completed store directory."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.parts = sorted(self.root.glob(PART_GLOB))
+        if not self.parts:
+            raise MissingArtifact(f"no code store at {self.root}; run `aepipe encode` first")
+        self.dataset = pads.dataset([str(p) for p in self.parts], format="parquet")
+        raw = self.dataset.schema.metadata or {}
+        if META_KEY not in raw:
+            raise MissingArtifact(f"{self.root} is not an aepipe code store (no '{META_KEY.decode()}' schema metadata)")
+        self.meta: dict[str, Any] = json.loads(raw[META_KEY])
+
+    @property
+    def model_id(self) -> str:
+        return self.meta["model_id"]
+
+    @property
+    def code_size(self) -> int:
+        return int(self.meta["code_size"])
+
+    @property
+    def n_items(self) -> int:
+        return sum(pq.ParquetFile(p).metadata.num_rows for p in self.parts)
+
+    def iter_batches(self, batch_size: int = 65_536, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """Batches in store order (part by part, row by row): the order index positions follow."""
+        for part in self.parts:
+            yield from pq.ParquetFile(part).iter_batches(batch_size=batch_size, columns=columns)
+
+    def iter_codes(self, batch_size: int = 65_536) -> Iterator[tuple[list[str], np.ndarray]]:
+        for batch in self.iter_batches(batch_size, ["id", "code"]):
+            yield batch.column(0).to_pylist(), arrow_to_codes(batch.column(1))
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        return pa.concat_tables(pq.read_table(p, columns=columns) for p in self.parts)
+
+    def read_codes(self) -> tuple[list[str], np.ndarray]:
+        t = self.read(["id", "code"])
+        return t.column("id").to_pylist(), arrow_to_codes(t.column("code"))
+
+
+def open_store(root: str | Path) -> CodeStore:
+    return CodeStore(Path(root))

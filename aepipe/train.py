@@ -1,0 +1,171 @@
+"""Stage: train an autoencoder with the Lightning Trainer and write the model directory."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pyarrow as pa
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+from aepipe.config import PipelineConfig
+from aepipe.corpus import ImagePreprocessor, Quarantine, open_image_corpus
+from aepipe.errors import CorpusError
+from aepipe.evaluate import pca_baseline, psnr
+from aepipe.io import atomic_write_json, atomic_write_table, fresh_dir, replace_dir
+from aepipe.layout import ModelFiles, RunLayout
+from aepipe.models.lightning import AutoencoderModule
+from aepipe.models.modules import build_autoencoder
+from aepipe.models.saved import encode_array, save_model
+from aepipe.timing import timed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    model_dir: str
+    model_id: str
+    metrics: dict
+    n_items: int
+    n_quarantined: int
+    seconds: float
+
+
+@dataclass
+class Dataset:
+    x: np.ndarray  # (N, C, H, W) float32
+    ids: list[str]
+    labels: list[str | None]
+
+
+def load_training_data(cfg: PipelineConfig, quarantine: Quarantine) -> tuple[Dataset, ImagePreprocessor]:
+    """Read (a random sample of at most training.max_items of) the corpus into memory."""
+    corpus = open_image_corpus(cfg.corpus)
+    prep = corpus.infer_preprocessor(cfg.features)
+    keep = None
+    if cfg.training.max_items and cfg.training.max_items < corpus.n_items:
+        rng = np.random.default_rng(cfg.training.seed)
+        keep = set(rng.choice(corpus.n_items, cfg.training.max_items, replace=False).tolist())
+    xs, ids, labels = [], [], []
+    for batch in corpus.iter_batches(prep, 4096, quarantine, keep=keep):
+        xs.append(batch.x)
+        ids += batch.ids
+        labels += batch.labels
+    if len(ids) < 10:
+        raise CorpusError(f"only {len(ids)} readable items in {cfg.corpus.source}; need at least 10 to train")
+    return Dataset(np.concatenate(xs), ids, labels), prep
+
+
+def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val, n_test = int(round(n * val_fraction)), int(round(n * test_fraction))
+    return {
+        "test": np.sort(perm[:n_test]),
+        "val": np.sort(perm[n_test : n_test + n_val]),
+        "train": np.sort(perm[n_test + n_val :]),
+    }
+
+
+def resolve_loss(cfg: PipelineConfig, x: np.ndarray) -> str:
+    """The config's loss, or for ``auto``: BCE when all inputs lie in [0, 1], else MSE."""
+    if cfg.model.loss != "auto":
+        return cfg.model.loss
+    return "bce" if float(x.min()) >= 0.0 and float(x.max()) <= 1.0 else "mse"
+
+
+def _loader(x: np.ndarray, batch_size: int, shuffle: bool, num_workers: int) -> DataLoader:
+    return DataLoader(TensorDataset(torch.from_numpy(x)), batch_size=batch_size, shuffle=shuffle,
+                      num_workers=num_workers, persistent_workers=num_workers > 0)
+
+
+def train_model(cfg: PipelineConfig) -> TrainResult:
+    """Train on ``cfg.corpus``; write the model directory under ``cfg.run_dir`` atomically."""
+    t0 = time.perf_counter()
+    layout = RunLayout.at(cfg.run_dir)
+    L.seed_everything(cfg.training.seed, workers=True, verbose=False)
+    quarantine = Quarantine("train")
+    with timed("read training data"):
+        data, prep = load_training_data(cfg, quarantine)
+    split = split_indices(len(data.ids), cfg.training.val_fraction, cfg.training.test_fraction, cfg.training.seed)
+    loss = resolve_loss(cfg, data.x)
+    net = build_autoencoder(cfg.model, prep.shape, "sigmoid" if loss == "bce" or data.x.max() <= 1.0 else "identity")
+    module = AutoencoderModule(net, loss, cfg.training.lr, cfg.training.weight_decay, cfg.training.lr_schedule)
+
+    staging = fresh_dir(layout.staging("model"))
+    files = ModelFiles(staging)
+    has_val = len(split["val"]) > 0
+    monitor = "val_loss" if has_val else "train_loss"
+    checkpoint = ModelCheckpoint(dirpath=files.checkpoints, filename="best", monitor=monitor, save_top_k=1)
+    tc = cfg.training
+    trainer = L.Trainer(
+        accelerator=tc.accelerator,
+        devices=tc.devices,
+        strategy=tc.strategy,
+        precision=tc.precision,
+        max_epochs=tc.max_epochs,
+        max_time={"minutes": tc.max_time_minutes} if tc.max_time_minutes else None,
+        callbacks=[EarlyStopping(monitor=monitor, patience=tc.early_stopping_patience), checkpoint],
+        logger=CSVLogger(save_dir=files.logs, name="", version=""),
+        enable_progress_bar=sys.stderr.isatty(),
+        enable_model_summary=False,
+        log_every_n_steps=10,
+        default_root_dir=staging,
+    )
+    x = data.x
+    with timed(f"fit {cfg.model.architecture} autoencoder on {len(split['train'])} items"):
+        trainer.fit(
+            module,
+            _loader(x[split["train"]], tc.batch_size, True, tc.num_workers),
+            _loader(x[split["val"]], tc.batch_size * 4, False, tc.num_workers) if has_val else None,
+        )
+    if not trainer.is_global_zero:
+        return TrainResult(str(layout.model.root), "", {}, len(data.ids), len(quarantine), time.perf_counter() - t0)
+    # Our own checkpoint, but still read without unpickling arbitrary objects.
+    best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(best)
+    net = module.net.cpu().eval()
+
+    with timed("evaluate held-out reconstruction"):
+        metrics = evaluate_reconstruction(net, x, split, cfg)
+    metrics.update(loss=loss, epochs=int(trainer.current_epoch), best_val_loss=float(checkpoint.best_model_score or np.nan),
+                   n_train=len(split["train"]), n_val=len(split["val"]), n_test=len(split["test"]),
+                   train_seconds=round(time.perf_counter() - t0, 2))
+    atomic_write_json(files.metrics, metrics)
+    _write_split(files.root / "split.parquet", data.ids, split)
+    model_id = save_model(files, net, cfg, prep, {"epochs": metrics["epochs"], "n_train": metrics["n_train"]})
+    if len(quarantine):
+        quarantine.write(files.root / "quarantine.parquet")
+    replace_dir(staging, layout.model.root)
+    log.info("model %s: AE SSE/item %.3f vs PCA %.3f on %d held-out items", model_id,
+             metrics["ae"]["sse_per_item"], metrics["pca"]["sse_per_item"], metrics["n_test"])
+    return TrainResult(str(layout.model.root), model_id, metrics, len(data.ids), len(quarantine), time.perf_counter() - t0)
+
+
+def evaluate_reconstruction(net, x: np.ndarray, split: dict[str, np.ndarray], cfg: PipelineConfig) -> dict:
+    """AE vs PCA at the same code size, on the test split (or val, or train when tiny)."""
+    held = next((split[s] for s in ("test", "val", "train") if len(split[s])), split["train"])
+    xt = x[held]
+    sse = np.concatenate([encode_array(net, torch.from_numpy(xt[i : i + 4096]))[1].numpy()
+                          for i in range(0, len(xt), 4096)])
+    dim = int(np.prod(xt.shape[1:]))
+    ae = {"sse_per_item": float(sse.mean()), "mse": float(sse.mean() / dim)}
+    ae["psnr"] = psnr(ae["mse"])
+    pca = pca_baseline(x[split["train"]], xt, cfg.model.code_size, cfg.training.seed)
+    pca["psnr"] = psnr(pca["mse"])
+    return {"ae": ae, "pca": pca, "code_size": cfg.model.code_size, "input_dim": dim}
+
+
+def _write_split(path: Path, ids: list[str], split: dict[str, np.ndarray]) -> None:
+    names = np.empty(len(ids), dtype=object)
+    for name, idx in split.items():
+        names[idx] = name
+    atomic_write_table(path, pa.table({"id": ids, "split": names.tolist()}))
