@@ -46,12 +46,47 @@ class FeaturesConfig(_Section):
     channels: Literal[1, 3] | None = Field(None, description="default: 1 for grayscale corpora, else 3")
 
 
+class SparsityConfig(_Section):
+    """Activity penalty on the code: L1 on activations and/or KL divergence of the mean
+    activation towards ``rho`` (the KL form needs ``code_activation: sigmoid``)."""
+
+    l1: float = Field(0.0, ge=0)
+    kl: float = Field(0.0, ge=0)
+    rho: float = Field(0.05, gt=0, lt=1)
+
+
+class DenoisingConfig(_Section):
+    """Corrupt inputs during training (the target stays clean); encoding uses clean inputs."""
+
+    noise: Literal["gaussian", "masking", "salt_pepper"] = "masking"
+    level: float = Field(0.2, gt=0, le=1, description="std (gaussian) or share of corrupted values")
+
+
+class ContractiveConfig(_Section):
+    """Penalty on the squared Frobenius norm of the encoder's Jacobian d code / d input."""
+
+    weight: float = Field(1e-3, gt=0)
+    method: Literal["auto", "exact", "projections"] = Field(
+        "auto", description="exact: closed form for a one-layer sigmoid encoder; projections: "
+        "unbiased random-projection estimate (vector-Jacobian products) for any encoder")
+    n_projections: int = Field(1, ge=1)
+
+
+class TransferConfig(_Section):
+    """Initialise encoder layers from another saved model (e.g. trained on another corpus)."""
+
+    init_from: str = Field(..., description="model directory (RUN/model) to copy encoder weights from")
+    n_layers: int | None = Field(None, ge=1, description="copy only the first N encoder layers (default: all)")
+    freeze: bool = False
+
+
 class ModelConfig(_Section):
-    """The four classic hyperparameters plus the architecture."""
+    """The four classic hyperparameters (code size, layers, nodes per layer, loss), the
+    architecture, and the regularisers that make the other kinds of autoencoder."""
 
     architecture: Literal["dense", "conv"] = "dense"
     code_size: int = Field(10, gt=0)
-    n_layers: int = Field(3, ge=1, le=8)
+    n_layers: int = Field(3, ge=0, le=8, description="hidden layers of the encoder (0: a single code layer, dense only)")
     nodes_per_layer: int | list[int] | None = Field(
         None,
         description="hidden widths (dense) or channels (conv) of the encoder; the decoder mirrors them. "
@@ -59,10 +94,17 @@ class ModelConfig(_Section):
     )
     loss: Literal["auto", "mse", "bce"] = Field("auto", description="auto: BCE for inputs in [0, 1], else MSE")
     activation: Literal["relu", "gelu", "leaky_relu", "tanh", "sigmoid"] = "gelu"
+    code_activation: Literal["linear", "relu", "sigmoid"] = "linear"
     batch_norm: bool = False
+    variational: bool = Field(False, description="VAE: KL-regularised latent; codes are the posterior mean")
+    kl_weight: float = Field(1.0, ge=0, description="beta of the VAE's KL term")
+    sparsity: SparsityConfig | None = None
+    denoising: DenoisingConfig | None = None
+    contractive: ContractiveConfig | None = None
+    transfer: TransferConfig | None = None
 
     @model_validator(mode="after")
-    def _check_widths(self) -> ModelConfig:
+    def _check(self) -> ModelConfig:
         if isinstance(self.nodes_per_layer, list) and len(self.nodes_per_layer) != self.n_layers:
             raise ValueError(
                 f"nodes_per_layer has {len(self.nodes_per_layer)} entries but n_layers is {self.n_layers}"
@@ -70,7 +112,32 @@ class ModelConfig(_Section):
         widths = self.nodes_per_layer if isinstance(self.nodes_per_layer, list) else [self.nodes_per_layer or 1]
         if any(w <= 0 for w in widths):
             raise ValueError("nodes_per_layer must be positive")
+        if self.architecture == "conv" and self.n_layers == 0:
+            raise ValueError("a conv autoencoder needs n_layers >= 1")
+        if self.sparsity and self.sparsity.kl > 0 and self.code_activation != "sigmoid":
+            raise ValueError("sparsity.kl needs code_activation: sigmoid (mean activations must lie in (0, 1))")
+        if self.variational and self.code_activation != "linear":
+            raise ValueError("a variational autoencoder samples a Gaussian code; use code_activation: linear")
+        if self.variational and self.sparsity:
+            raise ValueError("variational and sparsity do not combine: the VAE's KL term already regularises the code")
+        if self.contractive and self.contractive.method == "exact" and not self.exact_contractive_possible():
+            raise ValueError("contractive.method exact needs a dense encoder with n_layers: 0 and "
+                             "code_activation: sigmoid (one sigmoid layer); use method: projections")
         return self
+
+    def exact_contractive_possible(self) -> bool:
+        return (self.architecture == "dense" and self.n_layers == 0 and self.code_activation == "sigmoid"
+                and not self.variational)
+
+    @property
+    def kinds(self) -> list[str]:
+        """Names of the autoencoder kinds this config combines, e.g. ['conv', 'denoising']."""
+        out = [self.architecture]
+        for name, on in (("sparse", self.sparsity), ("denoising", self.denoising), ("contractive", self.contractive),
+                         ("variational", self.variational), ("transfer", self.transfer)):
+            if on:
+                out.append(name)
+        return out
 
     def widths(self) -> list[int]:
         """Encoder widths (dense) or channels (conv), outermost first."""

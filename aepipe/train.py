@@ -16,15 +16,15 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from aepipe.config import PipelineConfig
+from aepipe.config import PipelineConfig, TransferConfig
 from aepipe.corpus import ImagePreprocessor, Quarantine, open_image_corpus
-from aepipe.errors import CorpusError
+from aepipe.errors import ConfigError, CorpusError
 from aepipe.evaluate import pca_baseline, psnr
 from aepipe.io import atomic_write_json, atomic_write_table, fresh_dir, replace_dir
 from aepipe.layout import ModelFiles, RunLayout
 from aepipe.models.lightning import AutoencoderModule
-from aepipe.models.modules import build_autoencoder
-from aepipe.models.saved import encode_array, save_model
+from aepipe.models.modules import Autoencoder, build_autoencoder
+from aepipe.models.saved import encode_array, load_model, save_model
 from aepipe.timing import timed
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,8 @@ def train_model(cfg: PipelineConfig) -> TrainResult:
     split = split_indices(len(data.ids), cfg.training.val_fraction, cfg.training.test_fraction, cfg.training.seed)
     loss = resolve_loss(cfg, data.x)
     net = build_autoencoder(cfg.model, prep.shape, "sigmoid" if loss == "bce" or data.x.max() <= 1.0 else "identity")
-    module = AutoencoderModule(net, loss, cfg.training.lr, cfg.training.weight_decay, cfg.training.lr_schedule)
+    transferred = init_from_model(net, cfg.model.transfer) if cfg.model.transfer else 0
+    module = AutoencoderModule(net, loss, cfg.training.lr, cfg.training.weight_decay, cfg.training.lr_schedule, cfg.model)
 
     staging = fresh_dir(layout.staging("model"))
     files = ModelFiles(staging)
@@ -136,7 +137,7 @@ def train_model(cfg: PipelineConfig) -> TrainResult:
 
     with timed("evaluate held-out reconstruction"):
         metrics = evaluate_reconstruction(net, x, split, cfg)
-    metrics.update(loss=loss, epochs=int(trainer.current_epoch), best_val_loss=float(checkpoint.best_model_score or np.nan),
+    metrics.update(kinds=cfg.model.kinds, transferred_layers=transferred, loss=loss, epochs=int(trainer.current_epoch), best_val_loss=float(checkpoint.best_model_score or np.nan),
                    n_train=len(split["train"]), n_val=len(split["val"]), n_test=len(split["test"]),
                    train_seconds=round(time.perf_counter() - t0, 2))
     atomic_write_json(files.metrics, metrics)
@@ -148,6 +149,25 @@ def train_model(cfg: PipelineConfig) -> TrainResult:
     log.info("model %s: AE SSE/item %.3f vs PCA %.3f on %d held-out items", model_id,
              metrics["ae"]["sse_per_item"], metrics["pca"]["sse_per_item"], metrics["n_test"])
     return TrainResult(str(layout.model.root), model_id, metrics, len(data.ids), len(quarantine), time.perf_counter() - t0)
+
+
+def init_from_model(net: Autoencoder, transfer: TransferConfig) -> int:
+    """Copy encoder layers from a saved model (all, or the first ``transfer.n_layers``);
+    optionally freeze them. Returns the number of layers copied."""
+    source = load_model(transfer.init_from).net
+    src, dst = source.encoder_layers(), net.encoder_layers()
+    n = transfer.n_layers or len(dst)
+    if n > min(len(src), len(dst)):
+        raise ConfigError(f"transfer.n_layers={n} but the models have {len(src)} and {len(dst)} encoder layers")
+    for i, (a, b) in enumerate(zip(src[:n], dst[:n])):
+        if a.weight.shape != b.weight.shape:
+            raise ConfigError(f"cannot transfer encoder layer {i} from {transfer.init_from}: weight shape "
+                              f"{tuple(a.weight.shape)} != {tuple(b.weight.shape)}; match the architecture or set transfer.n_layers")
+        b.load_state_dict(a.state_dict())
+        if transfer.freeze:
+            b.requires_grad_(False)
+    log.info("initialised %d encoder layer(s) from %s%s", n, transfer.init_from, " (frozen)" if transfer.freeze else "")
+    return n
 
 
 def evaluate_reconstruction(net, x: np.ndarray, split: dict[str, np.ndarray], cfg: PipelineConfig) -> dict:

@@ -9,7 +9,9 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from aepipe.config import ModelConfig
 from aepipe.models.modules import Autoencoder
+from aepipe.models.regularizers import contractive_penalty, corrupt, gaussian_kl, sparsity_penalty
 
 
 def reconstruction_loss(out: torch.Tensor, x: torch.Tensor, loss: str, net: Autoencoder) -> torch.Tensor:
@@ -20,22 +22,39 @@ def reconstruction_loss(out: torch.Tensor, x: torch.Tensor, loss: str, net: Auto
 
 
 class AutoencoderModule(L.LightningModule):
-    def __init__(self, net: Autoencoder, loss: str, lr: float, weight_decay: float, lr_schedule: str):
+    def __init__(self, net: Autoencoder, loss: str, lr: float, weight_decay: float, lr_schedule: str,
+                 model_cfg: ModelConfig | None = None):
         super().__init__()
         self.net = net
+        self.kind = model_cfg or ModelConfig()
+        self.exact_contractive = bool(self.kind.contractive) and (
+            self.kind.contractive.method == "exact"
+            or (self.kind.contractive.method == "auto" and self.kind.exact_contractive_possible()))
         self.loss = loss
         self.lr = lr
         self.weight_decay = weight_decay
         self.lr_schedule = lr_schedule
-        self.save_hyperparameters(ignore=["net"])
+        self.save_hyperparameters(ignore=["net", "model_cfg"])
 
     def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
-        x = batch[0]  # (B, C, H, W)
-        _, out = self.net(x)
-        loss = reconstruction_loss(out, x, self.loss, self.net)
+        x = batch[0]  # (B, C, H, W), the clean target
+        kind = self.kind
+        x_in = corrupt(x, kind.denoising) if kind.denoising and stage == "train" else x
+        z, out, mu, logvar = self.net(x_in)
+        recon = reconstruction_loss(out, x, self.loss, self.net)
+        loss = recon
+        if logvar is not None:  # VAE: KL per item, scaled like the per-element reconstruction loss
+            kl = gaussian_kl(mu, logvar).mean() / x[0].numel()
+            loss = loss + kind.kl_weight * kl
+            self.log(f"{stage}_kl", kl, on_epoch=True, on_step=False, batch_size=len(x), sync_dist=True)
+        if kind.sparsity:
+            loss = loss + sparsity_penalty(z, kind.sparsity)
+        if kind.contractive and stage == "train":
+            loss = loss + contractive_penalty(self.net, x_in, kind.contractive, self.exact_contractive)
         with torch.no_grad():
             sse = (self.net.activate(out) - x).pow(2).flatten(1).sum(1).mean()  # summed squared error per item
         self.log(f"{stage}_loss", loss, prog_bar=stage != "test", on_epoch=True, on_step=False, batch_size=len(x), sync_dist=True)
+        self.log(f"{stage}_recon", recon, on_epoch=True, on_step=False, batch_size=len(x), sync_dist=True)
         self.log(f"{stage}_sse", sse, on_epoch=True, on_step=False, batch_size=len(x), sync_dist=True)
         return loss
 

@@ -4,6 +4,7 @@ code size, number of layers, nodes per layer (the decoder mirrors the encoder)."
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -19,23 +20,58 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+class TrainPass(NamedTuple):
+    code: torch.Tensor  # (B, code): sampled for a VAE in training mode, else the mean
+    out: torch.Tensor  # (B, *input_shape) decoder output before the output activation
+    mu: torch.Tensor  # (B, code) deterministic code / posterior mean
+    logvar: torch.Tensor | None  # (B, code) for a VAE
+
+
+CODE_ACTIVATIONS: dict[str, type[nn.Module]] = {"linear": nn.Identity, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
+
+
 class Autoencoder(nn.Module):
-    """Common interface. ``decode`` returns pre-activation outputs (logits when the
-    output activation is a sigmoid, so BCE can use the numerically stable form)."""
+    """Common interface. Subclasses build ``body`` (input -> features), ``code_head``
+    (features -> code, or mean and log-variance for a VAE) and ``decode``.
+    ``decode`` returns pre-activation outputs (logits when the output activation is a
+    sigmoid, so BCE can use the numerically stable form)."""
 
     input_shape: tuple[int, ...]
     code_size: int
     output_activation: str  # "sigmoid" or "identity"
+    variational: bool
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:  # (B, *input_shape) -> (B, code)
-        raise NotImplementedError
+    def _init_code(self, d_features: int, code_size: int, code_activation: str, variational: bool) -> None:
+        self.code_size = code_size
+        self.variational = variational
+        self.code_head = nn.Linear(d_features, code_size * (2 if variational else 1))
+        self.code_act = CODE_ACTIVATIONS[code_activation]()
+
+    def encode_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, *input_shape) -> code (B, code) [posterior mean for a VAE], log-variance or None."""
+        h = self.code_head(self.body(x))
+        if self.variational:
+            mu, logvar = h.chunk(2, dim=1)
+            return mu, logvar.clamp(-12, 12)
+        return self.code_act(h), None
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic code (the posterior mean for a VAE). (B, *input_shape) -> (B, code)"""
+        return self.encode_stats(x)[0]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:  # (B, code) -> (B, *input_shape)
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.encode(x)
-        return z, self.decode(z)
+    def forward(self, x: torch.Tensor) -> TrainPass:
+        mu, logvar = self.encode_stats(x)
+        z = mu
+        if logvar is not None and self.training:
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterisation
+        return TrainPass(z, self.decode(z), mu, logvar)
+
+    def encoder_layers(self) -> list[nn.Module]:
+        """Encoder layers with weights, outermost first (for transfer learning)."""
+        return [m for m in self.body.modules() if isinstance(m, (nn.Linear, nn.Conv2d))] + [self.code_head]
 
     def activate(self, out: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(out) if self.output_activation == "sigmoid" else out
@@ -56,27 +92,24 @@ class DenseAutoencoder(Autoencoder):
     """Stacked fully connected layers, e.g. 784-512-256-128-code-128-256-512-784."""
 
     def __init__(self, input_shape: tuple[int, ...], widths: list[int], code_size: int,
-                 activation: str = "gelu", batch_norm: bool = False, output_activation: str = "sigmoid"):
+                 activation: str = "gelu", batch_norm: bool = False, output_activation: str = "sigmoid",
+                 code_activation: str = "linear", variational: bool = False):
         super().__init__()
         self.input_shape = tuple(input_shape)
-        self.code_size = code_size
         self.output_activation = output_activation
         d_in = math.prod(self.input_shape)
         dims = [d_in, *widths]
-        enc: list[nn.Module] = [nn.Flatten()]
+        body: list[nn.Module] = [nn.Flatten()]
         for a, b in zip(dims[:-1], dims[1:]):
-            enc += _dense_block(a, b, activation, batch_norm)
-        enc.append(nn.Linear(dims[-1], code_size))  # linear code layer
-        self.encoder = nn.Sequential(*enc)
+            body += _dense_block(a, b, activation, batch_norm)
+        self.body = nn.Sequential(*body)  # (B, C, H, W) -> (B, widths[-1])
+        self._init_code(dims[-1], code_size, code_activation, variational)
         rdims = [code_size, *reversed(widths)]
         dec: list[nn.Module] = []
         for a, b in zip(rdims[:-1], rdims[1:]):
             dec += _dense_block(a, b, activation, batch_norm)
         dec.append(nn.Linear(rdims[-1], d_in))
         self.decoder = nn.Sequential(*dec)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)  # (B, C, H, W) -> (B, code)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z).view(-1, *self.input_shape)  # (B, code) -> (B, C, H, W)
@@ -87,10 +120,10 @@ class ConvAutoencoder(Autoencoder):
     mirrored transposed-convolution decoder that restores the exact input size."""
 
     def __init__(self, input_shape: tuple[int, int, int], channels: list[int], code_size: int,
-                 activation: str = "gelu", batch_norm: bool = True, output_activation: str = "sigmoid"):
+                 activation: str = "gelu", batch_norm: bool = True, output_activation: str = "sigmoid",
+                 code_activation: str = "linear", variational: bool = False):
         super().__init__()
         self.input_shape = tuple(input_shape)
-        self.code_size = code_size
         self.output_activation = output_activation
         c, h, w = input_shape
         self.sizes = [(h, w)]
@@ -104,9 +137,9 @@ class ConvAutoencoder(Autoencoder):
             h, w = (h + 1) // 2, (w + 1) // 2
             self.sizes.append((h, w))
             c = c_out
-        self.convs = nn.ModuleList(convs)
+        self.body = nn.Sequential(*convs, nn.Flatten())  # (B, C, H, W) -> (B, C' * h * w)
         self.flat_shape = (c, h, w)
-        self.to_code = nn.Linear(c * h * w, code_size)
+        self._init_code(c * h * w, code_size, code_activation, variational)
         self.from_code = nn.Sequential(nn.Linear(code_size, c * h * w), ACTIVATIONS[activation]())
         deconvs = []
         outs = [*reversed(channels[:-1]), input_shape[0]]
@@ -120,11 +153,6 @@ class ConvAutoencoder(Autoencoder):
             c = c_out
         self.deconvs = nn.ModuleList(deconvs)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        for conv in self.convs:
-            x = conv(x)  # (B, C, H, W) -> (B, C', ceil(H/2), ceil(W/2))
-        return self.to_code(x.flatten(1))  # -> (B, code)
-
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         x = self.from_code(z).view(-1, *self.flat_shape)  # (B, code) -> (B, C, h, w)
         for block, size in zip(self.deconvs, reversed(self.sizes[:-1])):
@@ -133,6 +161,10 @@ class ConvAutoencoder(Autoencoder):
 
 
 def build_autoencoder(cfg: ModelConfig, input_shape: tuple[int, int, int], output_activation: str = "sigmoid") -> Autoencoder:
+    cls: type[DenseAutoencoder] | type[ConvAutoencoder]
     if cfg.architecture == "dense":
-        return DenseAutoencoder(input_shape, cfg.widths(), cfg.code_size, cfg.activation, cfg.batch_norm, output_activation)
-    return ConvAutoencoder(input_shape, cfg.widths(), cfg.code_size, cfg.activation, cfg.batch_norm, output_activation)
+        cls = DenseAutoencoder
+    else:
+        cls = ConvAutoencoder
+    return cls(input_shape, cfg.widths(), cfg.code_size, cfg.activation, cfg.batch_norm, output_activation,
+               cfg.code_activation, cfg.variational)
