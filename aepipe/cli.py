@@ -43,12 +43,17 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace, base: list[str] | None = None) -> PipelineConfig:
+    """Config file (default: the run directory's saved config.yaml, so later stages reuse the
+    settings of earlier ones), then the built-in base, then command-line overrides."""
     overrides = list(base or []) + list(args.set)
     if args.run_dir:
         overrides.append(f"run_dir={args.run_dir}")
     if getattr(args, "corpus", None):
         overrides.append(f"corpus.source={args.corpus}")
-    return load_config(args.config, overrides)
+    path = args.config
+    if path is None and args.run_dir and (Path(args.run_dir) / "config.yaml").is_file():
+        path = Path(args.run_dir) / "config.yaml"
+    return load_config(path, overrides)
 
 
 def _emit(obj: Any) -> None:
@@ -74,6 +79,12 @@ def _cmd_stage(args: argparse.Namespace) -> int:
         from aepipe.index import build_index
 
         _emit(build_index(cfg))
+    elif args.command == "eval":
+        from aepipe.evaluation import evaluate_run, markdown_table
+
+        report = evaluate_run(cfg)
+        print(markdown_table(report) if sys.stdout.isatty() else json.dumps(report))
+        return 0
     elif args.command == "cluster":
         from aepipe.cluster import cluster_codes
 
@@ -183,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_ in (("train", "train an autoencoder (Lightning)"), ("encode", "encode the corpus into the Parquet code store"),
-                        ("index", "build the FAISS index over the code store"), ("cluster", "k-means on the codes")):
+                        ("index", "build the FAISS index over the code store"), ("cluster", "k-means on the codes"),
+                        ("eval", "AE vs PCA: reconstruction, retrieval, clustering (JSON + Markdown)")):
         p = sub.add_parser(name, help=help_)
         _add_config_args(p)
         p.set_defaults(func=_cmd_stage)

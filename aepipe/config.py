@@ -201,6 +201,18 @@ class ClusterConfig(_Section):
     seed: int = 0
 
 
+class EvaluationConfig(_Section):
+    """``aepipe eval``: held-out queries against the rest, AE codes next to PCA."""
+
+    queries: str | None = Field(None, description="corpus source of the query items (default: the run's held-out test split)")
+    queries_array_key: str | None = Field(None, description="npz key of the query images, e.g. x_test")
+    max_items: int = Field(100_000, ge=10, description="evaluate on a seeded sample of at most this many database items")
+    map_k: int = Field(100, ge=1)
+    umap: bool = Field(False, description="also cluster after a UMAP embedding of the codes (needs umap-learn)")
+    umap_dim: int = Field(10, ge=2)
+    seed: int = 0
+
+
 class QueryConfig(_Section):
     k: int = Field(10, ge=1)
 
@@ -216,6 +228,7 @@ class PipelineConfig(_Section):
     encode: EncodeConfig = EncodeConfig()
     index: IndexConfig = IndexConfig()
     cluster: ClusterConfig = ClusterConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     query: QueryConfig = QueryConfig()
 
     @field_validator("run_dir")

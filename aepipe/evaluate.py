@@ -48,3 +48,12 @@ def cluster_scores(labels_true: np.ndarray, labels_pred: np.ndarray) -> dict[str
         "acc": cluster_accuracy(labels_true, labels_pred),
         "nmi": float(normalized_mutual_info_score(labels_true, labels_pred)),
     }
+
+
+def average_precision_at_k(neighbor_labels: np.ndarray, query_labels: np.ndarray, n_relevant: np.ndarray) -> float:
+    """Mean over queries of AP@k = (1 / min(k, R)) * sum_i P@i * rel_i, R = relevant items in the database."""
+    rel = (neighbor_labels == query_labels[:, None]).astype(np.float64)  # (Q, k)
+    k = rel.shape[1]
+    prec_at_i = np.cumsum(rel, axis=1) / np.arange(1, k + 1)
+    denom = np.minimum(k, np.maximum(n_relevant, 1))
+    return float(((prec_at_i * rel).sum(1) / denom).mean())

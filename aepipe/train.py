@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from aepipe.config import PipelineConfig, TransferConfig
+from aepipe.config import CorpusConfig, FeaturesConfig, PipelineConfig, TransferConfig
 from aepipe.corpus import ImagePreprocessor, Quarantine, open_image_corpus
 from aepipe.errors import ConfigError, CorpusError
 from aepipe.evaluate import pca_baseline, psnr
@@ -47,22 +47,30 @@ class Dataset:
     labels: list[str | None]
 
 
-def load_training_data(cfg: PipelineConfig, quarantine: Quarantine) -> tuple[Dataset, ImagePreprocessor]:
-    """Read (a random sample of at most training.max_items of) the corpus into memory."""
-    corpus = open_image_corpus(cfg.corpus)
-    prep = corpus.infer_preprocessor(cfg.features)
+def read_items(corpus_cfg: CorpusConfig, prep: ImagePreprocessor | None, max_items: int | None, seed: int,
+               quarantine: Quarantine, features: FeaturesConfig | None = None) -> tuple[Dataset, ImagePreprocessor]:
+    """Read (a seeded random sample of at most ``max_items`` of) a corpus into memory."""
+    corpus = open_image_corpus(corpus_cfg)
+    prep = prep or corpus.infer_preprocessor(features or FeaturesConfig())
     keep = None
-    if cfg.training.max_items and cfg.training.max_items < corpus.n_items:
-        rng = np.random.default_rng(cfg.training.seed)
-        keep = set(rng.choice(corpus.n_items, cfg.training.max_items, replace=False).tolist())
+    if max_items and max_items < corpus.n_items:
+        rng = np.random.default_rng(seed)
+        keep = set(rng.choice(corpus.n_items, max_items, replace=False).tolist())
     xs, ids, labels = [], [], []
     for batch in corpus.iter_batches(prep, 4096, quarantine, keep=keep):
         xs.append(batch.x)
         ids += batch.ids
         labels += batch.labels
-    if len(ids) < 10:
-        raise CorpusError(f"only {len(ids)} readable items in {cfg.corpus.source}; need at least 10 to train")
+    if not ids:
+        raise CorpusError(f"no readable items in {corpus_cfg.source}")
     return Dataset(np.concatenate(xs), ids, labels), prep
+
+
+def load_training_data(cfg: PipelineConfig, quarantine: Quarantine) -> tuple[Dataset, ImagePreprocessor]:
+    data, prep = read_items(cfg.corpus, None, cfg.training.max_items, cfg.training.seed, quarantine, cfg.features)
+    if len(data.ids) < 10:
+        raise CorpusError(f"only {len(data.ids)} readable items in {cfg.corpus.source}; need at least 10 to train")
+    return data, prep
 
 
 def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:

@@ -77,7 +77,11 @@ def load_model(files: ModelFiles | str | Path) -> LoadedModel:
     prep = ImagePreprocessor.from_dict(read_json(files.preprocess))
     info = read_json(files.info)
     net = build_autoencoder(config.model, prep.shape, info.get("output_activation", "sigmoid"))
-    net.load_state_dict(load_file(str(files.weights)))
+    try:
+        net.load_state_dict(load_file(str(files.weights)))
+    except RuntimeError:
+        raise MissingArtifact(f"weights in {files.weights} do not match the model described by {files.config} "
+                              "(made by another aepipe version?); retrain with `aepipe train`") from None
     net.eval()
     return LoadedModel(net=net, prep=prep, config=config, info=info)
 
