@@ -1,0 +1,1 @@
+"""Benchmarks: one command each, run by hand (not in CI; CI runs tiny versions)."""
