@@ -111,7 +111,6 @@ def encode_corpus(cfg: PipelineConfig) -> EncodeResult:
     layout = RunLayout.at(cfg.run_dir)
     recover_dir(layout.store)
     model = load_model(layout.model)
-    torch.set_grad_enabled(False)
     corpus = open_image_corpus(cfg.corpus)
     key = encode_key(cfg, model.model_id)
     staging = layout.staging(f"store-{key}")

@@ -94,8 +94,8 @@ class Searcher:
         if q.ndim == 1:
             q = q[None]
         if q.ndim != 2 or q.shape[1] != self.dim:
-            raise DimensionMismatch(f"query vectors have dimension {q.shape[-1] if q.ndim else 0}, "
-                                    f"the index has dimension {self.dim}")
+            raise DimensionMismatch(f"query vectors of shape {tuple(q.shape)} have dimension {q.shape[-1] if q.ndim else 0}, "
+                                    f"the index has dimension {self.dim} (give an (n, {self.dim}) array)")
         q = np.ascontiguousarray(q)
         if self.metric == "cosine":
             faiss.normalize_L2(q)

@@ -14,6 +14,7 @@ import pyarrow as pa
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, TensorDataset
 
 from aepipe.config import CorpusConfig, FeaturesConfig, PipelineConfig, TransferConfig
@@ -115,20 +116,24 @@ def train_model(cfg: PipelineConfig) -> TrainResult:
     monitor = "val_loss" if has_val else "train_loss"
     checkpoint = ModelCheckpoint(dirpath=files.checkpoints, filename="best", monitor=monitor, save_top_k=1)
     tc = cfg.training
-    trainer = L.Trainer(
-        accelerator=tc.accelerator,
-        devices=tc.devices,
-        strategy=tc.strategy,
-        precision=tc.precision,
-        max_epochs=tc.max_epochs,
-        max_time={"minutes": tc.max_time_minutes} if tc.max_time_minutes else None,
-        callbacks=[EarlyStopping(monitor=monitor, patience=tc.early_stopping_patience), checkpoint],
-        logger=CSVLogger(save_dir=files.logs, name="", version=""),
-        enable_progress_bar=sys.stderr.isatty(),
-        enable_model_summary=False,
-        log_every_n_steps=10,
-        default_root_dir=staging,
-    )
+    try:
+        trainer = L.Trainer(
+            accelerator=tc.accelerator,
+            devices=tc.devices,
+            strategy=tc.strategy,
+            precision=tc.precision,
+            max_epochs=tc.max_epochs,
+            max_time={"minutes": tc.max_time_minutes} if tc.max_time_minutes else None,
+            callbacks=[EarlyStopping(monitor=monitor, patience=tc.early_stopping_patience), checkpoint],
+            logger=CSVLogger(save_dir=files.logs, name="", version=""),
+            enable_progress_bar=sys.stderr.isatty(),
+            enable_model_summary=False,
+            log_every_n_steps=10,
+            default_root_dir=staging,
+        )
+    except (ValueError, RuntimeError, MisconfigurationException) as exc:
+        raise ConfigError(f"training.accelerator/devices/strategy/precision rejected by Lightning: "
+                          f"{str(exc).splitlines()[0]}") from None
     x = data.x
     with timed(f"fit {cfg.model.architecture} autoencoder on {len(split['train'])} items"):
         trainer.fit(

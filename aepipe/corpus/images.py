@@ -176,7 +176,7 @@ class ImageCorpus:
         root = Path(self.cfg.source)
         exts = {e.lower() for e in self.cfg.extensions}
         for pos, rel in zip(range(shard.start, shard.stop), shard.files):
-            parent = rel.rsplit("/", 1)[0] if "/" in rel else None
+            parent = rel.split("/")[-2] if "/" in rel else None  # the parent folder names the label
             item = RawItem(pos=pos, id=rel, source=str(root / rel), label=parent, payload=None)
             if Path(rel).suffix.lower() not in exts:
                 item.payload = BadItem(f"not an image file (extension '{Path(rel).suffix}' not in corpus.extensions)")
@@ -193,7 +193,7 @@ class ImageCorpus:
 
     def _iter_arrays(self, shard: Shard) -> Iterator[RawItem]:
         images, labels, scale = self._arrays  # type: ignore[misc]
-        width = len(str(max(self.n_items - 1, 0)))
+        width = len(str(max(self._count() - 1, 0)))  # of the whole array: ids must not depend on corpus.limit
         name = "digits" if self.format == "digits" else Path(self.cfg.source).name
         for pos in range(shard.start, shard.stop):
             label = None if labels is None else str(labels[pos])

@@ -1,0 +1,148 @@
+"""The FAISS index stage: the index type, the recall it records (checked against an
+exact search computed here), the id mapping, metrics and errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from aepipe.config import IndexConfig
+from aepipe.errors import ConfigError, MissingArtifact
+from aepipe.index import build_index, choose_factory, estimate_bytes, ivf_nlist, recall_at_k, set_search_params
+from aepipe.layout import RunLayout
+from aepipe.store import open_store
+
+
+def _exact_recall(layout: RunLayout, metric: str, k: int = 10) -> float:
+    """recall@k of the saved index (at its saved search parameters) for every stored
+    vector as a query, against exact brute-force search with faiss.IndexFlat."""
+    infos = json.loads(layout.index.infos.read_text())
+    index = faiss.read_index(str(layout.index.index))
+    set_search_params(index, infos["params"])
+    _, codes = open_store(layout.store).read_codes()
+    x = np.ascontiguousarray(codes, dtype=np.float32)
+    if metric == "cosine":
+        faiss.normalize_L2(x)
+    flat = faiss.IndexFlatIP(x.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(x.shape[1])
+    flat.add(x)
+    _, truth = flat.search(x, k)
+    _, found = index.search(x, k)
+    return float(np.mean([len(set(f) & set(t)) for f, t in zip(found, truth)]) / k)
+
+
+def test_small_store_gets_an_exact_flat_index(trained_run):
+    layout = RunLayout.at(trained_run.run_dir)
+    infos = json.loads(layout.index.infos.read_text())
+    assert infos["index_string"] == "Flat" and infos["index_class"] == "IndexFlat"
+    assert infos["n_items"] == 400 and infos["dim"] == 10 and infos["metric"] == "l2"
+    assert infos["model_id"] == trained_run.model_id
+    assert infos["recall_at_10"] == 1.0 and infos["recall_target_met"] is True
+    assert infos["n_eval_queries"] == 400
+    assert faiss.read_index(str(layout.index.index)).ntotal == 400
+
+
+def test_ids_parquet_maps_index_positions_to_store_ids(trained_run):
+    layout = RunLayout.at(trained_run.run_dir)
+    ids = pq.read_table(layout.index.ids).column("id").to_pylist()
+    store_ids, codes = open_store(layout.store).read_codes()
+    assert ids == store_ids
+    index = faiss.read_index(str(layout.index.index))
+    _, found = index.search(np.ascontiguousarray(codes[[17, 321]]), 1)
+    assert [ids[i] for i in found[:, 0]] == [store_ids[17], store_ids[321]]
+
+
+@pytest.mark.parametrize("factory, index_class, param", [
+    ("IVF16,Flat", "IndexIVFFlat", "nprobe"),
+    ("HNSW16", "IndexHNSWFlat", "efSearch"),
+])
+def test_forced_factory_records_true_recall(run_copy, factory, index_class, param):
+    result = build_index(run_copy.config(f"index.factory={factory}"))
+    layout = RunLayout.at(run_copy.run_dir)
+    infos = json.loads(layout.index.infos.read_text())
+    assert infos["index_string"] == factory and infos["index_class"] == index_class
+    assert result.index_string == factory and result.n_items == 400
+    assert set(infos["params"]) == {param}
+    assert infos["recall_at_10"] >= 0.95 and infos["recall_target_met"]
+    assert infos["recall_at_10"] == pytest.approx(_exact_recall(layout, "l2"), abs=1e-4)
+    assert result.recall_at_10 == infos["recall_at_10"]
+
+
+def test_ivf_tuning_picks_the_smallest_nprobe_meeting_the_target(run_copy):
+    build_index(run_copy.config("index.factory=IVF16,Flat", "index.recall_target=0.5"))
+    layout = RunLayout.at(run_copy.run_dir)
+    infos = json.loads(layout.index.infos.read_text())
+    nprobe = infos["params"]["nprobe"]
+    assert infos["recall_at_10"] >= 0.5
+    if nprobe > 1:  # the next smaller setting must have missed the target
+        index = faiss.read_index(str(layout.index.index))
+        set_search_params(index, {"nprobe": nprobe // 2})
+        _, codes = open_store(layout.store).read_codes()
+        flat = faiss.IndexFlatL2(codes.shape[1])
+        flat.add(codes)
+        _, truth = flat.search(codes, 10)
+        _, found = index.search(codes, 10)
+        assert recall_at_k(found, truth) < 0.5
+
+
+def test_cosine_metric_uses_inner_product_on_normalised_codes(run_copy):
+    build_index(run_copy.config("index.metric=cosine"))
+    layout = RunLayout.at(run_copy.run_dir)
+    infos = json.loads(layout.index.infos.read_text())
+    assert infos["metric"] == "cosine" and infos["recall_at_10"] == 1.0
+    index = faiss.read_index(str(layout.index.index))
+    assert index.metric_type == faiss.METRIC_INNER_PRODUCT
+    _, codes = open_store(layout.store).read_codes()
+    stored = faiss.rev_swig_ptr(faiss.downcast_index(index).get_xb(), index.ntotal * index.d).reshape(index.ntotal, -1)
+    np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(stored, codes / np.linalg.norm(codes, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+    assert _exact_recall(layout, "cosine") == 1.0
+
+
+def _digest(root):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.iterdir())}
+
+
+def test_invalid_factory_is_a_config_error_and_keeps_the_old_index(run_copy):
+    layout = RunLayout.at(run_copy.run_dir)
+    before = _digest(layout.index.root)
+    with pytest.raises(ConfigError, match="IVF16,Bogus") as exc:
+        build_index(run_copy.config("index.factory=IVF16,Bogus"))
+    assert "\n" not in str(exc.value)
+    assert _digest(layout.index.root) == before
+
+
+def test_index_without_store_is_a_missing_artifact(tmp_path, trained_run):
+    with pytest.raises(MissingArtifact, match="aepipe encode"):
+        build_index(trained_run.config(run_dir=tmp_path / "empty"))
+
+
+def test_choose_factory_by_size_and_memory_budget():
+    cfg = IndexConfig()
+    assert choose_factory(1_000, 16, cfg) == "Flat"
+    assert choose_factory(100_000, 16, cfg) == "HNSW32"
+    assert choose_factory(100_000, 16, IndexConfig(flat_max_items=200_000)) == "Flat"
+    assert choose_factory(3_000_000, 16, cfg) == f"IVF{ivf_nlist(3_000_000)},Flat"
+    # 100 MB: IVF-Flat (~790 MB) and PQ64/PQ32 do not fit; PQ16 is the finest code that does
+    pq_choice = choose_factory(3_000_000, 64, IndexConfig(memory_budget_mb=100))
+    assert pq_choice == f"IVF{ivf_nlist(3_000_000)},PQ16"
+    assert estimate_bytes(pq_choice, 3_000_000, 64) <= 100 * 2**20
+    with pytest.raises(ConfigError, match="memory_budget_mb"):
+        choose_factory(10_000_000, 64, IndexConfig(memory_budget_mb=1))
+
+
+def test_ivf_nlist_is_a_power_of_two_with_enough_points_per_list():
+    for n in (100, 1_000, 50_000, 10_000_000):
+        nlist = ivf_nlist(n)
+        assert nlist & (nlist - 1) == 0 or nlist == n // 39
+        assert n // nlist >= 39 or nlist == 1
+
+
+def test_recall_at_k():
+    truth = np.array([[1, 2, 3], [4, 5, 6]])
+    assert recall_at_k(truth, truth, 3) == 1.0
+    assert recall_at_k(np.array([[3, 2, 9], [7, 8, 9]]), truth, 3) == pytest.approx(2 / 6)
