@@ -39,7 +39,7 @@ KINDS: dict[str, list[str]] = {
 
 # Hinton & Salakhutdinov's 784-1000-500-250-30 shape, with batch norm, GELU, BCE, AdamW and a one-cycle schedule.
 RECIPE = ["model.code_size=30", "model.n_layers=3", "model.nodes_per_layer=[1000, 500, 250]", "model.batch_norm=true",
-          "model.activation=gelu", "model.loss=bce", "training.batch_size=256", "training.lr=0.002",
+          "model.activation=gelu", "model.loss=bce", "training.batch_size=256", "training.lr=0.003",
           "training.weight_decay=0.0001", "training.val_fraction=0.05", "training.test_fraction=0.0",
           "training.early_stopping_patience=5"]
 
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="../shared/datasets/mnist.npz")
     p.add_argument("--kinds", default=",".join(KINDS), type=lambda s: s.split(","))
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=int, default=25)
     p.add_argument("--minutes", type=float, default=15.0, help="training budget per model")
     p.add_argument("--umap", action="store_true", help="also k-means after UMAP (needs umap-learn)")
     p.add_argument("--out", default="bench-out/mnist")
