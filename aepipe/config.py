@@ -164,6 +164,7 @@ class TrainingConfig(_Section):
     seed: int = 0
     accelerator: str = "cpu"
     devices: int | str = 1
+    num_nodes: int = Field(1, ge=1, description="machines in a DDP job (devices is per machine)")
     strategy: str = "auto"
     precision: str = "32-true"
     num_workers: int = Field(0, ge=0)

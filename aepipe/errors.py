@@ -23,3 +23,7 @@ class DimensionMismatch(AepipeError):
 
 class IndexMismatch(AepipeError):
     """Index, store and model come from different models."""
+
+
+class TrainingError(AepipeError):
+    """Training failed as a whole (e.g. a DDP training process exited with an error)."""

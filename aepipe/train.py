@@ -97,7 +97,22 @@ def _loader(x: np.ndarray, batch_size: int, shuffle: bool, num_workers: int) -> 
 
 
 def train_model(cfg: PipelineConfig) -> TrainResult:
-    """Train on ``cfg.corpus``; write the model directory under ``cfg.run_dir`` atomically."""
+    """Train on ``cfg.corpus``; write the model directory under ``cfg.run_dir`` atomically.
+
+    Multi-process training (DDP: several devices or nodes) runs in a dedicated subprocess,
+    ``python -m aepipe.train_ddp``: Lightning starts the other ranks by re-running the command
+    of rank 0, which must be that entrypoint and not the caller (a Prefect flow, the pipeline).
+    """
+    from aepipe.train_ddp import inside_launched_job, needs_launcher, train_in_subprocess
+
+    if needs_launcher(cfg.training) and not inside_launched_job():
+        return train_in_subprocess(cfg)
+    return fit_model(cfg)
+
+
+def fit_model(cfg: PipelineConfig) -> TrainResult:
+    """Train in this process (and, under DDP, in the ranks Lightning starts from it). Every rank
+    computes the same paths; only global rank 0 touches the staging directory and the model."""
     t0 = time.perf_counter()
     layout = RunLayout.at(cfg.run_dir)
     L.seed_everything(cfg.training.seed, workers=True, verbose=False)
@@ -110,7 +125,7 @@ def train_model(cfg: PipelineConfig) -> TrainResult:
     transferred = init_from_model(net, cfg.model.transfer) if cfg.model.transfer else 0
     module = AutoencoderModule(net, loss, cfg.training.lr, cfg.training.weight_decay, cfg.training.lr_schedule, cfg.model)
 
-    staging = fresh_dir(layout.staging("model"))
+    staging = layout.staging("model")  # created below, by rank 0 only
     files = ModelFiles(staging)
     has_val = len(split["val"]) > 0
     monitor = "val_loss" if has_val else "train_loss"
@@ -120,6 +135,7 @@ def train_model(cfg: PipelineConfig) -> TrainResult:
         trainer = L.Trainer(
             accelerator=tc.accelerator,
             devices=tc.devices,
+            num_nodes=tc.num_nodes,
             strategy=tc.strategy,
             precision=tc.precision,
             max_epochs=tc.max_epochs,
@@ -134,6 +150,8 @@ def train_model(cfg: PipelineConfig) -> TrainResult:
     except (ValueError, RuntimeError, MisconfigurationException) as exc:
         raise ConfigError(f"training.accelerator/devices/strategy/precision rejected by Lightning: "
                           f"{str(exc).splitlines()[0]}") from None
+    if trainer.is_global_zero:  # other ranks start later (Lightning's launcher) or never write
+        fresh_dir(staging)
     x = data.x
     with timed(f"fit {cfg.model.architecture} autoencoder on {len(split['train'])} items"):
         trainer.fit(
