@@ -33,6 +33,14 @@ DEMO_OVERRIDES = [
     "training.lr=0.003",
 ]
 
+# The documents demo: docstrings of Python's standard library, labelled by package (no download).
+DOC_DEMO_OVERRIDES = [
+    "corpus.kind=documents",
+    "corpus.source=python-docs",
+    "model.code_size=16",
+    "training.max_epochs=60",
+]
+
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help="YAML config file (sections: corpus, features, model, training, encode, index, cluster, query)")
@@ -125,12 +133,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out).resolve()
     args.run_dir, args.corpus = str(out), None
-    cfg = _config(args, DEMO_OVERRIDES)
-    print(f"aepipe demo: training a {cfg.model.code_size}-d autoencoder on scikit-learn's digits; output in {out}",
-          file=sys.stderr)
+    cfg = _config(args, DOC_DEMO_OVERRIDES if args.documents else DEMO_OVERRIDES)
+    what = "Python standard-library docstrings" if args.documents else "scikit-learn's digits"
+    print(f"aepipe demo: training a {cfg.model.code_size}-d autoencoder on {what}; output in {out}", file=sys.stderr)
     report = _run_flow(cfg, not args.no_prefect)
     print(format_report(report))
+    if args.documents:
+        from aepipe.io import read_json
+        from aepipe.layout import RunLayout
+        from aepipe.topics import format_topics
+
+        topics = read_json(RunLayout.at(cfg.run_dir).clusters.topics)
+        topics["topics"] = topics["topics"][:5]
+        print("\nlargest topics:\n" + format_topics(topics))
     print(f"report: {out / 'report.json'}")
+    return 0
+
+
+def _cmd_topics(args: argparse.Namespace) -> int:
+    """Cluster the document codes (the cluster stage) and print the topics."""
+    from aepipe.cluster import cluster_codes
+    from aepipe.io import read_json
+    from aepipe.layout import RunLayout
+    from aepipe.topics import format_topics
+
+    cfg = _config(args)
+    cluster_codes(cfg)
+    path = RunLayout.at(cfg.run_dir).clusters.topics
+    if not path.is_file():
+        raise ConfigError(f"no topics for {cfg.run_dir}: topics need a document run (corpus.kind=documents) "
+                          "whose store was encoded by the run's model")
+    topics = read_json(path)
+    print(format_topics(topics) if args.format == "text" else json.dumps(topics))
     return 0
 
 
@@ -158,8 +192,17 @@ def _cmd_search(args: argparse.Namespace) -> int:
         results = searcher.search_ids(args.id, k)
     elif args.image:
         results = searcher.search_images(args.image, k)
+    elif args.text or args.text_file:
+        texts = list(args.text or [])
+        if args.text_file:
+            if not Path(args.text_file).is_file():
+                raise ConfigError(f"query file {args.text_file} does not exist")
+            texts += _read_queries(args.text_file)
+        if not texts:
+            raise ConfigError(f"no queries in {args.text_file} (one query per line)")
+        results = searcher.search_texts(texts, k)
     else:
-        raise ConfigError("give queries with --image, --id or --vectors")
+        raise ConfigError("give queries with --image, --id or --vectors, or for documents --text or --text-file")
     table = hits_table(results)
     if args.output:
         import pyarrow.parquet as pq
@@ -174,7 +217,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
     cols = ["query", "rank", "id", "distance", "label", "source"]
-    cells = [[f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c] if r[c] is not None else "") for c in cols] for r in rows]
+    if any(r.get("snippet") for r in rows):  # documents: the snippet says more than the file name
+        cols[-1] = "snippet"
+    cells = [[f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c] if r[c] is not None else "")[:80] for c in cols] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     for row in cells:
@@ -208,17 +253,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", help=argparse.SUPPRESS)
     p.add_argument("-s", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.add_argument("--no-prefect", action="store_true", help="call the stage functions directly")
+    p.add_argument("--documents", action="store_true",
+                   help="documents demo: docstrings of Python's standard library, labelled by package")
     p.set_defaults(func=_cmd_demo)
-    p = sub.add_parser("search", help="k nearest stored items of images, stored ids or vectors")
+    p = sub.add_parser("search", help="k nearest stored items of images, texts, stored ids or vectors")
     p.add_argument("--run-dir", default="runs/default")
     p.add_argument("--model", help="model directory to embed query images (default: the run's model)")
     p.add_argument("--image", nargs="+", help="query image file(s)")
+    p.add_argument("--text", nargs="+", help="query text(s) (document runs)")
+    p.add_argument("--text-file", help="file of query texts, one per line (document runs)")
     p.add_argument("--id", nargs="+", help="query by stored id(s)")
     p.add_argument("--vectors", help="query vectors: .npy (N, dim) or a text file with one vector per line")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--format", choices=["table", "json"], default=None, help="default: table on a terminal, else json")
     p.add_argument("--output", help="write results as Parquet to this file")
     p.set_defaults(func=_cmd_search)
+    p = sub.add_parser("topics", help="document runs: cluster the codes and print topics (top terms, size, exemplars)")
+    _add_config_args(p)
+    p.add_argument("--format", choices=["text", "json"], default=None, help="default: text on a terminal, else json")
+    p.set_defaults(func=_cmd_topics)
     p = sub.add_parser("info", help="describe a run directory, model, store or index")
     p.add_argument("path")
     p.set_defaults(func=_cmd_info)
@@ -245,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "format", None) is None and args.command == "search":
         args.format = "table" if sys.stdout.isatty() else "json"
+    if getattr(args, "format", None) is None and args.command == "topics":
+        args.format = "text" if sys.stdout.isatty() else "json"
     if getattr(args, "k", 1) < 1:
         parser.error("-k must be at least 1")
     _setup_logging(args.verbose)

@@ -1,5 +1,6 @@
 """Stage: k-means (faiss.Kmeans) on the stored codes; assignments, scores and
-prototype images decoded from the cluster means."""
+prototype images decoded from the cluster means, or for documents topics (top terms
+decoded from the cluster means, sizes, exemplars; see topics.py)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ import torch
 from PIL import Image
 
 from aepipe.config import PipelineConfig
+from aepipe.corpus import TextPreprocessor
 from aepipe.evaluate import cluster_scores
 from aepipe.io import atomic_write_bytes, atomic_write_json, atomic_write_table, fresh_dir, recover_dir, replace_dir
 from aepipe.layout import ClusterFiles, RunLayout
 from aepipe.models.saved import load_model
 from aepipe.store import arrow_to_codes, open_store
 from aepipe.timing import timed
+from aepipe.topics import describe_topics
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,8 @@ def cluster_codes(cfg: PipelineConfig) -> ClusterResult:
     layout = RunLayout.at(cfg.run_dir)
     recover_dir(layout.clusters.root)
     store = open_store(layout.store)
-    table = store.read(["id", "code", "label"])
+    has_snippets = "snippet" in store.dataset.schema.names
+    table = store.read(["id", "code", "label"] + (["snippet"] if has_snippets else []))
     ids = table.column("id").to_pylist()
     codes = arrow_to_codes(table.column("code"))
     labels = np.array(table.column("label").to_pylist(), dtype=object)
@@ -73,11 +77,17 @@ def cluster_codes(cfg: PipelineConfig) -> ClusterResult:
     np.save(files.centroids, means.astype(np.float32))
     try:
         model = load_model(layout.model)
-        if model.model_id == store.model_id:
+        if model.model_id == store.model_id and isinstance(model.prep, TextPreprocessor):
+            snippets = table.column("snippet").to_pylist() if has_snippets else [None] * len(ids)
+            topics = describe_topics(model, means.astype(np.float32), assign, dist[:, 0], ids, labels.tolist(), snippets,
+                                     cfg.cluster.n_top_terms, cfg.cluster.n_exemplars)
+            atomic_write_json(files.topics, topics)
+            summary["topics"] = files.topics.name
+        elif model.model_id == store.model_id:
             write_prototypes(files.prototypes, model, means)
             summary["prototypes"] = files.prototypes.name
-    except Exception as exc:  # prototypes are a picture for people; never fail the stage for them
-        log.warning("could not draw cluster prototypes: %s", exc)
+    except Exception as exc:  # prototypes and topics are for people; never fail the stage for them
+        log.warning("could not describe the clusters (prototypes / topics): %s", exc)
     atomic_write_json(files.summary, summary)
     replace_dir(staging, layout.clusters.root)
     return ClusterResult(str(layout.clusters.root), k, sizes.tolist(), summary.get("acc"), summary.get("nmi"),

@@ -21,15 +21,23 @@ class _Section(BaseModel):
 
 
 class CorpusConfig(_Section):
-    """Where items come from. ``source`` is ``digits`` (scikit-learn's bundled
-    8x8 handwritten digits), a folder of images, a Parquet file/dataset, or a
-    NumPy ``.npy``/``.npz`` file."""
+    """Where items come from. Images (``kind: images``): ``digits`` (scikit-learn's bundled
+    8x8 handwritten digits), a folder of images, a Parquet file/dataset, or a NumPy
+    ``.npy``/``.npz`` file. Documents (``kind: documents``): ``python-docs`` (docstrings of
+    Python's standard library), a folder of ``.txt``/``.md`` files, or a Parquet, JSONL or
+    CSV file with a text column."""
 
-    kind: Literal["images"] = "images"
+    kind: Literal["images", "documents"] = "images"
     source: str = "digits"
-    format: Literal["auto", "digits", "folder", "parquet", "numpy"] = "auto"
+    format: Literal["auto", "digits", "folder", "parquet", "numpy", "jsonl", "csv", "python_docs"] = "auto"
     id_column: str = "id"
     image_column: str = "image"
+    text_column: str = Field("text", description="documents: column (Parquet, JSONL, CSV) holding the text")
+    text_extensions: list[str] = Field([".txt", ".md"], description="documents: file types read from a folder")
+    max_doc_bytes: int = Field(2**20, gt=0, description="documents: longer documents are quarantined")
+    snippet_chars: int = Field(200, ge=0, description="documents: length of the text snippet kept in the store")
+    encoding: str | None = Field(None, description="documents: encoding to try after UTF-8 (default: detect; "
+                                 "Latin-1 is the last resort and is recorded)")
     label_column: str | None = "label"
     array_key: str | None = Field(None, description="npz key of the images (default: first 3-D/4-D array)")
     labels_key: str | None = Field(None, description="npz key of the labels (default: 'y', 'labels' or 'y_*')")
@@ -39,9 +47,25 @@ class CorpusConfig(_Section):
     limit: int | None = Field(None, gt=0, description="read only the first N items")
 
 
-class FeaturesConfig(_Section):
-    """How items become model inputs: (C, H, W) float32 in [0, 1]."""
+class TextFeaturesConfig(_Section):
+    """Bag-of-words over a vocabulary fitted on the training corpus (scikit-learn's
+    CountVectorizer), weighted by counts, log(1 + count), or log(1 + count) * idf."""
 
+    max_features: int = Field(2000, gt=0, description="keep the V most frequent terms")
+    stop_words: Literal["english"] | list[str] | None = "english"
+    weighting: Literal["counts", "log", "tfidf"] = "tfidf"
+    min_df: int = Field(1, ge=1, description="ignore terms in fewer documents")
+    max_df: float = Field(1.0, gt=0, le=1, description="ignore terms in a larger share of documents")
+    lowercase: bool = True
+    token_pattern: str = r"(?u)\b\w\w+\b"
+    ngram_max: int = Field(1, ge=1, le=3, description="longest n-gram counted as a term")
+
+
+class FeaturesConfig(_Section):
+    """How items become model inputs: images (C, H, W) float32 in [0, 1]; documents a
+    weighted bag-of-words vector (V,)."""
+
+    text: TextFeaturesConfig = TextFeaturesConfig()
     image_size: tuple[int, int] | None = Field(None, description="(H, W); default: size of the first good item")
     channels: Literal[1, 3] | None = Field(None, description="default: 1 for grayscale corpora, else 3")
 
@@ -92,7 +116,12 @@ class ModelConfig(_Section):
         description="hidden widths (dense) or channels (conv) of the encoder; the decoder mirrors them. "
         "Default: 512, 256, 128... (dense) or 32, 64, 128... (conv)",
     )
-    loss: Literal["auto", "mse", "bce"] = Field("auto", description="auto: BCE for inputs in [0, 1], else MSE")
+    loss: Literal["auto", "mse", "bce", "softmax"] = Field(
+        "auto", description="auto: softmax for documents (cross-entropy of the word distribution), "
+        "BCE for inputs in [0, 1], else MSE")
+    decoder: Literal["mirror", "linear"] = Field(
+        "mirror", description="mirror: the encoder's layers reversed; linear: one linear layer from the code "
+        "to the output (dense only; for documents, topic-like codes)")
     activation: Literal["relu", "gelu", "leaky_relu", "tanh", "sigmoid"] = "gelu"
     code_activation: Literal["linear", "relu", "sigmoid"] = "linear"
     batch_norm: bool = False
@@ -114,6 +143,8 @@ class ModelConfig(_Section):
             raise ValueError("nodes_per_layer must be positive")
         if self.architecture == "conv" and self.n_layers == 0:
             raise ValueError("a conv autoencoder needs n_layers >= 1")
+        if self.architecture == "conv" and self.decoder == "linear":
+            raise ValueError("decoder: linear is for dense autoencoders; use decoder: mirror with conv")
         if self.sparsity and self.sparsity.kl > 0 and self.code_activation != "sigmoid":
             raise ValueError("sparsity.kl needs code_activation: sigmoid (mean activations must lie in (0, 1))")
         if self.variational and self.code_activation != "linear":
@@ -150,6 +181,15 @@ class ModelConfig(_Section):
         return [min(32 << i, 256) for i in range(self.n_layers)]
 
 
+class KnnTargetConfig(_Section):
+    """Reconstruct, for each training item, the average of its own target and the mean target of
+    its k nearest training items (cosine on the inputs) instead of its own target alone: a
+    neighbour-smoothed target that pulls similar items' codes together. Uses the training items
+    only and no labels; exact search, O(N^2 * dim) once before training."""
+
+    k: int = Field(20, ge=1)
+
+
 class TrainingConfig(_Section):
     max_epochs: int = Field(60, ge=1)
     max_time_minutes: float | None = Field(None, gt=0, description="stop training after this wall time")
@@ -168,6 +208,7 @@ class TrainingConfig(_Section):
     strategy: str = "auto"
     precision: str = "32-true"
     num_workers: int = Field(0, ge=0)
+    knn_target: KnnTargetConfig | None = None
 
     @model_validator(mode="after")
     def _check_split(self) -> TrainingConfig:
@@ -200,6 +241,8 @@ class ClusterConfig(_Section):
     niter: int = Field(50, ge=1)
     n_redo: int = Field(3, ge=1)
     seed: int = 0
+    n_top_terms: int = Field(10, ge=1, description="documents: terms listed per topic")
+    n_exemplars: int = Field(3, ge=0, description="documents: exemplar documents listed per topic")
 
 
 class EvaluationConfig(_Section):
@@ -232,12 +275,37 @@ class PipelineConfig(_Section):
     evaluation: EvaluationConfig = EvaluationConfig()
     query: QueryConfig = QueryConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _document_defaults(cls, data: Any) -> Any:
+        """``corpus.kind: documents`` changes the defaults of unset keys to the document recipe."""
+        if isinstance(data, dict) and isinstance(data.get("corpus"), dict) and data["corpus"].get("kind") == "documents":
+            defaults = {k: dict(v) for k, v in DOCUMENT_DEFAULTS.items()}
+            model = data.get("model") if isinstance(data.get("model"), dict) else {}
+            if "n_layers" in model or model.get("architecture") == "conv":  # widths follow the user's depth
+                defaults["model"].pop("nodes_per_layer")
+            if model.get("architecture") == "conv":
+                defaults["model"].pop("decoder")
+            return _merge(defaults, data)
+        return data
+
     @field_validator("run_dir")
     @classmethod
     def _nonempty(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("run_dir must not be empty")
         return v
+
+
+# Defaults for document corpora (keys the user sets win): a 2000-500-250-125-code encoder with
+# batch norm, a linear decoder to word logits (softmax cross-entropy), 50 % masking noise, and
+# cosine search. From the 20 Newsgroups recipe search; nothing in it depends on that corpus.
+DOCUMENT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "model": {"nodes_per_layer": [500, 250, 125], "batch_norm": True, "decoder": "linear", "loss": "softmax",
+              "denoising": {"noise": "masking", "level": 0.5}},
+    "training": {"lr": 3e-3, "batch_size": 256, "weight_decay": 1e-4},
+    "index": {"metric": "cosine"},
+}
 
 
 def format_validation_error(err: ValidationError) -> str:

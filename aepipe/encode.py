@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from aepipe.config import PipelineConfig
-from aepipe.corpus import ImageCorpus, Quarantine, Shard, open_image_corpus
+from aepipe.corpus import Corpus, Quarantine, Shard, TextPreprocessor, open_corpus
 from aepipe.corpus.base import QUARANTINE_SCHEMA
 from aepipe.io import atomic_write_json, atomic_write_table, read_json, recover_dir, replace_dir
 from aepipe.layout import RunLayout
@@ -31,6 +31,7 @@ from aepipe.timing import timed
 log = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
+DOCUMENT_COLUMNS = ("snippet", "text_encoding")  # extra store columns of document corpora
 
 
 @dataclass
@@ -58,12 +59,13 @@ def encode_key(cfg: PipelineConfig, model_id: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def encode_shard(corpus: ImageCorpus, model: LoadedModel, shard: Shard, staging: Path, cfg: PipelineConfig,
+def encode_shard(corpus: Corpus, model: LoadedModel, shard: Shard, staging: Path, cfg: PipelineConfig,
                  seen_ids: set[str] | None = None) -> ShardResult:
     """Encode one shard into ``staging/part-NNNNN.parquet`` (atomic) plus its quarantine."""
     ec = cfg.encode
     schema = store_schema(model.code_size, ec.code_dtype, {
-        "model_id": model.model_id, "config": cfg.model_dump(mode="json"), "input_shape": list(model.prep.shape)})
+        "model_id": model.model_id, "config": cfg.model_dump(mode="json"), "input_shape": list(model.prep.shape)},
+        DOCUMENT_COLUMNS if isinstance(model.prep, TextPreprocessor) else ())
     quarantine = Quarantine("encode")
     part = staging / f"part-{shard.index:05d}.parquet"
     writer = PartWriter(part, schema, ec.compression, ec.row_group_size)
@@ -74,7 +76,7 @@ def encode_shard(corpus: ImageCorpus, model: LoadedModel, shard: Shard, staging:
             codes, errors = encode_array(model.net, x)
             writer.write([batch.ids[i] for i in keep], codes.numpy(), errors.numpy(),
                          [batch.labels[i] for i in keep], [batch.sources[i] for i in keep],
-                         [batch.positions[i] for i in keep])
+                         [batch.positions[i] for i in keep], {k: [v[i] for i in keep] for k, v in batch.meta.items()})
         writer.close()
     except BaseException:
         writer.abort()
@@ -111,7 +113,7 @@ def encode_corpus(cfg: PipelineConfig) -> EncodeResult:
     layout = RunLayout.at(cfg.run_dir)
     recover_dir(layout.store)
     model = load_model(layout.model)
-    corpus = open_image_corpus(cfg.corpus)
+    corpus = open_corpus(cfg.corpus)
     key = encode_key(cfg, model.model_id)
     staging = layout.staging(f"store-{key}")
     staging.mkdir(parents=True, exist_ok=True)
@@ -152,6 +154,6 @@ def finalize_store(cfg: PipelineConfig, staging: Path, manifest: dict, n_shards:
 
 
 def codes_of(model: LoadedModel, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Encode an in-memory array (N, C, H, W) -> (N, code), e.g. query images."""
+    """Encode an in-memory array (N, C, H, W) or (N, V) -> (N, code), e.g. query images or texts."""
     out = [encode_array(model.net, torch.from_numpy(x[i : i + batch_size]))[0].numpy() for i in range(0, len(x), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, model.code_size), np.float32)

@@ -57,3 +57,27 @@ def average_precision_at_k(neighbor_labels: np.ndarray, query_labels: np.ndarray
     prec_at_i = np.cumsum(rel, axis=1) / np.arange(1, k + 1)
     denom = np.minimum(k, np.maximum(n_relevant, 1))
     return float(((prec_at_i * rel).sum(1) / denom).mean())
+
+
+def precision_at_recall(db: np.ndarray, queries: np.ndarray, db_labels: np.ndarray, query_labels: np.ndarray,
+                        recalls: tuple[float, ...] = (0.001, 0.01, 0.1, 0.5), chunk: int = 256) -> dict[float, float]:
+    """Mean over queries of the precision at the rank where a share ``r`` of the query's relevant
+    database items (same label) has been retrieved, ranking the whole database by cosine
+    (Hinton & Salakhutdinov's document-retrieval curve). (N, d), (Q, d) -> {r: precision}"""
+    a = db / np.maximum(np.linalg.norm(db, axis=1, keepdims=True), 1e-12)
+    b = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    values, counts = np.unique(db_labels, return_counts=True)
+    n_rel = dict(zip(values.tolist(), counts.tolist()))
+    out: dict[float, list[float]] = {r: [] for r in recalls}
+    for s in range(0, len(b), chunk):
+        order = np.argsort(-(b[s : s + chunk] @ a.T), axis=1, kind="stable")  # (q, N)
+        hits = np.cumsum(db_labels[order] == query_labels[s : s + chunk, None], axis=1)  # relevant retrieved so far
+        for i, label in enumerate(query_labels[s : s + chunk]):
+            n = n_rel.get(label, 0)
+            if n == 0:
+                continue
+            for r in recalls:
+                need = max(1, int(np.ceil(r * n)))
+                rank = int(np.searchsorted(hits[i], need)) + 1  # items retrieved when ``need`` are found
+                out[r].append(need / rank)
+    return {r: float(np.mean(v)) if v else float("nan") for r, v in out.items()}

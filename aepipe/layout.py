@@ -8,7 +8,8 @@
       store/                 part-*.parquet (one latent code per item), _manifest.json
       quarantine/            <stage>.parquet: items that could not be read (id, source, reason)
       index/                 index.faiss, ids.parquet, index_infos.json
-      clusters/              assignments.parquet, summary.json, centroids.npy, prototypes.png
+      clusters/              assignments.parquet, summary.json, centroids.npy, prototypes.png (images)
+                             or topics.json (documents)
       .staging/              work in progress; swapped into place when complete
 """
 
@@ -87,6 +88,10 @@ class ClusterFiles:
     @property
     def prototypes(self) -> Path:
         return self.root / "prototypes.png"
+
+    @property
+    def topics(self) -> Path:
+        return self.root / "topics.json"
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
-"""Query API: open a run directory, search by vectors, stored ids or image files.
+"""Query API: open a run directory, search by vectors, stored ids, image files or texts.
 
     from aepipe.search import Searcher
     s = Searcher("runs/default")
     hits = s.search_images(["cat.png"], k=5)    # one list of Hit per query
+    hits = s.search_texts(["event loop"], k=5)  # document runs
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from aepipe.corpus import TextPreprocessor
 from aepipe.corpus.base import BadItem
 from aepipe.encode import codes_of
 from aepipe.errors import AepipeError, DimensionMismatch, IndexMismatch, MissingArtifact
@@ -35,6 +37,7 @@ class Hit:
     distance: float  # squared L2, or 1 - cosine similarity
     label: str | None
     source: str | None
+    snippet: str | None = None  # documents: the start of the text
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,7 +57,7 @@ class Searcher:
         self.metric = self.infos["metric"]
         self._model_dir = Path(model_dir) if model_dir else self.layout.model.root
         self._model: LoadedModel | None = None
-        self._meta: dict[str, tuple[str | None, str | None]] | None = None
+        self._meta: dict[str, tuple[str | None, str | None, str | None]] | None = None
         self._store = None
 
     @property
@@ -81,10 +84,15 @@ class Searcher:
             self._store = store
         return self._store
 
-    def _metadata(self) -> dict[str, tuple[str | None, str | None]]:
+    def _metadata(self) -> dict[str, tuple[str | None, str | None, str | None]]:
+        """id -> (label, source, snippet); snippet is None for stores without one (images)."""
         if self._meta is None:
-            t = self._store_checked().read(["id", "label", "source"])
-            self._meta = dict(zip(t.column("id").to_pylist(), zip(t.column("label").to_pylist(), t.column("source").to_pylist())))
+            store = self._store_checked()
+            cols = ["id", "label", "source"] + (["snippet"] if "snippet" in store.dataset.schema.names else [])
+            t = store.read(cols)
+            snippets = t.column("snippet").to_pylist() if "snippet" in cols else [None] * t.num_rows
+            self._meta = dict(zip(t.column("id").to_pylist(),
+                                  zip(t.column("label").to_pylist(), t.column("source").to_pylist(), snippets)))
         return self._meta
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10, query_names: list[str] | None = None,
@@ -110,9 +118,9 @@ class Searcher:
                 if i < 0 or (exclude and self.ids[i] == exclude[qi]) or len(hits) == k:
                     continue
                 item_id = self.ids[i]
-                label, source = meta.get(item_id, (None, None))
+                label, source, snip = meta.get(item_id, (None, None, None))
                 score = 1.0 - float(d) if self.metric == "cosine" else float(d)
-                hits.append(Hit(names[qi], len(hits) + 1, item_id, score, label, source))
+                hits.append(Hit(names[qi], len(hits) + 1, item_id, score, label, source, snip))
             results.append(hits)
         return results
 
@@ -140,9 +148,20 @@ class Searcher:
                 raise AepipeError(f"cannot read {p}: {exc.strerror or exc}") from None
         return self.search_vectors(codes_of(model, np.stack(xs)), k, query_names=[str(p) for p in paths])
 
+    def search_texts(self, texts: list[str], k: int = 10) -> list[list[Hit]]:
+        """Nearest stored documents of each query text (a document run's vocabulary and encoder)."""
+        model = self.model
+        if not isinstance(model.prep, TextPreprocessor):
+            raise AepipeError("this run's model was trained on images; query it with --image, --id or --vectors")
+        x = model.prep.transform(list(texts))  # (Q, V)
+        empty = [t for t, n in zip(texts, x.sum(1)) if n <= 0]
+        if empty:
+            raise AepipeError(f"query {empty[0][:60]!r} has no term of the model's vocabulary; use other words")
+        return self.search_vectors(codes_of(model, x), k, query_names=[t[:80] for t in texts])
+
 
 def hits_table(results: list[list[Hit]]) -> pa.Table:
     rows = [h.to_dict() for hits in results for h in hits]
     return pa.Table.from_pylist(rows, schema=pa.schema([
         ("query", pa.string()), ("rank", pa.int32()), ("id", pa.string()), ("distance", pa.float32()),
-        ("label", pa.string()), ("source", pa.string())]))
+        ("label", pa.string()), ("source", pa.string()), ("snippet", pa.string())]))

@@ -29,7 +29,8 @@ META_KEY = b"aepipe"
 PART_GLOB = "part-*.parquet"
 
 
-def store_schema(code_size: int, code_dtype: str, meta: dict[str, Any]) -> pa.Schema:
+def store_schema(code_size: int, code_dtype: str, meta: dict[str, Any], extra_columns: tuple[str, ...] = ()) -> pa.Schema:
+    """The store's columns (plus string ``extra_columns``, e.g. a document's snippet) and metadata."""
     value_type = pa.float16() if code_dtype == "float16" else pa.float32()
     fields = [
         pa.field("id", pa.string(), nullable=False),
@@ -38,6 +39,7 @@ def store_schema(code_size: int, code_dtype: str, meta: dict[str, Any]) -> pa.Sc
         pa.field("label", pa.string()),
         pa.field("source", pa.string()),
         pa.field("position", pa.int64()),
+        *(pa.field(name, pa.string()) for name in extra_columns),
     ]
     full_meta = {"aepipe_version": __version__, "code_size": code_size, "code_dtype": code_dtype, **meta}
     return pa.schema(fields, metadata={META_KEY: json.dumps(full_meta).encode()})
@@ -74,12 +76,14 @@ class PartWriter:
         self.n_rows = 0
 
     def write(self, ids: list[str], codes: np.ndarray, recon_error: np.ndarray, labels: list[str | None],
-              sources: list[str], positions: list[int]) -> None:
+              sources: list[str], positions: list[int], extra: dict[str, list[str]] | None = None) -> None:
         meta = json.loads(self.schema.metadata[META_KEY])
+        extra = extra or {}
         batch = pa.record_batch(
             [pa.array(ids, pa.string()), codes_to_arrow(codes, meta["code_dtype"]),
              pa.array(np.asarray(recon_error, dtype=np.float32)), pa.array(labels, pa.string()),
-             pa.array(sources, pa.string()), pa.array(positions, pa.int64())],
+             pa.array(sources, pa.string()), pa.array(positions, pa.int64()),
+             *(pa.array(extra.get(f.name, [None] * len(ids)), pa.string()) for f in list(self.schema)[6:])],
             schema=self.schema,
         )
         self._pending.append(batch)

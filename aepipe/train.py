@@ -18,7 +18,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, TensorDataset
 
 from aepipe.config import CorpusConfig, FeaturesConfig, PipelineConfig, TransferConfig
-from aepipe.corpus import ImagePreprocessor, Quarantine, open_image_corpus
+from aepipe.corpus import Preprocessor, Quarantine, TextPreprocessor, open_corpus
 from aepipe.errors import ConfigError, CorpusError
 from aepipe.evaluate import pca_baseline, psnr
 from aepipe.io import atomic_write_json, atomic_write_table, fresh_dir, replace_dir
@@ -43,20 +43,21 @@ class TrainResult:
 
 @dataclass
 class Dataset:
-    x: np.ndarray  # (N, C, H, W) float32
+    x: np.ndarray  # (N, C, H, W) float32 images or (N, V) documents
     ids: list[str]
     labels: list[str | None]
 
 
-def read_items(corpus_cfg: CorpusConfig, prep: ImagePreprocessor | None, max_items: int | None, seed: int,
-               quarantine: Quarantine, features: FeaturesConfig | None = None) -> tuple[Dataset, ImagePreprocessor]:
-    """Read (a seeded random sample of at most ``max_items`` of) a corpus into memory."""
-    corpus = open_image_corpus(corpus_cfg)
-    prep = prep or corpus.infer_preprocessor(features or FeaturesConfig())
+def read_items(corpus_cfg: CorpusConfig, prep: Preprocessor | None, max_items: int | None, seed: int,
+               quarantine: Quarantine, features: FeaturesConfig | None = None) -> tuple[Dataset, Preprocessor]:
+    """Read (a seeded random sample of at most ``max_items`` of) a corpus into memory. Without
+    ``prep``, the preprocessor is inferred (images) or fitted (documents' vocabulary) on that sample."""
+    corpus = open_corpus(corpus_cfg)
     keep = None
     if max_items and max_items < corpus.n_items:
         rng = np.random.default_rng(seed)
         keep = set(rng.choice(corpus.n_items, max_items, replace=False).tolist())
+    prep = prep or corpus.infer_preprocessor(features or FeaturesConfig(), keep=keep)
     xs, ids, labels = [], [], []
     for batch in corpus.iter_batches(prep, 4096, quarantine, keep=keep):
         xs.append(batch.x)
@@ -67,7 +68,7 @@ def read_items(corpus_cfg: CorpusConfig, prep: ImagePreprocessor | None, max_ite
     return Dataset(np.concatenate(xs), ids, labels), prep
 
 
-def load_training_data(cfg: PipelineConfig, quarantine: Quarantine) -> tuple[Dataset, ImagePreprocessor]:
+def load_training_data(cfg: PipelineConfig, quarantine: Quarantine) -> tuple[Dataset, Preprocessor]:
     data, prep = read_items(cfg.corpus, None, cfg.training.max_items, cfg.training.seed, quarantine, cfg.features)
     if len(data.ids) < 10:
         raise CorpusError(f"only {len(data.ids)} readable items in {cfg.corpus.source}; need at least 10 to train")
@@ -85,14 +86,63 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
 
 
 def resolve_loss(cfg: PipelineConfig, x: np.ndarray) -> str:
-    """The config's loss, or for ``auto``: BCE when all inputs lie in [0, 1], else MSE."""
+    """The config's loss, or for ``auto``: softmax for documents, BCE when all inputs lie in [0, 1], else MSE."""
     if cfg.model.loss != "auto":
         return cfg.model.loss
+    if cfg.corpus.kind == "documents":
+        return "softmax"
     return "bce" if float(x.min()) >= 0.0 and float(x.max()) <= 1.0 else "mse"
 
 
-def _loader(x: np.ndarray, batch_size: int, shuffle: bool, num_workers: int) -> DataLoader:
-    return DataLoader(TensorDataset(torch.from_numpy(x)), batch_size=batch_size, shuffle=shuffle,
+def output_activation(loss: str, x: np.ndarray) -> str:
+    if loss == "softmax":
+        return "softmax"
+    return "sigmoid" if loss == "bce" or x.max() <= 1.0 else "identity"
+
+
+def training_target(cfg: PipelineConfig, prep: Preprocessor, loss: str, x: np.ndarray,
+                    train_idx: np.ndarray) -> np.ndarray | None:
+    """What the decoder reconstructs, when not the input itself (None): for the softmax loss each
+    document's word distribution; with ``training.knn_target`` the average of an item's target and
+    the mean target of its k nearest training items (cosine on the inputs)."""
+    knn = cfg.training.knn_target
+    if loss != "softmax" and knn is None:
+        return None
+    target = prep.word_distribution(x) if loss == "softmax" and isinstance(prep, TextPreprocessor) else x.copy()
+    if knn is not None:
+        with timed(f"knn target: {knn.k} nearest training items of each of {len(train_idx)}"):
+            flat = target.reshape(len(target), -1)
+            flat[train_idx] = smooth_over_neighbours(x.reshape(len(x), -1)[train_idx], flat[train_idx], knn.k)
+            target = flat.reshape(target.shape)
+    return target
+
+
+def nearest_neighbours(v: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k nearest other rows of ``v`` by cosine (exact, faiss). (N, D) -> (N, k)"""
+    import faiss
+
+    v = np.ascontiguousarray(v, dtype=np.float32).copy()
+    faiss.normalize_L2(v)
+    k = min(k, len(v) - 1)
+    _, idx = faiss.knn(v, v, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    own = idx == np.arange(len(v))[:, None]
+    own[~own.any(1), -1] = True  # the item itself tied out of the list: drop the farthest instead
+    return idx[~own].reshape(len(v), k)
+
+
+def smooth_over_neighbours(inputs: np.ndarray, target: np.ndarray, k: int) -> np.ndarray:
+    """(target + mean target of the k nearest neighbours by input) / 2, as a sparse average. (N, D) -> (N, D)"""
+    import scipy.sparse as sp
+
+    idx = nearest_neighbours(inputs, k)
+    n, k = idx.shape
+    avg = sp.csr_matrix((np.full(n * k, 1.0 / k, np.float32), idx.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n))
+    return ((target + avg @ target) / 2).astype(np.float32)
+
+
+def _loader(x: np.ndarray, batch_size: int, shuffle: bool, num_workers: int, target: np.ndarray | None = None) -> DataLoader:
+    tensors = [torch.from_numpy(x)] + ([torch.from_numpy(target)] if target is not None else [])
+    return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle,
                       num_workers=num_workers, persistent_workers=num_workers > 0)
 
 
@@ -121,7 +171,8 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
         data, prep = load_training_data(cfg, quarantine)
     split = split_indices(len(data.ids), cfg.training.val_fraction, cfg.training.test_fraction, cfg.training.seed)
     loss = resolve_loss(cfg, data.x)
-    net = build_autoencoder(cfg.model, prep.shape, "sigmoid" if loss == "bce" or data.x.max() <= 1.0 else "identity")
+    net = build_autoencoder(cfg.model, prep.shape, output_activation(loss, data.x))
+    target = training_target(cfg, prep, loss, data.x, split["train"])  # None: reconstruct the input
     transferred = init_from_model(net, cfg.model.transfer) if cfg.model.transfer else 0
     module = AutoencoderModule(net, loss, cfg.training.lr, cfg.training.weight_decay, cfg.training.lr_schedule, cfg.model)
 
@@ -156,8 +207,8 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     with timed(f"fit {cfg.model.architecture} autoencoder on {len(split['train'])} items"):
         trainer.fit(
             module,
-            _loader(x[split["train"]], tc.batch_size, True, tc.num_workers),
-            _loader(x[split["val"]], tc.batch_size * 4, False, tc.num_workers) if has_val else None,
+            _loader(x[split["train"]], tc.batch_size, True, tc.num_workers, _rows(target, split["train"])),
+            _loader(x[split["val"]], tc.batch_size * 4, False, tc.num_workers, _rows(target, split["val"])) if has_val else None,
         )
     if not trainer.is_global_zero:
         return TrainResult(str(layout.model.root), "", {}, len(data.ids), len(quarantine), time.perf_counter() - t0)
@@ -180,6 +231,10 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     log.info("model %s: AE SSE/item %.3f vs PCA %.3f on %d held-out items", model_id,
              metrics["ae"]["sse_per_item"], metrics["pca"]["sse_per_item"], metrics["n_test"])
     return TrainResult(str(layout.model.root), model_id, metrics, len(data.ids), len(quarantine), time.perf_counter() - t0)
+
+
+def _rows(a: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
+    return None if a is None else a[idx]
 
 
 def init_from_model(net: Autoencoder, transfer: TransferConfig) -> int:
@@ -210,7 +265,10 @@ def evaluate_reconstruction(net, x: np.ndarray, split: dict[str, np.ndarray], cf
     dim = int(np.prod(xt.shape[1:]))
     ae = {"sse_per_item": float(sse.mean()), "mse": float(sse.mean() / dim)}
     ae["psnr"] = psnr(ae["mse"])
-    pca = pca_baseline(x[split["train"]], xt, cfg.model.code_size, cfg.training.seed)
+    xtrain = x[split["train"]]
+    if net.output_activation == "softmax":  # as encode_array: both reconstruct the inputs normalised to sum 1
+        xtrain, xt = (a / np.maximum(a.sum(1, keepdims=True), 1e-12) for a in (xtrain, xt))
+    pca = pca_baseline(xtrain, xt, cfg.model.code_size, cfg.training.seed)
     pca["psnr"] = psnr(pca["mse"])
     return {"ae": ae, "pca": pca, "code_size": cfg.model.code_size, "input_dim": dim}
 

@@ -146,5 +146,5 @@ def test_store_from_another_model_is_an_index_mismatch(run_copy, tmp_path):
 def test_hits_table_has_one_row_per_hit(searcher):
     table = hits_table(searcher.search_ids(["0001", "0002"], k=4))
     assert table.num_rows == 8
-    assert table.column_names == ["query", "rank", "id", "distance", "label", "source"]
+    assert table.column_names == ["query", "rank", "id", "distance", "label", "source", "snippet"]
     assert table.column("query").to_pylist() == ["0001"] * 4 + ["0002"] * 4

@@ -50,10 +50,11 @@ class BadItem(Exception):
 @dataclass
 class ItemBatch:
     ids: list[str]
-    x: np.ndarray  # (B, C, H, W) float32 in [0, 1]
+    x: np.ndarray  # images: (B, C, H, W) float32 in [0, 1]; documents: (B, V) weighted term counts
     labels: list[str | None]
     sources: list[str]
     positions: list[int]
+    meta: dict[str, list[str]] = field(default_factory=dict)  # extra store columns, e.g. documents' snippet
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -227,8 +227,9 @@ class ImageCorpus:
                 yield raw
             pos += n
 
-    def infer_preprocessor(self, features: FeaturesConfig) -> ImagePreprocessor:
-        """Input spec from the config, filling unset size/channels from the first good item."""
+    def infer_preprocessor(self, features: FeaturesConfig, keep: set[int] | None = None) -> ImagePreprocessor:
+        """Input spec from the config, filling unset size/channels from the first good item
+        (``keep`` is accepted for the interface of DocumentCorpus; any good item tells the size)."""
         if features.image_size and features.channels:
             return ImagePreprocessor(features.image_size[0], features.image_size[1], features.channels)
         for raw in self.iter_raw():
@@ -314,8 +315,12 @@ def _detect_format(cfg: CorpusConfig) -> str:
             fmt = "parquet"
         elif p.is_dir():
             fmt = "folder"
+        elif p.suffix.lower() in (".jsonl", ".ndjson", ".csv", ".tsv", ".txt", ".md"):
+            raise CorpusError(f"{cfg.source} looks like a document corpus; set corpus.kind=documents")
         else:
             raise CorpusError(f"cannot tell the format of {cfg.source}; set corpus.format")
+    if fmt not in ("digits", "folder", "parquet", "numpy"):
+        raise CorpusError(f"corpus.format {fmt} is for documents; set corpus.kind=documents")
     if fmt != "digits" and not Path(cfg.source).exists():
         raise CorpusError(f"corpus source {cfg.source} does not exist")
     return fmt

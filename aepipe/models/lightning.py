@@ -15,7 +15,10 @@ from aepipe.models.regularizers import contractive_penalty, corrupt, gaussian_kl
 
 
 def reconstruction_loss(out: torch.Tensor, x: torch.Tensor, loss: str, net: Autoencoder) -> torch.Tensor:
-    """Mean over items of the per-element loss (BCE on logits, or MSE on activated outputs)."""
+    """Mean over items of the per-element loss (BCE on logits, or MSE on activated outputs), or for
+    ``softmax`` the multinomial cross-entropy -sum_v x_v log softmax(out)_v per item (x: a distribution)."""
+    if loss == "softmax":
+        return -(x * F.log_softmax(out, dim=-1)).sum(-1).mean()  # (B, V) -> scalar
     if loss == "bce":
         return F.binary_cross_entropy_with_logits(out, x)
     return F.mse_loss(net.activate(out), x)
@@ -37,9 +40,11 @@ class AutoencoderModule(L.LightningModule):
         self.save_hyperparameters(ignore=["net", "model_cfg"])
 
     def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
-        x = batch[0]  # (B, C, H, W), the clean target
+        x_in = batch[0]  # (B, C, H, W) images or (B, V) documents
+        x = batch[1] if len(batch) > 1 else x_in  # the clean target: the input, or e.g. a word distribution
         kind = self.kind
-        x_in = corrupt(x, kind.denoising) if kind.denoising and stage == "train" else x
+        if kind.denoising and stage == "train":
+            x_in = corrupt(x_in, kind.denoising)
         z, out, mu, logvar = self.net(x_in)
         recon = reconstruction_loss(out, x, self.loss, self.net)
         loss = recon

@@ -38,7 +38,7 @@ class Autoencoder(nn.Module):
 
     input_shape: tuple[int, ...]
     code_size: int
-    output_activation: str  # "sigmoid" or "identity"
+    output_activation: str  # "sigmoid", "softmax" (over the last dimension: word distributions) or "identity"
     variational: bool
 
     def _init_code(self, d_features: int, code_size: int, code_activation: str, variational: bool) -> None:
@@ -74,6 +74,8 @@ class Autoencoder(nn.Module):
         return [m for m in self.body.modules() if isinstance(m, (nn.Linear, nn.Conv2d))] + [self.code_head]
 
     def activate(self, out: torch.Tensor) -> torch.Tensor:
+        if self.output_activation == "softmax":
+            return torch.softmax(out, dim=-1)
         return torch.sigmoid(out) if self.output_activation == "sigmoid" else out
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +95,7 @@ class DenseAutoencoder(Autoencoder):
 
     def __init__(self, input_shape: tuple[int, ...], widths: list[int], code_size: int,
                  activation: str = "gelu", batch_norm: bool = False, output_activation: str = "sigmoid",
-                 code_activation: str = "linear", variational: bool = False):
+                 code_activation: str = "linear", variational: bool = False, decoder: str = "mirror"):
         super().__init__()
         self.input_shape = tuple(input_shape)
         self.output_activation = output_activation
@@ -104,7 +106,9 @@ class DenseAutoencoder(Autoencoder):
             body += _dense_block(a, b, activation, batch_norm)
         self.body = nn.Sequential(*body)  # (B, C, H, W) -> (B, widths[-1])
         self._init_code(dims[-1], code_size, code_activation, variational)
-        rdims = [code_size, *reversed(widths)]
+        # A linear decoder maps the code straight to output logits (for documents: word logits, so
+        # each code unit is a topic-like direction in vocabulary space).
+        rdims = [code_size] if decoder == "linear" else [code_size, *reversed(widths)]
         dec: list[nn.Module] = []
         for a, b in zip(rdims[:-1], rdims[1:]):
             dec += _dense_block(a, b, activation, batch_norm)
@@ -160,11 +164,9 @@ class ConvAutoencoder(Autoencoder):
         return x  # (B, C_in, H, W)
 
 
-def build_autoencoder(cfg: ModelConfig, input_shape: tuple[int, int, int], output_activation: str = "sigmoid") -> Autoencoder:
-    cls: type[DenseAutoencoder] | type[ConvAutoencoder]
+def build_autoencoder(cfg: ModelConfig, input_shape: tuple[int, ...], output_activation: str = "sigmoid") -> Autoencoder:
     if cfg.architecture == "dense":
-        cls = DenseAutoencoder
-    else:
-        cls = ConvAutoencoder
-    return cls(input_shape, cfg.widths(), cfg.code_size, cfg.activation, cfg.batch_norm, output_activation,
-               cfg.code_activation, cfg.variational)
+        return DenseAutoencoder(input_shape, cfg.widths(), cfg.code_size, cfg.activation, cfg.batch_norm,
+                                output_activation, cfg.code_activation, cfg.variational, cfg.decoder)
+    return ConvAutoencoder(input_shape, cfg.widths(), cfg.code_size, cfg.activation, cfg.batch_norm, output_activation,
+                           cfg.code_activation, cfg.variational)

@@ -11,7 +11,8 @@ from aepipe.models.modules import Autoencoder
 
 
 def corrupt(x: torch.Tensor, cfg: DenoisingConfig) -> torch.Tensor:
-    """Stochastic corruption of inputs in [0, 1]; the reconstruction target stays clean."""
+    """Stochastic corruption of inputs in [0, 1] (masking: of any non-negative inputs, e.g. term
+    weights); the reconstruction target stays clean."""
     if cfg.noise == "gaussian":
         return (x + cfg.level * torch.randn_like(x)).clamp(0.0, 1.0)
     hit = torch.rand_like(x) < cfg.level

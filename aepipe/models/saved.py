@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from aepipe import __version__
 from aepipe.config import PipelineConfig
-from aepipe.corpus.images import ImagePreprocessor
+from aepipe.corpus import Preprocessor, preprocessor_from_dict
 from aepipe.errors import MissingArtifact
 from aepipe.io import atomic_write_json, read_json
 from aepipe.layout import ModelFiles
@@ -24,7 +24,7 @@ from aepipe.models.modules import Autoencoder, build_autoencoder
 @dataclass
 class LoadedModel:
     net: Autoencoder
-    prep: ImagePreprocessor
+    prep: Preprocessor
     config: PipelineConfig
     info: dict[str, Any]
 
@@ -37,7 +37,7 @@ class LoadedModel:
         return self.net.code_size
 
 
-def model_id_for(weights_path: Path, config: PipelineConfig, prep: ImagePreprocessor) -> str:
+def model_id_for(weights_path: Path, config: PipelineConfig, prep: Preprocessor) -> str:
     h = hashlib.sha256()
     h.update(Path(weights_path).read_bytes())
     h.update(json.dumps(config.model.model_dump(mode="json"), sort_keys=True).encode())
@@ -45,7 +45,7 @@ def model_id_for(weights_path: Path, config: PipelineConfig, prep: ImagePreproce
     return h.hexdigest()[:16]
 
 
-def save_model(files: ModelFiles, net: Autoencoder, config: PipelineConfig, prep: ImagePreprocessor,
+def save_model(files: ModelFiles, net: Autoencoder, config: PipelineConfig, prep: Preprocessor,
                extra_info: dict[str, Any] | None = None) -> str:
     """Write weights, config, preprocessing spec and model.json into ``files.root``; return the model id."""
     files.root.mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,7 @@ def load_model(files: ModelFiles | str | Path) -> LoadedModel:
     if not files.weights.is_file() or not files.info.is_file():
         raise MissingArtifact(f"no trained model in {files.root}; run `aepipe train` first")
     config = PipelineConfig.model_validate(read_json(files.config))
-    prep = ImagePreprocessor.from_dict(read_json(files.preprocess))
+    prep = preprocessor_from_dict(read_json(files.preprocess))
     info = read_json(files.info)
     net = build_autoencoder(config.model, prep.shape, info.get("output_activation", "sigmoid"))
     try:
@@ -88,7 +88,10 @@ def load_model(files: ModelFiles | str | Path) -> LoadedModel:
 
 @torch.inference_mode()
 def encode_array(net: Autoencoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes and per-item summed squared reconstruction error. (B, C, H, W) -> (B, code), (B,)"""
+    """Codes and per-item summed squared reconstruction error. (B, C, H, W) -> (B, code), (B,)
+    For a softmax output (documents) the error is measured against the input normalised to sum 1."""
     z = net.encode(x)
     recon = net.activate(net.decode(z))
+    if net.output_activation == "softmax":
+        x = x / x.sum(-1, keepdim=True).clamp_min(1e-12)
     return z, (recon - x).pow(2).flatten(1).sum(1)
