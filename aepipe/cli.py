@@ -168,6 +168,24 @@ def _cmd_topics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """Serve every flow as a deployment (flow/NAME) with cron schedules; no work pool. Runs until
+    interrupted; flow runs execute in subprocesses of this one."""
+    cfg = _config(args)
+    from flows.deployments import parse_schedules, serve_deployments  # imports Prefect (env defaults in flows/)
+
+    schedules = parse_schedules(args.cron)
+    if not os.environ.get("PREFECT_API_URL"):
+        print("aepipe serve: PREFECT_API_URL is not set, so runs and schedules live in a temporary local server "
+              "that stops with this process; start `prefect server start` and set PREFECT_API_URL for a lasting one",
+              file=sys.stderr)
+    planned = ", ".join(f"{k} '{v}'" for k, v in schedules.items() if v) or "none"
+    print(f"aepipe serve: deployments <flow>/{args.name} for {cfg.run_dir}; schedules ({args.timezone}): {planned}",
+          file=sys.stderr)
+    serve_deployments(cfg, schedules, args.name, args.timezone, args.limit)
+    return 0
+
+
 def _read_queries(path: str) -> list[str]:
     return [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
 
@@ -256,6 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--documents", action="store_true",
                    help="documents demo: docstrings of Python's standard library, labelled by package")
     p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("serve", help="serve the flows as scheduled Prefect deployments (no work pool)")
+    _add_config_args(p)
+    p.add_argument("--name", default="default", help="deployment name: runs are <flow>/NAME (default: default)")
+    p.add_argument("--cron", action="append", default=[], metavar="FLOW=CRON",
+                   help="schedule of pipeline, train, encode, index or cluster, e.g. --cron 'train=0 3 * * 0'; "
+                        "FLOW=none for none (default: pipeline=0 2 * * *, the rest on demand)")
+    p.add_argument("--timezone", default="UTC", help="time zone of the cron schedules (IANA name, default UTC)")
+    p.add_argument("--limit", type=int, help="at most this many flow runs at once")
+    p.set_defaults(func=_cmd_serve)
     p = sub.add_parser("search", help="k nearest stored items of images, texts, stored ids or vectors")
     p.add_argument("--run-dir", default="runs/default")
     p.add_argument("--model", help="model directory to embed query images (default: the run's model)")
@@ -302,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         args.format = "text" if sys.stdout.isatty() else "json"
     if getattr(args, "k", 1) < 1:
         parser.error("-k must be at least 1")
+    if args.command == "serve":  # flow-run logs at INFO in the Prefect UI, whatever the terminal
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     _setup_logging(args.verbose)
     try:
         return args.func(args)

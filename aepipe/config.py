@@ -223,6 +223,10 @@ class EncodeConfig(_Section):
     rows_per_part: int = Field(100_000, ge=1, description="items per shard / Parquet part file")
     row_group_size: int = Field(32_768, ge=1)
     compression: Literal["none", "snappy", "lz4", "zstd"] = "snappy"
+    task_runner: Literal["threads", "processes", "dask", "ray"] = Field(
+        "threads", description="how the Prefect encode flow runs shard tasks (dask/ray need prefect-dask/prefect-ray)")
+    workers: int = Field(2, ge=1, description="parallel shard tasks")
+    dask_address: str | None = Field(None, description="existing Dask scheduler (default: a local cluster)")
 
 
 class IndexConfig(_Section):

@@ -7,21 +7,26 @@ a crash skips committed shards. Only a complete store replaces the previous one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from tqdm.auto import tqdm
 
-from aepipe.config import PipelineConfig
+from aepipe.config import CorpusConfig, PipelineConfig
 from aepipe.corpus import Corpus, Quarantine, Shard, TextPreprocessor, open_corpus
 from aepipe.corpus.base import QUARANTINE_SCHEMA
+from aepipe.errors import IndexMismatch, MissingArtifact
 from aepipe.io import atomic_write_json, atomic_write_table, read_json, recover_dir, replace_dir
 from aepipe.layout import RunLayout
 from aepipe.models.saved import LoadedModel, encode_array, load_model
@@ -59,9 +64,67 @@ def encode_key(cfg: PipelineConfig, model_id: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def encode_shard(corpus: Corpus, model: LoadedModel, shard: Shard, staging: Path, cfg: PipelineConfig,
-                 seen_ids: set[str] | None = None) -> ShardResult:
-    """Encode one shard into ``staging/part-NNNNN.parquet`` (atomic) plus its quarantine."""
+@dataclass
+class EncodePlan:
+    """What an encoding run has to do. Serialisable: workers get paths and shard ranges."""
+
+    staging: str
+    key: str
+    model_id: str
+    shards: list[Shard]
+    done: list[int]  # shards already committed by an earlier, interrupted run
+
+    @property
+    def pending(self) -> list[Shard]:
+        done = set(self.done)
+        return [s for s in self.shards if s.index not in done]
+
+
+def _marker(staging: Path, index: int) -> Path:
+    return staging / "_shards" / f"{index:05d}.json"
+
+
+def plan_encode(cfg: PipelineConfig) -> EncodePlan:
+    """Split the corpus into shards and find those an interrupted run already committed."""
+    layout = RunLayout.at(cfg.run_dir)
+    recover_dir(layout.store)
+    _model.cache_clear()  # a new run sees the current model and corpus; its shards then share them
+    _corpus.cache_clear()
+    model = _model(str(layout.model.root))
+    corpus = _corpus(cfg.corpus.model_dump_json())
+    key = encode_key(cfg, model.model_id)
+    staging = layout.staging(f"store-{key}")
+    (staging / "_shards").mkdir(parents=True, exist_ok=True)
+    shards = corpus.shards(cfg.encode.rows_per_part)
+    done = [s.index for s in shards if _marker(staging, s.index).is_file()]
+    if done:
+        log.info("resuming: %d of %d shard(s) already committed in %s", len(done), len(shards), staging)
+    return EncodePlan(str(staging), key, model.model_id, shards, done)
+
+
+# Per-process caches, so a worker that encodes several shards loads the model and lists the corpus once.
+@functools.lru_cache(maxsize=2)
+def _model(model_dir: str) -> LoadedModel:
+    return load_model(model_dir)
+
+
+@functools.lru_cache(maxsize=2)
+def _corpus(corpus_json: str) -> Corpus:
+    return open_corpus(CorpusConfig.model_validate_json(corpus_json))
+
+
+def encode_shard(cfg: PipelineConfig, plan: EncodePlan, shard: Shard,
+                 progress: Callable[[int], object] | None = None) -> ShardResult:
+    """Encode one shard into ``staging/part-NNNNN.parquet`` (atomic), then mark it committed.
+
+    Safe to run in another process or on another machine that sees the run directory;
+    a shard interrupted half-way leaves only a temp file, and is redone on the next run.
+    """
+    model = _model(str(RunLayout.at(cfg.run_dir).model.root))
+    if model.model_id != plan.model_id:
+        raise IndexMismatch(f"the run's model changed while encoding ({plan.model_id} -> {model.model_id}); rerun encode")
+    corpus = _corpus(cfg.corpus.model_dump_json())
+    staging = Path(plan.staging)
     ec = cfg.encode
     schema = store_schema(model.code_size, ec.code_dtype, {
         "model_id": model.model_id, "config": cfg.model_dump(mode="json"), "input_shape": list(model.prep.shape)},
@@ -71,86 +134,76 @@ def encode_shard(corpus: Corpus, model: LoadedModel, shard: Shard, staging: Path
     writer = PartWriter(part, schema, ec.compression, ec.row_group_size)
     try:
         for batch in corpus.iter_batches(model.prep, ec.batch_size, quarantine, shard=shard):
-            keep = _dedupe(batch.ids, seen_ids, batch.sources, quarantine)
-            x = torch.from_numpy(batch.x[keep])
-            codes, errors = encode_array(model.net, x)
-            writer.write([batch.ids[i] for i in keep], codes.numpy(), errors.numpy(),
-                         [batch.labels[i] for i in keep], [batch.sources[i] for i in keep],
-                         [batch.positions[i] for i in keep], {k: [v[i] for i in keep] for k, v in batch.meta.items()})
+            codes, errors = encode_array(model.net, torch.from_numpy(batch.x))
+            writer.write(batch.ids, codes.numpy(), errors.numpy(), batch.labels, batch.sources, batch.positions, batch.meta)
+            if progress is not None:
+                progress(len(batch))
         writer.close()
     except BaseException:
         writer.abort()
         raise
     atomic_write_table(staging / "_quarantine" / f"shard-{shard.index:05d}.parquet", quarantine.to_table())
-    return ShardResult(shard.index, writer.n_rows, len(quarantine), part.name)
-
-
-def _dedupe(ids: list[str], seen: set[str] | None, sources: list[str], quarantine: Quarantine) -> list[int]:
-    if seen is None:
-        return list(range(len(ids)))
-    keep = []
-    for i, item_id in enumerate(ids):
-        if item_id in seen:
-            quarantine.add(item_id, sources[i], "duplicate id (an earlier item has the same id)")
-        else:
-            seen.add(item_id)
-            keep.append(i)
-    return keep
-
-
-def _load_manifest(staging: Path, key: str) -> dict:
-    path = staging / MANIFEST
-    if path.is_file():
-        manifest = read_json(path)
-        if manifest.get("key") == key:
-            return manifest
-    return {"key": key, "shards": {}}
+    result = ShardResult(shard.index, writer.n_rows, len(quarantine), part.name)
+    atomic_write_json(_marker(staging, shard.index), asdict(result))  # the commit point
+    return result
 
 
 def encode_corpus(cfg: PipelineConfig) -> EncodeResult:
-    """Encode ``cfg.corpus`` with the run's model into ``run_dir/store``."""
+    """Encode ``cfg.corpus`` with the run's model into ``run_dir/store``, shard by shard."""
     t0 = time.perf_counter()
-    layout = RunLayout.at(cfg.run_dir)
-    recover_dir(layout.store)
-    model = load_model(layout.model)
-    corpus = open_corpus(cfg.corpus)
-    key = encode_key(cfg, model.model_id)
-    staging = layout.staging(f"store-{key}")
-    staging.mkdir(parents=True, exist_ok=True)
-    manifest = _load_manifest(staging, key)
-    shards = corpus.shards(cfg.encode.rows_per_part)
-    done = manifest["shards"]
-    seen_ids: set[str] = set()
-    for entry in done.values():  # ids already committed, for duplicate detection
-        seen_ids.update(pq.read_table(staging / entry["part"], columns=["id"]).column("id").to_pylist())
-    skipped = 0
-    with timed(f"encode {corpus.n_items} items in {len(shards)} shard(s)"):
-        for shard in shards:
-            if str(shard.index) in done:
-                skipped += 1
-                continue
-            res = encode_shard(corpus, model, shard, staging, cfg, seen_ids)
-            done[str(shard.index)] = {"part": res.part, "n_items": res.n_items, "n_quarantined": res.n_quarantined}
-            atomic_write_json(staging / MANIFEST, manifest)
-    return finalize_store(cfg, staging, manifest, len(shards), skipped, model.model_id, t0)
+    plan = plan_encode(cfg)
+    with timed(f"encode {len(plan.pending)} of {len(plan.shards)} shard(s)"):
+        # a progress bar only on a terminal; logs stay parseable otherwise
+        with tqdm(total=sum(s.n_items for s in plan.pending), unit="item", desc="encode",
+                  disable=not sys.stderr.isatty()) as bar:
+            for shard in plan.pending:
+                encode_shard(cfg, plan, shard, bar.update)
+    return finalize_store(cfg, plan, time.perf_counter() - t0)
 
 
-def finalize_store(cfg: PipelineConfig, staging: Path, manifest: dict, n_shards: int, skipped: int,
-                   model_id: str, t0: float) -> EncodeResult:
-    """Combine shard quarantines and swap the completed store into place."""
+def _drop_duplicate_ids(staging: Path, n_shards: int) -> pa.Table:
+    """Keep the first item of each id in corpus order; rewrite parts that hold later ones.
+    Done once at the end, so shards can be encoded in any order and in parallel."""
+    seen: set[str] = set()
+    dropped: list[dict] = []
+    for index in range(n_shards):
+        part = staging / f"part-{index:05d}.parquet"
+        if not part.is_file():
+            continue
+        ids = pq.read_table(part, columns=["id"]).column("id").to_pylist()
+        dup = [i in seen or seen.add(i) for i in ids]  # noqa: B038  (set.add returns None)
+        if any(dup):
+            table = pq.read_table(part)
+            sources = table.column("source").to_pylist()
+            dropped += [{"id": i, "source": s, "reason": "duplicate id (an earlier item has the same id)",
+                         "stage": "encode"} for i, s, d in zip(ids, sources, dup) if d]
+            meta = pq.read_schema(part).metadata
+            kept = table.filter(pa.array([not d for d in dup])).replace_schema_metadata(meta)
+            atomic_write_table(part, kept)
+    return pa.Table.from_pylist(dropped, schema=QUARANTINE_SCHEMA)
+
+
+def finalize_store(cfg: PipelineConfig, plan: EncodePlan, seconds: float = 0.0) -> EncodeResult:
+    """Check every shard is committed, drop duplicate ids, combine quarantines, swap the store into place."""
     layout = RunLayout.at(cfg.run_dir)
-    qparts = sorted((staging / "_quarantine").glob("shard-*.parquet"))
-    tables = [pq.read_table(p) for p in qparts]
-    quarantine = pa.concat_tables(tables) if tables else QUARANTINE_SCHEMA.empty_table()
+    staging = Path(plan.staging)
+    missing = [s.index for s in plan.shards if not _marker(staging, s.index).is_file()]
+    if missing:
+        raise MissingArtifact(f"{len(missing)} shard(s) not encoded yet (e.g. {missing[:3]}); rerun encode to finish")
+    t0 = time.perf_counter()
+    dups = _drop_duplicate_ids(staging, len(plan.shards))
+    tables = [pq.read_table(p) for p in sorted((staging / "_quarantine").glob("shard-*.parquet"))] + [dups]
+    quarantine = pa.concat_tables(tables)
     atomic_write_table(layout.quarantine("encode"), quarantine)
-    manifest["complete"] = True
-    atomic_write_json(staging / MANIFEST, manifest)
+    results = [read_json(_marker(staging, s.index)) for s in plan.shards]
+    atomic_write_json(staging / MANIFEST, {"key": plan.key, "model_id": plan.model_id, "complete": True,
+                                           "shards": {str(r["shard"]): r for r in results}})
     replace_dir(staging, layout.store)
-    n_items = sum(e["n_items"] for e in manifest["shards"].values())
+    n_items = sum(r["n_items"] for r in results) - dups.num_rows
     if quarantine.num_rows:
         log.warning("%d item(s) quarantined; see %s", quarantine.num_rows, layout.quarantine("encode"))
-    return EncodeResult(str(layout.store), model_id, n_items, quarantine.num_rows, n_shards, skipped,
-                        round(time.perf_counter() - t0, 3))
+    return EncodeResult(str(layout.store), plan.model_id, n_items, quarantine.num_rows, len(plan.shards),
+                        len(plan.done), round(seconds + time.perf_counter() - t0, 3))
 
 
 def codes_of(model: LoadedModel, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:

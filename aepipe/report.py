@@ -92,3 +92,71 @@ def format_report(report: dict[str, Any]) -> str:
         f"clusters k={cl['n_clusters']}: ACC {acc}  NMI {nmi}",
         f"time: {times}",
     ])
+
+
+def report_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's numbers as (metric, value) rows: one table, e.g. a Prefect table artifact."""
+    r, ret, ix, cl, counts = (report[k] for k in ("reconstruction", "retrieval", "index", "clusters", "counts"))
+    rows = [
+        ("ae_sse_per_item", r["ae_sse_per_item"]), ("pca_sse_per_item", r["pca_sse_per_item"]),
+        ("ae_psnr_db", r["ae_psnr"]), ("pca_psnr_db", r["pca_psnr"]), ("code_size", r["code_size"]),
+        ("bytes_per_code", r["bytes_per_code"]), ("precision_at_10", ret["precision_at_10"]),
+        ("index_recall_at_10", ix["recall_at_10"]), ("index_latency_ms_per_query", ix["latency_ms_per_query"]),
+        ("cluster_acc", cl["acc"]), ("cluster_nmi", cl["nmi"]), ("n_items", counts["n_items"]),
+        ("n_quarantined", counts["n_quarantined"]), ("n_quarantined_train", counts["n_quarantined_train"]),
+        ("epochs", report["epochs"]),
+        *((f"seconds_{stage}", s) for stage, s in report["timings_s"].items()),
+    ]
+    return [{"metric": k, "value": None if v is None else round(v, 6) if isinstance(v, float) else v} for k, v in rows]
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: a Prefect report artifact, or a page in a wiki."""
+    layout = RunLayout.at(report["run_dir"])
+    r, ix, counts = report["reconstruction"], report["index"], report["counts"]
+
+    def cell(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = [
+        "# aepipe run report",
+        "",
+        f"Run `{report['run_dir']}`, model `{report['model_id']}`, corpus `{report['corpus']}`.",
+        "",
+        "## Counts",
+        "",
+        "| items encoded | quarantined (encode) | quarantined (train) |",
+        "|---:|---:|---:|",
+        f"| {counts['n_items']} | {counts['n_quarantined']} | {counts['n_quarantined_train']} |",
+        "",
+        f"## Reconstruction (held-out, {r['code_size']}-d code, {r['n_heldout']} items)",
+        "",
+        "| | SSE/item | MSE | PSNR (dB) |",
+        "|---|---:|---:|---:|",
+        f"| autoencoder | {cell(r['ae_sse_per_item'])} | {cell(r['ae_mse'])} | {cell(r['ae_psnr'])} |",
+        f"| PCA | {cell(r['pca_sse_per_item'])} | {cell(r['pca_mse'])} | {cell(r['pca_psnr'])} |",
+        "",
+        "## Search and clusters",
+        "",
+        "| metric | value |",
+        "|---|---:|",
+        f"| precision@10 (held-out queries) | {cell(report['retrieval']['precision_at_10'])} |",
+        f"| index | {ix['type']} {ix['params'] or ''} |",
+        f"| index recall@10 | {cell(ix['recall_at_10'])} |",
+        f"| latency (ms/query) | {cell(ix['latency_ms_per_query'])} |",
+        f"| clusters k | {report['clusters']['n_clusters']} |",
+        f"| cluster ACC / NMI | {cell(report['clusters']['acc'])} / {cell(report['clusters']['nmi'])} |",
+        "",
+        "## Time per stage",
+        "",
+        "| stage | seconds |",
+        "|---|---:|",
+        *(f"| {stage} | {s:.1f} |" for stage, s in report["timings_s"].items()),
+        "",
+        "## Files",
+        "",
+        f"- cluster prototypes (decoded centroids): `{layout.clusters.prototypes}`",
+        f"- model metrics: `{layout.model.metrics}`, training curve: `{layout.model.logs / 'metrics.csv'}`",
+        f"- report: `{layout.report}`",
+    ]
+    return "\n".join(lines) + "\n"

@@ -2,9 +2,11 @@
 
 Importing this package sets safe defaults for Prefect's environment before
 Prefect itself is imported: PREFECT_HOME in a temp directory (not the user's
-home) unless set, and a startup timeout long enough for a cold machine.
+home) unless set, a startup timeout long enough for a cold machine, and the
+library's loggers ("aepipe", INFO) attached to Prefect's flow-run logs.
 """
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -12,3 +14,7 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_HOME", str(Path(tempfile.gettempdir()) / f"aepipe-prefect-{os.getuid()}"))
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "aepipe")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # library calls outside a flow run
+if logging.getLogger("aepipe").level == logging.NOTSET:  # e.g. a served flow run's fresh process
+    logging.getLogger("aepipe").setLevel(logging.INFO)

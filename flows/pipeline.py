@@ -6,11 +6,13 @@ from __future__ import annotations
 import time
 
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from aepipe.config import PipelineConfig
 from aepipe.pipeline import save_run_config
-from aepipe.report import build_report
-from flows.stages import cluster_task, encode_task, index_task, train_task
+from aepipe.report import build_report, report_markdown, report_rows
+from flows.encode import encode_sharded_flow
+from flows.stages import cluster_task, index_task, train_task
 
 
 @flow(name="aepipe-pipeline", log_prints=True)
@@ -18,8 +20,12 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict:
     save_run_config(config)
     timings: dict[str, float] = {}
     results = []
-    for name, task in (("train", train_task), ("encode", encode_task), ("index", index_task), ("cluster", cluster_task)):
+    # encode is a subflow: one task per shard, fanned out by config.encode.task_runner
+    for name, task in (("train", train_task), ("encode", encode_sharded_flow), ("index", index_task), ("cluster", cluster_task)):
         t = time.perf_counter()
         results.append(task(config))
         timings[name] = time.perf_counter() - t
-    return build_report(config, *results, timings)
+    report = build_report(config, *results, timings)
+    create_markdown_artifact(report_markdown(report), key="aepipe-report", description=f"aepipe run {config.run_dir}")
+    create_table_artifact(report_rows(report), key="aepipe-metrics", description=f"aepipe metrics, {config.run_dir}")
+    return report

@@ -53,6 +53,24 @@ def test_pipeline_flow_end_to_end(prefect_harness, tmp_path):
     assert json.loads(layout.index.infos.read_text())["model_id"] == report["model_id"]
     assert layout.clusters.assignments.is_file() and layout.config.is_file()
 
+    # the run's report as Prefect artifacts: Markdown (counts incl. quarantined, timings) and a metrics table
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id={"any_": [state.state_details.flow_run_id]}))
+    by_key = {a.key: a for a in artifacts}
+    assert set(by_key) >= {"aepipe-report", "aepipe-metrics"}
+    markdown = by_key["aepipe-report"].data
+    assert by_key["aepipe-report"].type == "markdown" and report["model_id"] in markdown
+    assert "| 300 | 0 | 0 |" in markdown and "| train |" in markdown and "prototypes.png" in markdown
+    rows = by_key["aepipe-metrics"].data
+    rows = json.loads(rows) if isinstance(rows, str) else rows
+    assert by_key["aepipe-metrics"].type == "table"
+    assert {"metric": "n_items", "value": 300} in rows and {"metric": "n_quarantined", "value": 0} in rows
+    assert {r["metric"] for r in rows} >= {"ae_sse_per_item", "index_recall_at_10", "cluster_nmi", "seconds_train"}
+
 
 def test_stage_task_logic_runs_without_an_orchestrator(tmp_path):
     from flows.stages import cluster_task, encode_task, index_task, train_task

@@ -54,7 +54,7 @@ def test_only_the_cli_imports_flows():
 def test_flows_only_wrap_library_stage_functions():
     for path in sorted((ROOT / "flows").glob("*.py")):
         tops = {_top(m) for m in _imported_modules(path)}
-        assert tops <= {"__future__", "os", "tempfile", "pathlib", "time", "prefect", "aepipe", "flows"}, path
+        assert tops <= {"__future__", "logging", "os", "tempfile", "pathlib", "time", "prefect", "prefect_dask", "prefect_ray", "aepipe", "flows"}, path
 
 
 def test_importing_the_library_does_not_load_prefect():

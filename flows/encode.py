@@ -1,0 +1,60 @@
+"""Sharded encode flow: plan -> one task per shard (fanned out by the configured
+task runner) -> finalize. Workers receive the config and a shard (paths and row
+ranges), never data; each shard commits its own part, so a crashed run resumes."""
+
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
+
+from aepipe.config import EncodeConfig, PipelineConfig
+from aepipe.corpus import Shard
+from aepipe.encode import EncodePlan, EncodeResult, ShardResult, encode_shard, finalize_store, plan_encode
+from aepipe.errors import ConfigError
+
+
+@task(name="plan-encode")
+def plan_task(config: PipelineConfig) -> EncodePlan:
+    return plan_encode(config)
+
+
+@task(name="encode-shard", task_run_name="encode-shard-{shard.index}")
+def shard_task(config: PipelineConfig, plan: EncodePlan, shard: Shard) -> ShardResult:
+    return encode_shard(config, plan, shard)
+
+
+@task(name="finalize-store")
+def finalize_task(config: PipelineConfig, plan: EncodePlan, shards: list[ShardResult]) -> EncodeResult:
+    return finalize_store(config, plan)
+
+
+def task_runner(cfg: EncodeConfig) -> TaskRunner:
+    if cfg.task_runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=cfg.workers)
+    if cfg.task_runner == "processes":
+        return ProcessPoolTaskRunner(max_workers=cfg.workers)
+    try:
+        if cfg.task_runner == "dask":
+            from prefect_dask import DaskTaskRunner
+
+            if cfg.dask_address:
+                return DaskTaskRunner(address=cfg.dask_address)
+            return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.workers, "threads_per_worker": 1,
+                                                  "processes": True, "dashboard_address": None})
+        from prefect_ray import RayTaskRunner
+
+        return RayTaskRunner()
+    except ImportError:
+        raise ConfigError(f"encode.task_runner={cfg.task_runner} needs pip install 'aepipe[{cfg.task_runner}]'") from None
+
+
+@flow(name="aepipe-encode-sharded")
+def _encode_sharded(config: PipelineConfig) -> EncodeResult:
+    plan = plan_task(config)
+    futures = [shard_task.submit(config, plan, shard) for shard in plan.pending]
+    return finalize_task(config, plan, [f.result() for f in futures])
+
+
+def encode_sharded_flow(config: PipelineConfig) -> EncodeResult:
+    """Run the sharded encode flow with the task runner named in ``config.encode``."""
+    return _encode_sharded.with_options(task_runner=task_runner(config.encode))(config)
