@@ -22,7 +22,7 @@ from aepipe.corpus import TextPreprocessor
 from aepipe.corpus.base import BadItem
 from aepipe.encode import codes_of
 from aepipe.errors import AepipeError, DimensionMismatch, IndexMismatch, MissingArtifact
-from aepipe.index import METRICS, set_search_params
+from aepipe.index import set_search_params
 from aepipe.io import read_json
 from aepipe.layout import RunLayout
 from aepipe.models.saved import LoadedModel, load_model

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 
 from aepipe.io import atomic_write_table
 
@@ -90,3 +93,41 @@ class Quarantine:
 
     def write(self, path: Path) -> None:
         atomic_write_table(path, self.to_table())
+
+
+def iter_folder(root: Path, shard: Shard, what: str, extensions: list[str], ext_key: str,
+                max_bytes: int, size_key: str) -> Iterator[RawItem]:
+    """Raw items of a folder shard: bytes of each file, id = relative path, label = parent
+    folder name. Files of other extensions, too large or unreadable carry a BadItem."""
+    exts = {e.lower() for e in extensions}
+    for pos, rel in zip(range(shard.start, shard.stop), shard.files):
+        parent = rel.split("/")[-2] if "/" in rel else None  # the parent folder names the label
+        item = RawItem(pos=pos, id=rel, source=str(root / rel), label=parent, payload=None)
+        suffix = Path(rel).suffix
+        if suffix.lower() not in exts:
+            item.payload = BadItem(f"not {what} file (extension '{suffix}' not in {ext_key})")
+        else:
+            try:
+                size = os.path.getsize(root / rel)
+                if size > max_bytes:
+                    item.payload = BadItem(f"file of {size} bytes exceeds {size_key} {max_bytes}")
+                else:
+                    item.payload = (root / rel).read_bytes()
+            except OSError as exc:
+                item.payload = BadItem(f"unreadable file: {exc.strerror or exc}")
+        yield item
+
+
+def iter_row_slices(dataset: pads.Dataset, columns: list[str], shard: Shard,
+                    batch_size: int = 4096) -> Iterator[tuple[int, dict[str, list[Any]]]]:
+    """The rows [shard.start, shard.stop) of a table dataset, as (position of the first row,
+    {column: values}) slices, streamed batch by batch."""
+    pos = 0
+    for batch in dataset.to_batches(columns=columns, batch_size=batch_size):
+        n = batch.num_rows
+        if pos + n > shard.start and pos < shard.stop:
+            lo, hi = max(shard.start - pos, 0), min(shard.stop - pos, n)
+            yield pos + lo, {name: batch.column(name).slice(lo, hi - lo) for name in columns}
+        elif pos >= shard.stop:
+            break
+        pos += n

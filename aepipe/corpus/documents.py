@@ -15,7 +15,6 @@ import csv
 import io
 import json
 import logging
-import os
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from aepipe.config import CorpusConfig, FeaturesConfig
-from aepipe.corpus.base import BadItem, ItemBatch, Quarantine, RawItem, Shard
+from aepipe.corpus.base import BadItem, ItemBatch, Quarantine, RawItem, Shard, iter_folder, iter_row_slices
 from aepipe.corpus.text import DecodedText, TextPreprocessor, check_text, decode_text, fit_text_preprocessor, snippet
 from aepipe.errors import CorpusError
 
@@ -125,46 +124,19 @@ class DocumentCorpus:
             return bad
 
     def _iter_folder(self, shard: Shard) -> Iterator[RawItem]:
-        root = Path(self.cfg.source)
-        exts = {e.lower() for e in self.cfg.text_extensions}
-        for pos, rel in zip(range(shard.start, shard.stop), shard.files):
-            parent = rel.split("/")[-2] if "/" in rel else None  # the parent folder names the label
-            item = RawItem(pos=pos, id=rel, source=str(root / rel), label=parent, payload=None)
-            if Path(rel).suffix.lower() not in exts:
-                item.payload = BadItem(f"not a text file (extension '{Path(rel).suffix}' not in corpus.text_extensions)")
-            else:
-                try:
-                    size = os.path.getsize(root / rel)
-                    if size > self.cfg.max_doc_bytes:
-                        item.payload = BadItem(f"document of {size} bytes exceeds corpus.max_doc_bytes {self.cfg.max_doc_bytes}")
-                    else:
-                        item.payload = (root / rel).read_bytes()
-                except OSError as exc:
-                    item.payload = BadItem(f"unreadable file: {exc.strerror or exc}")
-            yield item
+        return iter_folder(Path(self.cfg.source), shard, "a text", self.cfg.text_extensions, "corpus.text_extensions",
+                           self.cfg.max_doc_bytes, "corpus.max_doc_bytes")
 
     def _iter_parquet(self, shard: Shard) -> Iterator[RawItem]:
         names = self._dataset.schema.names  # type: ignore[union-attr]
         cols = [self.cfg.text_column] + [c for c in (self.cfg.id_column, self.cfg.label_column) if c and c in names]
         has_id = self.cfg.id_column in names
-        has_label = bool(self.cfg.label_column) and self.cfg.label_column in names
-        pos = 0
-        for batch in self._dataset.to_batches(columns=cols, batch_size=4096):  # type: ignore[union-attr]
-            n = batch.num_rows
-            if pos + n <= shard.start:
-                pos += n
-                continue
-            if pos >= shard.stop:
-                break
-            lo, hi = max(shard.start - pos, 0), min(shard.stop - pos, n)
-            col = lambda name: batch.column(name).slice(lo, hi - lo).to_pylist()  # noqa: E731
-            texts = col(self.cfg.text_column)
-            ids = col(self.cfg.id_column) if has_id else [None] * (hi - lo)
-            labels = col(self.cfg.label_column) if has_label else [None] * (hi - lo)
-            for j, (item_id, text, label) in enumerate(zip(ids, texts, labels)):
-                p = pos + lo + j
+        for first, rows in iter_row_slices(self._dataset, cols, shard):  # type: ignore[arg-type]
+            texts = rows[self.cfg.text_column].to_pylist()
+            ids = rows[self.cfg.id_column].to_pylist() if has_id else [None] * len(texts)
+            labels = rows[self.cfg.label_column].to_pylist() if self.cfg.label_column in rows else [None] * len(texts)
+            for p, item_id, text, label in zip(range(first, first + len(texts)), ids, texts, labels):
                 yield self._row_item(p, item_id, text, label, has_id)
-            pos += n
 
     def _row_item(self, p: int, item_id: Any, text: Any, label: Any, has_id: bool) -> RawItem:
         rid = str(item_id) if item_id is not None else f"row-{p}"

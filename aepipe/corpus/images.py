@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -21,7 +20,7 @@ import pyarrow.dataset as pads
 from PIL import Image, UnidentifiedImageError
 
 from aepipe.config import CorpusConfig, FeaturesConfig
-from aepipe.corpus.base import BadItem, ItemBatch, Quarantine, RawItem, Shard
+from aepipe.corpus.base import BadItem, ItemBatch, Quarantine, RawItem, Shard, iter_folder, iter_row_slices
 from aepipe.errors import CorpusError
 
 log = logging.getLogger(__name__)
@@ -173,23 +172,8 @@ class ImageCorpus:
             yield from self._iter_parquet(shard)
 
     def _iter_folder(self, shard: Shard) -> Iterator[RawItem]:
-        root = Path(self.cfg.source)
-        exts = {e.lower() for e in self.cfg.extensions}
-        for pos, rel in zip(range(shard.start, shard.stop), shard.files):
-            parent = rel.split("/")[-2] if "/" in rel else None  # the parent folder names the label
-            item = RawItem(pos=pos, id=rel, source=str(root / rel), label=parent, payload=None)
-            if Path(rel).suffix.lower() not in exts:
-                item.payload = BadItem(f"not an image file (extension '{Path(rel).suffix}' not in corpus.extensions)")
-            else:
-                try:
-                    size = os.path.getsize(root / rel)
-                    if size > self.cfg.max_file_bytes:
-                        item.payload = BadItem(f"file of {size} bytes exceeds max_file_bytes {self.cfg.max_file_bytes}")
-                    else:
-                        item.payload = (root / rel).read_bytes()
-                except OSError as exc:
-                    item.payload = BadItem(f"unreadable file: {exc.strerror or exc}")
-            yield item
+        return iter_folder(Path(self.cfg.source), shard, "an image", self.cfg.extensions, "corpus.extensions",
+                           self.cfg.max_file_bytes, "corpus.max_file_bytes")
 
     def _iter_arrays(self, shard: Shard) -> Iterator[RawItem]:
         images, labels, scale = self._arrays  # type: ignore[misc]
@@ -201,31 +185,20 @@ class ImageCorpus:
             yield RawItem(pos=pos, id=f"{pos:0{width}d}", source=f"{name}[{pos}]", label=label, payload=payload)
 
     def _iter_parquet(self, shard: Shard) -> Iterator[RawItem]:
-        cols = [self.cfg.id_column, self.cfg.image_column]
-        if self.has_labels:
-            cols.append(self.cfg.label_column)  # type: ignore[arg-type]
-        pos = 0
-        for batch in self._dataset.to_batches(columns=cols, batch_size=4096):
-            n = batch.num_rows
-            if pos + n <= shard.start:
-                pos += n
-                continue
-            if pos >= shard.stop:
-                break
-            lo, hi = max(shard.start - pos, 0), min(shard.stop - pos, n)
-            ids = batch.column(0).slice(lo, hi - lo).to_pylist()
-            payloads = _binary_values(batch.column(1).slice(lo, hi - lo))
-            labels = batch.column(2).slice(lo, hi - lo).to_pylist() if len(cols) == 3 else [None] * (hi - lo)
-            for j, (item_id, payload, label) in enumerate(zip(ids, payloads, labels)):
-                p = pos + lo + j
+        id_col, img_col, label_col = self.cfg.id_column, self.cfg.image_column, self.cfg.label_column
+        cols = [id_col, img_col] + ([label_col] if self.has_labels else [])  # type: ignore[list-item]
+        for first, rows in iter_row_slices(self._dataset, cols, shard):
+            ids = rows[id_col].to_pylist()
+            payloads = _binary_values(rows[img_col])
+            labels = rows[label_col].to_pylist() if label_col in rows else [None] * len(ids)  # type: ignore[operator]
+            for p, item_id, payload, label in zip(range(first, first + len(ids)), ids, payloads, labels):
                 rid = str(item_id) if item_id is not None else f"row-{p}"
                 raw = RawItem(pos=p, id=rid, source=f"{self.cfg.source}#row={p}", label=None if label is None else str(label), payload=payload)
                 if item_id is None:
-                    raw.payload = BadItem(f"missing id in column '{self.cfg.id_column}'")
+                    raw.payload = BadItem(f"missing id in column '{id_col}'")
                 elif payload is None:
-                    raw.payload = BadItem(f"missing image bytes in column '{self.cfg.image_column}'")
+                    raw.payload = BadItem(f"missing image bytes in column '{img_col}'")
                 yield raw
-            pos += n
 
     def infer_preprocessor(self, features: FeaturesConfig, keep: set[int] | None = None) -> ImagePreprocessor:
         """Input spec from the config, filling unset size/channels from the first good item
