@@ -87,6 +87,10 @@ def _cmd_stage(args: argparse.Namespace) -> int:
         from aepipe.index import build_index
 
         _emit(build_index(cfg))
+    elif args.command == "update":
+        from aepipe.update import update_run
+
+        _emit(update_run(cfg))
     elif args.command == "eval":
         from aepipe.evaluation import evaluate_run, markdown_table
 
@@ -257,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_ in (("train", "train an autoencoder (Lightning)"), ("encode", "encode the corpus into the Parquet code store"),
-                        ("index", "build the FAISS index over the code store"), ("cluster", "k-means on the codes"),
+                        ("index", "build the FAISS index over the code store"),
+                        ("update", "incremental: encode new/changed items, drop removed ones, update store and index"),
+                        ("cluster", "k-means on the codes"),
                         ("eval", "AE vs PCA: reconstruction, retrieval, clustering (JSON + Markdown)")):
         p = sub.add_parser(name, help=help_)
         _add_config_args(p)
@@ -278,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--name", default="default", help="deployment name: runs are <flow>/NAME (default: default)")
     p.add_argument("--cron", action="append", default=[], metavar="FLOW=CRON",
-                   help="schedule of pipeline, train, encode, index or cluster, e.g. --cron 'train=0 3 * * 0'; "
+                   help="schedule of pipeline, update, train, encode, index or cluster, e.g. --cron 'train=0 3 * * 0'; "
                         "FLOW=none for none (default: pipeline=0 2 * * *, the rest on demand)")
     p.add_argument("--timezone", default="UTC", help="time zone of the cron schedules (IANA name, default UTC)")
     p.add_argument("--limit", type=int, help="at most this many flow runs at once")

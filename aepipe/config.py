@@ -261,6 +261,19 @@ class EvaluationConfig(_Section):
     seed: int = 0
 
 
+class DriftConfig(_Section):
+    """``aepipe update``: compare the reconstruction error of new items with that of the held-out
+    items of the model's training split (as stored). Drift: more than ``threshold`` of the new
+    items lie above the held-out ``percentile``-th percentile (about 1 - percentile/100 without drift)."""
+
+    action: Literal["recommend", "retrain"] = Field(
+        "recommend", description="recommend: log it and report it in the update result; retrain: then retrain, "
+        "re-encode and re-index")
+    percentile: float = Field(95.0, gt=0, lt=100)
+    threshold: float = Field(0.25, gt=0, lt=1, description="share of new items above the percentile that is drift")
+    min_items: int = Field(20, ge=1, description="fewer new items than this: no verdict")
+
+
 class QueryConfig(_Section):
     k: int = Field(10, ge=1)
 
@@ -277,6 +290,7 @@ class PipelineConfig(_Section):
     index: IndexConfig = IndexConfig()
     cluster: ClusterConfig = ClusterConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    drift: DriftConfig = DriftConfig()
     query: QueryConfig = QueryConfig()
 
     @model_validator(mode="before")

@@ -26,11 +26,12 @@ from tqdm.auto import tqdm
 from aepipe.config import CorpusConfig, PipelineConfig
 from aepipe.corpus import Corpus, Quarantine, Shard, TextPreprocessor, open_corpus
 from aepipe.corpus.base import QUARANTINE_SCHEMA
+from aepipe.corpus.fingerprint import FINGERPRINT_SCHEMA, first_per_id, shard_fingerprints
 from aepipe.errors import IndexMismatch, MissingArtifact
 from aepipe.io import atomic_write_json, atomic_write_table, read_json, recover_dir, replace_dir
 from aepipe.layout import RunLayout
 from aepipe.models.saved import LoadedModel, encode_array, load_model
-from aepipe.store import PartWriter, store_schema
+from aepipe.store import ITEMS, PartWriter, store_schema
 from aepipe.timing import timed
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,8 @@ def encode_shard(cfg: PipelineConfig, plan: EncodePlan, shard: Shard,
         DOCUMENT_COLUMNS if isinstance(model.prep, TextPreprocessor) else ())
     quarantine = Quarantine("encode")
     part = staging / f"part-{shard.index:05d}.parquet"
+    # fingerprints before encoding: an item changed while this shard runs looks changed to the next update
+    atomic_write_table(staging / "_fingerprints" / f"shard-{shard.index:05d}.parquet", shard_fingerprints(corpus, shard))
     writer = PartWriter(part, schema, ec.compression, ec.row_group_size)
     try:
         for batch in corpus.iter_batches(model.prep, ec.batch_size, quarantine, shard=shard):
@@ -195,6 +198,8 @@ def finalize_store(cfg: PipelineConfig, plan: EncodePlan, seconds: float = 0.0) 
     tables = [pq.read_table(p) for p in sorted((staging / "_quarantine").glob("shard-*.parquet"))] + [dups]
     quarantine = pa.concat_tables(tables)
     atomic_write_table(layout.quarantine("encode"), quarantine)
+    prints = [pq.read_table(p) for p in sorted((staging / "_fingerprints").glob("shard-*.parquet"))]
+    atomic_write_table(staging / ITEMS, first_per_id(pa.concat_tables(prints) if prints else FINGERPRINT_SCHEMA.empty_table()))
     results = [read_json(_marker(staging, s.index)) for s in plan.shards]
     atomic_write_json(staging / MANIFEST, {"key": plan.key, "model_id": plan.model_id, "complete": True,
                                            "shards": {str(r["shard"]): r for r in results}})

@@ -40,7 +40,7 @@ def _split(cfg: PipelineConfig, model: LoadedModel) -> tuple[Dataset, Dataset]:
         qcfg = cfg.corpus.model_copy(update={"source": ec.queries, "array_key": ec.queries_array_key, "limit": None})
         queries, _ = read_items(qcfg, model.prep, ec.max_items, ec.seed, quarantine)
         return db, queries
-    split = pq.read_table(RunLayout.at(cfg.run_dir).model.root / "split.parquet").to_pydict()
+    split = pq.read_table(RunLayout.at(cfg.run_dir).model.split).to_pydict()
     held = {i for i, s in zip(split["id"], split["split"]) if s == "test"}
     mask = np.array([i in held for i in db.ids])
     if not mask.any() or mask.all():

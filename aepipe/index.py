@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faiss
@@ -123,7 +124,19 @@ def build_index(cfg: PipelineConfig) -> IndexResult:
     t0 = time.perf_counter()
     layout = RunLayout.at(cfg.run_dir)
     recover_dir(layout.index.root)
-    store = open_store(layout.store)
+    staging = fresh_dir(layout.staging("index"))
+    infos = write_index(cfg, layout.store, staging)
+    replace_dir(staging, layout.index.root)
+    return IndexResult(str(layout.index.root), infos["index_string"], infos["n_items"], infos["recall_at_10"],
+                       infos["params"], round(time.perf_counter() - t0, 3))
+
+
+def write_index(cfg: PipelineConfig, store_dir: Path, dest: Path) -> dict[str, Any]:
+    """Build and tune an index over the store at ``store_dir``; write its files into ``dest``.
+    Returns the sidecar (index_infos.json)."""
+    t0 = time.perf_counter()
+    layout = RunLayout.at(cfg.run_dir)
+    store = open_store(store_dir)
     n, dim, ic = store.n_items, store.code_size, cfg.index
     factory = choose_factory(n, dim, ic) if ic.factory == "auto" else ic.factory
     try:
@@ -155,8 +168,8 @@ def build_index(cfg: PipelineConfig) -> IndexResult:
                 ids += batch_ids
         heap.finalize()
         params, recall, latency = _tune(index, queries, heap.I, k, ic.recall_target)
-    staging = fresh_dir(layout.staging("index"))
-    files = IndexFiles(staging)
+    files = IndexFiles(dest)
+    dest.mkdir(parents=True, exist_ok=True)
     faiss.write_index(index, str(files.index))
     atomic_write_table(files.ids, pa.table({"id": pa.array(ids, pa.string())}))
     size = files.index.stat().st_size
@@ -166,6 +179,8 @@ def build_index(cfg: PipelineConfig) -> IndexResult:
         "metric": ic.metric,
         "params": params,
         "n_items": int(index.ntotal),
+        "labels": "positions",  # faiss labels are store positions (ids.parquet row); "explicit": its label column
+        "n_items_at_build": int(index.ntotal),
         "dim": dim,
         "model_id": store.model_id,
         "store_dir": str(layout.store),
@@ -181,10 +196,9 @@ def build_index(cfg: PipelineConfig) -> IndexResult:
         "faiss_version": faiss.__version__,
     }
     atomic_write_json(files.infos, infos)
-    replace_dir(staging, layout.index.root)
     if recall < ic.recall_target:
         log.warning("index recall@10 %.3f is below the target %.3f even at %s", recall, ic.recall_target, params)
-    return IndexResult(str(layout.index.root), factory, int(index.ntotal), recall, params, infos["build_seconds"])
+    return infos
 
 
 def _exact_knn(queries: np.ndarray, x: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:

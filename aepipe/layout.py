@@ -5,12 +5,14 @@
       report.json            summary of the last pipeline run
       model/                 weights.safetensors, model.json, config.json, preprocess.json, metrics.json,
                              checkpoints/, logs/ (Lightning CSV metrics)
-      store/                 part-*.parquet (one latent code per item), _manifest.json
+      store/                 part-*.parquet (one latent code per item), _manifest.json,
+                             _items.parquet (fingerprint of every corpus item the store reflects)
       quarantine/            <stage>.parquet: items that could not be read (id, source, reason)
       index/                 index.faiss, ids.parquet, index_infos.json
       clusters/              assignments.parquet, summary.json, centroids.npy, prototypes.png (images)
                              or topics.json (documents)
       .staging/              work in progress; swapped into place when complete
+                             (update/: a new store + index, swapped when its COMMIT marker exists)
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ class ModelFiles:
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.json"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "split.parquet"
 
     @property
     def checkpoints(self) -> Path:

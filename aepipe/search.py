@@ -52,7 +52,10 @@ class Searcher:
         self.infos = read_json(files.infos)
         self.index = faiss.read_index(str(files.index))
         set_search_params(self.index, self.infos.get("params", {}))
-        self.ids: list[str] = pq.read_table(files.ids).column("id").to_pylist()
+        table = pq.read_table(files.ids)
+        self.ids: list[str] = table.column("id").to_pylist()
+        # after an incremental update of an IVF index, faiss labels are explicit (ids.parquet "label"), not positions
+        self._labels = dict(zip(table.column("label").to_pylist(), self.ids)) if "label" in table.column_names else None
         self.dim = int(self.infos["dim"])
         self.metric = self.infos["metric"]
         self._model_dir = Path(model_dir) if model_dir else self.layout.model.root
@@ -115,14 +118,18 @@ class Searcher:
         for qi, (drow, irow) in enumerate(zip(dist, idx)):
             hits = []
             for d, i in zip(drow, irow):
-                if i < 0 or (exclude and self.ids[i] == exclude[qi]) or len(hits) == k:
+                item_id = self.id_of(int(i)) if i >= 0 else None
+                if item_id is None or (exclude and item_id == exclude[qi]) or len(hits) == k:
                     continue
-                item_id = self.ids[i]
                 label, source, snip = meta.get(item_id, (None, None, None))
                 score = 1.0 - float(d) if self.metric == "cosine" else float(d)
                 hits.append(Hit(names[qi], len(hits) + 1, item_id, score, label, source, snip))
             results.append(hits)
         return results
+
+    def id_of(self, label: int) -> str | None:
+        """The stored id of a faiss label."""
+        return self.ids[label] if self._labels is None else self._labels.get(label)
 
     def vectors_for_ids(self, ids: list[str]) -> np.ndarray:
         table = self._store_checked().dataset.to_table(columns=["id", "code"], filter=pc.field("id").isin(ids))

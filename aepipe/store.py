@@ -27,6 +27,7 @@ from aepipe.errors import MissingArtifact
 
 META_KEY = b"aepipe"
 PART_GLOB = "part-*.parquet"
+ITEMS = "_items.parquet"  # (id, fingerprint, position) of every corpus item the store reflects (aepipe update)
 
 
 def store_schema(code_size: int, code_dtype: str, meta: dict[str, Any], extra_columns: tuple[str, ...] = ()) -> pa.Schema:

@@ -223,7 +223,7 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
                    n_train=len(split["train"]), n_val=len(split["val"]), n_test=len(split["test"]),
                    train_seconds=round(time.perf_counter() - t0, 2))
     atomic_write_json(files.metrics, metrics)
-    _write_split(files.root / "split.parquet", data.ids, split)
+    _write_split(files.split, data.ids, split)
     model_id = save_model(files, net, cfg, prep, {"epochs": metrics["epochs"], "n_train": metrics["n_train"]})
     if len(quarantine):
         quarantine.write(files.root / "quarantine.parquet")

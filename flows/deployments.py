@@ -14,12 +14,14 @@ from aepipe.config import PipelineConfig
 from aepipe.errors import ConfigError
 from flows.pipeline import pipeline_flow
 from flows.stages import cluster_flow, encode_flow, index_flow, train_flow
+from flows.update import update_flow
 
-FLOWS = {"pipeline": pipeline_flow, "train": train_flow, "encode": encode_flow, "index": index_flow,
-         "cluster": cluster_flow}
-# Nightly full pipeline; the single stages run on demand (or on a schedule given with --cron).
-DEFAULT_SCHEDULES: dict[str, str | None] = {"pipeline": "0 2 * * *", "train": None, "encode": None, "index": None,
-                                            "cluster": None}
+FLOWS = {"pipeline": pipeline_flow, "update": update_flow, "train": train_flow, "encode": encode_flow,
+         "index": index_flow, "cluster": cluster_flow}
+# Nightly full pipeline; the single stages and the incremental update run on demand (or on a schedule
+# given with --cron, e.g. `--cron 'update=0 2 * * *' --cron pipeline=none` for nightly updates instead).
+DEFAULT_SCHEDULES: dict[str, str | None] = {"pipeline": "0 2 * * *", "update": None, "train": None, "encode": None,
+                                            "index": None, "cluster": None}
 
 
 def parse_schedules(items: list[str], base: dict[str, str | None] | None = None) -> dict[str, str | None]:

@@ -5,6 +5,8 @@ ranges), never data; each shard commits its own part, so a crashed run resumes."
 from __future__ import annotations
 
 from prefect import flow, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from aepipe.config import EncodeConfig, PipelineConfig
@@ -51,8 +53,15 @@ def task_runner(cfg: EncodeConfig) -> TaskRunner:
 @flow(name="aepipe-encode-sharded")
 def _encode_sharded(config: PipelineConfig) -> EncodeResult:
     plan = plan_task(config)
+    n_shards = max(len(plan.shards), 1)
+    progress = create_progress_artifact(100.0 * len(plan.done) / n_shards, key="aepipe-encode-progress",
+                                        description=f"shards of {config.corpus.source} encoded into {config.run_dir}")
     futures = [shard_task.submit(config, plan, shard) for shard in plan.pending]
-    return finalize_task(config, plan, [f.result() for f in futures])
+    results = []
+    for future in as_completed(futures):  # progress per finished shard, in whatever order they finish
+        results.append(future.result())
+        update_progress_artifact(progress, 100.0 * (len(plan.done) + len(results)) / n_shards)
+    return finalize_task(config, plan, results)
 
 
 def encode_sharded_flow(config: PipelineConfig) -> EncodeResult:

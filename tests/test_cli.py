@@ -176,3 +176,13 @@ def test_run_without_prefect_prints_the_report_as_json(tmp_path, capsys):
     assert report == json.loads((run / "report.json").read_text())
     assert report["counts"]["n_items"] == 100 and report["index"]["type"] == "Flat"
     assert set(report["timings_s"]) == {"train", "encode", "index", "cluster"}
+
+
+def test_update_prints_what_it_did(run_copy, capsys):
+    argv = ["update", "--run-dir", str(run_copy.run_dir), "--set", "corpus.source=digits"]
+    assert main([*argv, "--set", "corpus.limit=420"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["n_added"], result["n_removed"], result["index_update"]) == (20, 0, "incremental")
+    assert result["n_items"] == result["index_ntotal"] == run_copy.n_items + 20
+    assert main([*argv, "--set", "corpus.limit=420"]) == 0
+    assert json.loads(capsys.readouterr().out)["index_update"] == "none"

@@ -103,6 +103,12 @@ def test_sharded_encode_flow_with_task_runner_matches_direct_encoding(prefect_ha
     cfg = run_copy.config(*SHARDED, f"encode.task_runner={runner}", "encode.workers=2")
     result = encode_sharded_flow(cfg)
     assert result.n_shards == 16 and result.n_items == trained_run.n_items
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter
+
+    with get_client(sync_client=True) as client:  # a progress artifact, updated per finished shard up to 100 %
+        progress = client.read_artifacts(artifact_filter=ArtifactFilter(key={"any_": ["aepipe-encode-progress"]}))
+    assert progress and all(a.type == "progress" and float(a.data) == 100.0 for a in progress)
     ids, codes = _store_rows(run_copy.run_dir)
     ref_ids, ref_codes = _store_rows(trained_run.run_dir)
     assert ids == ref_ids

@@ -92,3 +92,19 @@ def test_flow_and_task_names():
 
     assert pipeline_flow.name == "aepipe-pipeline"
     assert [t.name for t in (train_task, encode_task, index_task, cluster_task)] == ["train", "encode", "index", "cluster"]
+
+
+def test_update_flow_reports_counts_as_an_artifact(prefect_harness, run_copy):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter
+
+    from flows.update import update_flow
+
+    state = update_flow(run_copy.config("corpus.limit=430"), return_state=True)
+    assert state.is_completed(), state
+    result = state.result()
+    assert (result.n_added, result.index_update, result.index_ntotal) == (30, "incremental", run_copy.n_items + 30)
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id={"any_": [state.state_details.flow_run_id]}, key={"any_": ["aepipe-update"]}))
+    assert len(artifacts) == 1 and f"| 30 | 0 | 0 | {run_copy.n_items} | 0 | {run_copy.n_items + 30} |" in artifacts[0].data

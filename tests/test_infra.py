@@ -27,7 +27,7 @@ def _deployments() -> list[dict]:
 
 def test_prefect_yaml_declares_one_deployment_per_flow():
     entries = {d["entrypoint"] for d in _deployments()}
-    assert entries == {"flows/pipeline.py:pipeline_flow", "flows/stages.py:train_flow",
+    assert entries == {"flows/pipeline.py:pipeline_flow", "flows/update.py:update_flow", "flows/stages.py:train_flow",
                        "flows/stages.py:encode_flow", "flows/stages.py:index_flow"}
 
 
@@ -49,7 +49,8 @@ def test_prefect_yaml_deployment_is_valid(deployment):
 
 def test_only_the_pipeline_schedule_is_on_by_default():
     active = {d["entrypoint"].split(":")[1]: [s.get("active", True) for s in d["schedules"]] for d in _deployments()}
-    assert active == {"pipeline_flow": [True], "train_flow": [False], "encode_flow": [False], "index_flow": [False]}
+    assert active == {"pipeline_flow": [True], "update_flow": [False], "train_flow": [False], "encode_flow": [False],
+                      "index_flow": [False]}
 
 
 def test_kubernetes_base_job_template_defines_every_variable_it_uses():

@@ -24,6 +24,7 @@ class Shard:
     start: int  # first global item position (inclusive)
     stop: int  # last global item position (exclusive)
     files: tuple[str, ...] = ()  # folder corpora: relative paths of this shard's files
+    positions: tuple[int, ...] = ()  # folder corpora: positions of ``files`` when not start..stop (an update's subset)
 
     @property
     def n_items(self) -> int:
@@ -100,7 +101,7 @@ def iter_folder(root: Path, shard: Shard, what: str, extensions: list[str], ext_
     """Raw items of a folder shard: bytes of each file, id = relative path, label = parent
     folder name. Files of other extensions, too large or unreadable carry a BadItem."""
     exts = {e.lower() for e in extensions}
-    for pos, rel in zip(range(shard.start, shard.stop), shard.files):
+    for pos, rel in zip(shard.positions or range(shard.start, shard.stop), shard.files):
         parent = rel.split("/")[-2] if "/" in rel else None  # the parent folder names the label
         item = RawItem(pos=pos, id=rel, source=str(root / rel), label=parent, payload=None)
         suffix = Path(rel).suffix

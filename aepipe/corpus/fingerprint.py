@@ -1,0 +1,64 @@
+"""Fingerprints of corpus items: what tells an update that an item is new, changed or gone.
+
+Folder corpora: the file's size and modification time (a stat, no read). Tables and arrays:
+a content hash of the payload. Recorded per item in the store (``_items.parquet``) when it is
+encoded, compared with the corpus by ``aepipe update``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from aepipe.corpus.base import BadItem, Shard
+
+FINGERPRINT_SCHEMA = pa.schema([("id", pa.string()), ("fingerprint", pa.string()), ("position", pa.int64())])
+
+
+def payload_hash(payload: Any) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    if isinstance(payload, BadItem):
+        h.update(b"bad:" + payload.reason.encode())
+    elif isinstance(payload, np.ndarray):
+        h.update(str((payload.dtype.str, payload.shape)).encode())
+        h.update(np.ascontiguousarray(payload).tobytes())
+    elif isinstance(payload, (bytes, bytearray, memoryview)):
+        h.update(bytes(payload))
+    else:  # documents: DecodedText (text + encoding) or str
+        h.update(str(getattr(payload, "text", payload)).encode("utf-8", "surrogatepass"))
+    return "h:" + h.hexdigest()
+
+
+def shard_fingerprints(corpus: Any, shard: Shard) -> pa.Table:
+    """(id, fingerprint, position) of every item of ``shard``, bad ones included (so a file that
+    stays unreadable is not retried every night)."""
+    ids, fps, poss = [], [], []
+    if corpus.format == "folder":
+        root = Path(corpus.cfg.source)
+        for pos, rel in zip(shard.positions or range(shard.start, shard.stop), shard.files):
+            try:
+                st = os.stat(root / rel)
+                fp = f"s:{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                fp = "s:missing"
+            ids.append(rel)
+            fps.append(fp)
+            poss.append(pos)
+    else:
+        for raw in corpus.iter_raw(shard):
+            ids.append(raw.id)
+            fps.append(payload_hash(raw.payload))
+            poss.append(raw.pos)
+    return pa.table({"id": ids, "fingerprint": fps, "position": poss}, schema=FINGERPRINT_SCHEMA)
+
+
+def first_per_id(table: pa.Table) -> pa.Table:
+    """Keep the first row of each id (corpus order): later duplicates are quarantined when encoded."""
+    seen: set[str] = set()
+    keep = [not (i in seen or seen.add(i)) for i in table.column("id").to_pylist()]  # noqa: B038
+    return table.filter(pa.array(keep, pa.bool_()))
