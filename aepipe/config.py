@@ -208,6 +208,7 @@ class TrainingConfig(_Section):
     strategy: str = "auto"
     precision: str = "32-true"
     num_workers: int = Field(0, ge=0)
+    keep_versions: int = Field(3, ge=1, description="model versions kept under RUN/models (the current one always)")
     knn_target: KnnTargetConfig | None = None
 
     @model_validator(mode="after")

@@ -25,6 +25,7 @@ from aepipe.io import atomic_write_json, atomic_write_table, fresh_dir, recover_
 from aepipe.layout import IndexFiles, RunLayout
 from aepipe.store import open_store
 from aepipe.timing import timed
+from aepipe.versions import publish_model_version
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ def build_index(cfg: PipelineConfig) -> IndexResult:
     staging = fresh_dir(layout.staging("index"))
     infos = write_index(cfg, layout.store, staging)
     replace_dir(staging, layout.index.root)
+    publish_model_version(layout, infos["model_id"], cfg.training.keep_versions)  # store + index complete
     return IndexResult(str(layout.index.root), infos["index_string"], infos["n_items"], infos["recall_at_10"],
                        infos["params"], round(time.perf_counter() - t0, 3))
 

@@ -3,6 +3,7 @@
     run_dir/
       config.yaml            resolved config of the last run
       report.json            summary of the last pipeline run
+      models/                <model_id>/ (published versions, as model/), current.json (the one queries use)
       model/                 weights.safetensors, model.json, config.json, preprocess.json, metrics.json,
                              checkpoints/, logs/ (Lightning CSV metrics)
       store/                 part-*.parquet (one latent code per item), _manifest.json,
@@ -119,6 +120,19 @@ class RunLayout:
     @property
     def model(self) -> ModelFiles:
         return ModelFiles(self.root / "model")
+
+    @property
+    def models(self) -> Path:
+        """Published model versions (see aepipe.versions)."""
+        return self.root / "models"
+
+    def model_version(self, model_id: str) -> ModelFiles:
+        return ModelFiles(self.models / model_id)
+
+    @property
+    def current_model(self) -> Path:
+        """Pointer to the model version that matches the live index: {"model_id": ...}."""
+        return self.models / "current.json"
 
     @property
     def store(self) -> Path:

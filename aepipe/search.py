@@ -27,6 +27,7 @@ from aepipe.io import read_json
 from aepipe.layout import RunLayout
 from aepipe.models.saved import LoadedModel, load_model
 from aepipe.store import arrow_to_codes, open_store
+from aepipe.versions import current_model_dir
 
 
 @dataclass
@@ -58,7 +59,8 @@ class Searcher:
         self._labels = dict(zip(table.column("label").to_pylist(), self.ids)) if "label" in table.column_names else None
         self.dim = int(self.infos["dim"])
         self.metric = self.infos["metric"]
-        self._model_dir = Path(model_dir) if model_dir else self.layout.model.root
+        # default: the model version that matches the live index (not a retrained RUN/model not yet indexed)
+        self._model_dir = Path(model_dir) if model_dir else current_model_dir(self.layout)
         self._model: LoadedModel | None = None
         self._meta: dict[str, tuple[str | None, str | None, str | None]] | None = None
         self._store = None

@@ -44,6 +44,7 @@ from aepipe.layout import IndexFiles, RunLayout
 from aepipe.models.saved import encode_array, load_model
 from aepipe.store import ITEMS, PART_GLOB, PartWriter, arrow_to_codes, open_store
 from aepipe.timing import timed
+from aepipe.versions import publish_model_version
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,7 @@ def update_run(cfg: PipelineConfig) -> UpdateResult:
     atomic_write_json(staging / COMMIT, {"model_id": model.model_id, "added": len(added), "changed": len(changed),
                                          "removed": len(removed)})
     _apply_commit(layout, staging)  # the commit point is the marker above; this only moves directories
+    publish_model_version(layout, model.model_id, cfg.training.keep_versions)
     if len(quarantine):
         quarantine.write(layout.quarantine("update"))
         log.warning("%d new item(s) quarantined; see %s", len(quarantine), layout.quarantine("update"))
