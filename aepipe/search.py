@@ -116,16 +116,19 @@ class Searcher:
         dist, idx = self.index.search(q, min(k + extra, self.index.ntotal))
         meta = self._metadata()
         names = query_names or [str(i) for i in range(len(q))]
+        cosine, unknown = self.metric == "cosine", (None, None, None)
         results = []
-        for qi, (drow, irow) in enumerate(zip(dist, idx)):
+        # Python lists, not numpy scalars: the per-hit loop is the cost here besides faiss itself
+        for qi, (drow, irow) in enumerate(zip(dist.tolist(), idx.tolist())):
             hits = []
             for d, i in zip(drow, irow):
-                item_id = self.id_of(int(i)) if i >= 0 else None
-                if item_id is None or (exclude and item_id == exclude[qi]) or len(hits) == k:
+                item_id = self.id_of(i) if i >= 0 else None
+                if item_id is None or (exclude and item_id == exclude[qi]):
                     continue
-                label, source, snip = meta.get(item_id, (None, None, None))
-                score = 1.0 - float(d) if self.metric == "cosine" else float(d)
-                hits.append(Hit(names[qi], len(hits) + 1, item_id, score, label, source, snip))
+                label, source, snip = meta.get(item_id, unknown)
+                hits.append(Hit(names[qi], len(hits) + 1, item_id, 1.0 - d if cosine else d, label, source, snip))
+                if len(hits) == k:
+                    break
             results.append(hits)
         return results
 

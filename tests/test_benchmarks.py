@@ -24,3 +24,22 @@ def test_mnist_kinds_rejects_unknown_kinds(tmp_path):
     with pytest.raises(SystemExit) as exc:
         mnist_kinds.main(["--tiny", "--kinds", "dense,fancy", "--out", str(tmp_path)])
     assert exc.value.code == 2
+
+
+def test_stage_benchmark_tiny_reports_every_ratio(tmp_path):
+    """All five stages on digits, in seconds; the Prefect half of the pipeline comparison runs
+    in a subprocess with its own ephemeral server (under the tests' PREFECT_HOME)."""
+    from aepipe.benchmarks import stages
+
+    assert stages.main(["--tiny", "--in-process", "--out", str(tmp_path)]) == 0
+    rows = {r["stage"]: r for r in json.loads((tmp_path / "results.json").read_text())}
+    assert list(rows) == list(stages.STAGES)
+    for name, row in rows.items():
+        assert 0 < row["ratio"] < 1000 and row["aepipe_s"] > 0 and row["reference_s"] > 0, name
+        assert row["peak_rss_mb"] > 50, name
+    assert rows["index"]["recall_at_10"] >= 0.9 and rows["index"]["bytes_per_vector"] > 32 * 4
+    assert rows["pipeline"]["server_start_s"] >= 0 and set(rows["pipeline"]["stage_s_prefect"]) == {
+        "train", "encode", "index", "cluster"}
+    table = (tmp_path / "results.md").read_text()
+    assert "Machine:" in table and "--tiny" in table
+    assert all(f"| {name} |" in table for name in stages.STAGES)

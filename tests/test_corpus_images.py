@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from aepipe.config import CorpusConfig, FeaturesConfig, build_config
-from aepipe.corpus import BadItem, ImagePreprocessor, Quarantine, open_image_corpus
+from aepipe.corpus import BadItem, ImagePreprocessor, Quarantine, Shard, open_corpus, open_image_corpus
 from aepipe.encode import encode_corpus
 from aepipe.errors import CorpusError
 from aepipe.layout import RunLayout
@@ -357,3 +357,20 @@ def test_array_ids_do_not_depend_on_the_limit():
     full = open_image_corpus(CorpusConfig(source="digits"))
     assert full.n_items == 1797
     assert small == [r.id for r, _ in zip(full.iter_raw(), range(20))]
+
+
+def test_array_batches_match_the_per_item_path(tmp_path):
+    """The whole-batch array reader gives the same ids, values, labels and quarantine as item by item."""
+    x = np.random.default_rng(0).random((300, 12, 12)).astype(np.float32)
+    x[105, 1, 1], x[107, 2, 2] = np.nan, 3.0
+    np.savez(tmp_path / "a.npz", x=x, y=np.arange(300) % 10)
+    corpus = open_corpus(CorpusConfig(source=str(tmp_path / "a.npz")))
+    prep = corpus.infer_preprocessor(FeaturesConfig())
+    shard = Shard(1, 100, 250, ())
+    fast_q, slow_q = Quarantine("encode"), Quarantine("encode")
+    fast = list(corpus.iter_batches(prep, 64, fast_q, shard=shard))
+    slow = list(corpus.iter_batches(prep, 64, slow_q, shard=shard, keep=set(range(300))))  # keep: item by item
+    for attr in ("ids", "labels", "sources", "positions"):
+        assert sum((getattr(b, attr) for b in fast), []) == sum((getattr(b, attr) for b in slow), [])
+    np.testing.assert_array_equal(np.concatenate([b.x for b in fast]), np.concatenate([b.x for b in slow]))
+    assert fast_q.to_table().equals(slow_q.to_table()) and len(fast_q) == 2

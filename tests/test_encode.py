@@ -40,18 +40,18 @@ def test_crashed_encode_resumes_from_committed_shards(run_copy, monkeypatch):
     from aepipe.corpus.images import ImageCorpus
 
     cfg = run_copy.config("encode.rows_per_part=100")
-    real_iter = ImageCorpus._iter_arrays
+    real_iter = ImageCorpus.iter_batches
 
-    def crash_at_250(self, shard):
-        for item in real_iter(self, shard):
-            if item.pos == 250:
+    def crash_at_250(self, *args, **kwargs):
+        for batch in real_iter(self, *args, **kwargs):
+            if 250 in batch.positions:
                 raise KeyboardInterrupt  # e.g. the user pressed Ctrl-C
-            yield item
+            yield batch
 
-    monkeypatch.setattr(ImageCorpus, "_iter_arrays", crash_at_250)
+    monkeypatch.setattr(ImageCorpus, "iter_batches", crash_at_250)
     with pytest.raises(KeyboardInterrupt):
         encode_corpus(cfg)
-    monkeypatch.setattr(ImageCorpus, "_iter_arrays", real_iter)
+    monkeypatch.setattr(ImageCorpus, "iter_batches", real_iter)
 
     res = encode_corpus(cfg)
     assert (res.n_shards, res.n_shards_skipped, res.n_items) == (4, 2, 400)

@@ -20,7 +20,8 @@ from aepipe.store import open_store
 
 def _exact_recall(layout: RunLayout, metric: str, k: int = 10) -> float:
     """recall@k of the saved index (at its saved search parameters) for every stored
-    vector as a query, against exact brute-force search with faiss.IndexFlat."""
+    vector as a query, against exact brute-force search with faiss.IndexFlat; each
+    query's own entry is left out of both (it would be a free hit)."""
     infos = json.loads(layout.index.infos.read_text())
     index = faiss.read_index(str(layout.index.index))
     set_search_params(index, infos["params"])
@@ -30,9 +31,15 @@ def _exact_recall(layout: RunLayout, metric: str, k: int = 10) -> float:
         faiss.normalize_L2(x)
     flat = faiss.IndexFlatIP(x.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(x.shape[1])
     flat.add(x)
-    _, truth = flat.search(x, k)
-    _, found = index.search(x, k)
-    return float(np.mean([len(set(f) & set(t)) for f, t in zip(found, truth)]) / k)
+    _, truth = flat.search(x, k + 1)
+    _, found = index.search(x, k + 1)
+    own = np.arange(len(x))
+    return float(np.mean([len(set(_others(f, q, k)) & set(_others(t, q, k))) for f, t, q in zip(found, truth, own)]) / k)
+
+
+def _others(row: np.ndarray, own: int, k: int) -> list[int]:
+    rest = [int(i) for i in row if i != own]
+    return rest[:k]
 
 
 def test_small_store_gets_an_exact_flat_index(trained_run):
@@ -127,9 +134,10 @@ def test_choose_factory_by_size_and_memory_budget():
     assert choose_factory(100_000, 16, cfg) == "HNSW32"
     assert choose_factory(100_000, 16, IndexConfig(flat_max_items=200_000)) == "Flat"
     assert choose_factory(3_000_000, 16, cfg) == f"IVF{ivf_nlist(3_000_000)},Flat"
-    # 100 MB: IVF-Flat (~790 MB) and PQ64/PQ32 do not fit; PQ16 is the finest code that does
+    # 100 MB: IVF-Flat (~790 MB), IVF-SQ8 (~216 MB) and PQ32 do not fit; OPQ + PQ16 is the finest code that does
     pq_choice = choose_factory(3_000_000, 64, IndexConfig(memory_budget_mb=100))
-    assert pq_choice == f"IVF{ivf_nlist(3_000_000)},PQ16"
+    assert pq_choice == f"OPQ16,IVF{ivf_nlist(3_000_000)},PQ16"
+    assert choose_factory(3_000_000, 64, IndexConfig(memory_budget_mb=300)) == f"IVF{ivf_nlist(3_000_000)},SQ8"
     assert estimate_bytes(pq_choice, 3_000_000, 64) <= 100 * 2**20
     with pytest.raises(ConfigError, match="memory_budget_mb"):
         choose_factory(10_000_000, 64, IndexConfig(memory_budget_mb=1))
@@ -146,3 +154,29 @@ def test_recall_at_k():
     truth = np.array([[1, 2, 3], [4, 5, 6]])
     assert recall_at_k(truth, truth, 3) == 1.0
     assert recall_at_k(np.array([[3, 2, 9], [7, 8, 9]]), truth, 3) == pytest.approx(2 / 6)
+
+
+def test_training_sample_has_39_to_256_points_per_list():
+    from aepipe.index import training_size
+
+    many_lists = faiss.index_factory(8, "IVF65536,Flat")
+    assert training_size(many_lists, 10**8) == 39 * 65536  # more than the 1M cap: faiss's minimum wins
+    few_lists = faiss.index_factory(8, "IVF1024,Flat")
+    assert training_size(few_lists, 10**8) == 256 * 1024
+    assert training_size(few_lists, 50_000) == 50_000
+    assert training_size(faiss.index_factory(16, "OPQ4,IVF16,PQ4"), 10**6) == 256 * 64  # PQ codebooks
+
+
+def test_sidecar_records_the_tuning_curve_and_the_candidates_weighed(run_copy):
+    build_index(run_copy.config("index.factory=IVF16,Flat", "index.recall_target=0.99"))
+    infos = json.loads(RunLayout.at(run_copy.run_dir).index.infos.read_text())
+    curve = infos["tuning"]
+    probes = [c["params"]["nprobe"] for c in curve]
+    assert probes == sorted(probes) and curve[-1]["params"] == infos["params"]
+    assert curve[-1]["recall_at_10"] == infos["recall_at_10"]
+    assert all(c["recall_at_10"] < 0.99 for c in curve[:-1])  # stopped at the first setting meeting the target
+    assert infos["candidates"] == []  # forced factory: nothing weighed
+    build_index(run_copy.config())
+    infos = json.loads(RunLayout.at(run_copy.run_dir).index.infos.read_text())
+    assert infos["candidates"][0] == {"index_string": "Flat", "estimated_bytes": 400 * 10 * 4, "fits": True}
+    assert any(c["index_string"].startswith("OPQ") for c in infos["candidates"])

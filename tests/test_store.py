@@ -127,21 +127,21 @@ def test_failed_reencode_leaves_the_store_unchanged(run_copy, tmp_path):
 
 
 def test_reencode_interrupted_mid_run_leaves_the_store_unchanged(run_copy, monkeypatch):
-    """An exception while encoding (here: the corpus reader fails on its 150th item)
+    """An exception while encoding (here: the corpus reader fails on the batch of its 150th item)
     must not touch the completed store; the partial part file is not left behind."""
     from aepipe.corpus.images import ImageCorpus
 
     layout = RunLayout.at(run_copy.run_dir)
     before = _digest(layout.store)
-    real_iter = ImageCorpus._iter_arrays
+    real_iter = ImageCorpus.iter_batches
 
-    def failing(self, shard):
-        for item in real_iter(self, shard):
-            if item.pos == 150:
+    def failing(self, *args, **kwargs):
+        for batch in real_iter(self, *args, **kwargs):
+            if 150 in batch.positions:
                 raise OSError("disk went away")
-            yield item
+            yield batch
 
-    monkeypatch.setattr(ImageCorpus, "_iter_arrays", failing)
+    monkeypatch.setattr(ImageCorpus, "iter_batches", failing)
     with pytest.raises(OSError, match="disk went away"):
         encode_corpus(run_copy.config("encode.rows_per_part=100", "encode.batch_size=32"))
     assert _digest(layout.store) == before

@@ -226,6 +226,9 @@ class ImageCorpus:
         keep: set[int] | None = None,
     ) -> Iterator[ItemBatch]:
         """Decoded batches; bad items go to ``quarantine``. ``keep`` restricts to positions."""
+        if keep is None and self._arrays_match(prep):
+            yield from self._iter_array_batches(prep, batch_size, quarantine, shard)
+            return
         ids: list[str] = []
         xs: list[np.ndarray] = []
         labels: list[str | None] = []
@@ -251,6 +254,43 @@ class ImageCorpus:
                 ids, xs, labels, sources, positions = [], [], [], [], []
         if ids:
             yield ItemBatch(ids, np.stack(xs), labels, sources, positions)
+
+    def _arrays_match(self, prep: ImagePreprocessor) -> bool:
+        """An in-memory array already at the model's size and channels needs no per-item conversion."""
+        if self._arrays is None:
+            return False
+        shape = self._arrays[0].shape[1:]
+        channels = shape[2] if len(shape) == 3 else 1
+        return tuple(shape[:2]) == (prep.height, prep.width) and channels == prep.channels
+
+    def _iter_array_batches(self, prep: ImagePreprocessor, batch_size: int, quarantine: Quarantine,
+                            shard: Shard | None) -> Iterator[ItemBatch]:
+        """The array path a whole batch at a time (per item it costs ~50 us of Python, as much as
+        the model's forward pass). Same values, ids and quarantine reasons as ``iter_raw`` + ``prep``."""
+        images, labels, scale = self._arrays  # type: ignore[misc]
+        shard = shard or Shard(0, 0, self.n_items, ())
+        width = len(str(max(self._count() - 1, 0)))  # of the whole array: ids must not depend on corpus.limit
+        name = "digits" if self.format == "digits" else Path(self.cfg.source).name
+        for start in range(shard.start, shard.stop, batch_size):
+            stop = min(start + batch_size, shard.stop)
+            x = np.asarray(images[start:stop], dtype=np.float32) / scale  # (B, H, W[, C])
+            x = (x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)).astype(np.float32, copy=False)  # (B, C, H, W)
+            flat = x.reshape(len(x), -1)
+            good = np.isfinite(flat).all(1) & (flat.min(1) >= 0.0) & (flat.max(1) <= 1.0)
+            pos = np.arange(start, stop)
+            ids = [f"{p:0{width}d}" for p in pos]
+            sources = [f"{name}[{p}]" for p in pos]
+            for j in np.flatnonzero(~good):  # the per-item path names the reason
+                try:
+                    prep(np.asarray(images[pos[j]], dtype=np.float32) / scale)
+                except BadItem as bad:
+                    quarantine.add(ids[j], sources[j], bad.reason)
+            keep = np.flatnonzero(good)
+            if not len(keep):
+                continue
+            batch_labels = [None] * len(keep) if labels is None else [str(v) for v in labels[pos[keep]]]
+            yield ItemBatch([ids[j] for j in keep], np.ascontiguousarray(x if len(keep) == len(x) else x[keep]), batch_labels,
+                            [sources[j] for j in keep], pos[keep].tolist())
 
 
 def _native_shape(payload: Any, max_pixels: int) -> tuple[int, int, int]:
