@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
+from aepipe.benchmarks import write_results
 from aepipe.config import build_config
 from aepipe.evaluation import evaluate_run
-from aepipe.io import atomic_write_bytes, atomic_write_json
 from aepipe.train import train_model
 
 KINDS: dict[str, list[str]] = {
@@ -125,9 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     rows = run(args)
     md = table(rows, "python -m aepipe.benchmarks.mnist_kinds " + " ".join(argv if argv is not None else sys.argv[1:]))
-    atomic_write_json(Path(args.out) / "results.json", rows)
-    atomic_write_bytes(Path(args.out) / "results.md", (md + "\n").encode())
-    print(md)
+    write_results(args.out, rows, md)
     return 0
 
 

@@ -32,10 +32,11 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics import normalized_mutual_info_score
 
 from aepipe.benchmarks.mnist_kinds import machine
+from aepipe.benchmarks import write_results
 from aepipe.config import build_config
 from aepipe.encode import codes_of
 from aepipe.evaluate import precision_at_recall
-from aepipe.io import atomic_write_bytes, atomic_write_json, atomic_write_table
+from aepipe.io import atomic_write_bytes, atomic_write_table
 from aepipe.models.saved import load_model
 from aepipe.topics import describe_topics, format_topics
 from aepipe.train import train_model
@@ -165,9 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     n_test = len(pq.read_table(Path(args.out) / "data" / "test.parquet", columns=[args.label_column]))
     md = table(rows, "python -m aepipe.benchmarks.newsgroups " + " ".join(argv if argv is not None else sys.argv[1:]),
                n_train, n_test)
-    atomic_write_json(Path(args.out) / "results.json", rows)
-    atomic_write_bytes(Path(args.out) / "results.md", (md + "\n").encode())
-    print(md)
+    write_results(args.out, rows, md)
     return 0
 
 

@@ -96,6 +96,13 @@ class Quarantine:
         atomic_write_table(path, self.to_table())
 
 
+def make_shards(n_items: int, rows_per_shard: int, files: list[str] | None = None) -> list[Shard]:
+    """Consecutive position ranges of ``rows_per_shard`` items (with their files, for folders)."""
+    return [Shard(index=i, start=start, stop=min(start + rows_per_shard, n_items),
+                  files=tuple(files[start : start + rows_per_shard]) if files is not None else ())
+            for i, start in enumerate(range(0, n_items, rows_per_shard))]
+
+
 def iter_folder(root: Path, shard: Shard, what: str, extensions: list[str], ext_key: str,
                 max_bytes: int, size_key: str) -> Iterator[RawItem]:
     """Raw items of a folder shard: bytes of each file, id = relative path, label = parent

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from aepipe.config import CorpusConfig, FeaturesConfig
-from aepipe.corpus.base import BadItem, ItemBatch, Quarantine, RawItem, Shard, iter_folder, iter_row_slices
+from aepipe.corpus.base import BadItem, ItemBatch, Quarantine, RawItem, Shard, iter_folder, iter_row_slices, make_shards
 from aepipe.corpus.text import DecodedText, TextPreprocessor, check_text, decode_text, fit_text_preprocessor, snippet
 from aepipe.errors import CorpusError
 
@@ -79,12 +79,7 @@ class DocumentCorpus:
         return any(item.label is not None for item in self._iter_jsonl(Shard(0, 0, min(self.n_items, 100))))
 
     def shards(self, rows_per_shard: int) -> list[Shard]:
-        out = []
-        for i, start in enumerate(range(0, self.n_items, rows_per_shard)):
-            stop = min(start + rows_per_shard, self.n_items)
-            files = tuple(self._files[start:stop]) if self._files is not None else ()
-            out.append(Shard(index=i, start=start, stop=stop, files=files))
-        return out
+        return make_shards(self.n_items, rows_per_shard, self._files)
 
     def iter_raw(self, shard: Shard | None = None) -> Iterator[RawItem]:
         """Items of ``shard`` (default: all); payloads are DecodedText or BadItem."""

@@ -20,7 +20,7 @@ import pyarrow.dataset as pads
 from PIL import Image, UnidentifiedImageError
 
 from aepipe.config import CorpusConfig, FeaturesConfig
-from aepipe.corpus.base import BadItem, ItemBatch, Quarantine, RawItem, Shard, iter_folder, iter_row_slices
+from aepipe.corpus.base import BadItem, ItemBatch, Quarantine, RawItem, Shard, iter_folder, iter_row_slices, make_shards
 from aepipe.errors import CorpusError
 
 log = logging.getLogger(__name__)
@@ -155,12 +155,7 @@ class ImageCorpus:
         return self.cfg.label_column is not None and self.cfg.label_column in self._dataset.schema.names
 
     def shards(self, rows_per_shard: int) -> list[Shard]:
-        out = []
-        for i, start in enumerate(range(0, self.n_items, rows_per_shard)):
-            stop = min(start + rows_per_shard, self.n_items)
-            files = tuple(self._files[start:stop]) if self._files is not None else ()
-            out.append(Shard(index=i, start=start, stop=stop, files=files))
-        return out
+        return make_shards(self.n_items, rows_per_shard, self._files)
 
     def iter_raw(self, shard: Shard | None = None) -> Iterator[RawItem]:
         shard = shard or Shard(0, 0, self.n_items, tuple(self._files or ()))
