@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ class Searcher:
         self._model_dir = Path(model_dir) if model_dir else current_model_dir(self.layout)
         self._model: LoadedModel | None = None
         self._meta: dict[str, tuple[str | None, str | None, str | None]] | None = None
+        self._row_of: Callable[[int], tuple[str, str | None, str | None, str | None] | None] | None = None
         self._store = None
 
     @property
@@ -100,6 +102,18 @@ class Searcher:
                                   zip(t.column("label").to_pylist(), t.column("source").to_pylist(), snippets)))
         return self._meta
 
+    def _rows(self) -> Callable[[int], tuple[str, str | None, str | None, str | None] | None]:
+        """faiss label -> (id, label, source, snippet), built once, so a hit costs one lookup
+        (per hit, an id lookup plus a dict lookup over all ids was most of the Python cost)."""
+        if self._row_of is None:
+            meta, unknown = self._metadata(), (None, None, None)
+            if self._labels is None:  # labels are positions
+                rows = [(i, *meta.get(i, unknown)) for i in self.ids]
+                self._row_of = lambda label: rows[label] if label >= 0 else None
+            else:
+                self._row_of = {label: (i, *meta.get(i, unknown)) for label, i in self._labels.items()}.get
+        return self._row_of
+
     def search_vectors(self, vectors: np.ndarray, k: int = 10, query_names: list[str] | None = None,
                        exclude: list[str] | None = None) -> list[list[Hit]]:
         """k nearest stored items of each vector. ``exclude[i]``: an id to drop from query i's results."""
@@ -114,19 +128,17 @@ class Searcher:
             faiss.normalize_L2(q)
         extra = 1 if exclude else 0
         dist, idx = self.index.search(q, min(k + extra, self.index.ntotal))
-        meta = self._metadata()
         names = query_names or [str(i) for i in range(len(q))]
-        cosine, unknown = self.metric == "cosine", (None, None, None)
+        row_of, cosine = self._rows(), self.metric == "cosine"
         results = []
         # Python lists, not numpy scalars: the per-hit loop is the cost here besides faiss itself
         for qi, (drow, irow) in enumerate(zip(dist.tolist(), idx.tolist())):
             hits = []
             for d, i in zip(drow, irow):
-                item_id = self.id_of(i) if i >= 0 else None
-                if item_id is None or (exclude and item_id == exclude[qi]):
+                row = row_of(i)
+                if row is None or (exclude and row[0] == exclude[qi]):
                     continue
-                label, source, snip = meta.get(item_id, unknown)
-                hits.append(Hit(names[qi], len(hits) + 1, item_id, 1.0 - d if cosine else d, label, source, snip))
+                hits.append(Hit(names[qi], len(hits) + 1, row[0], 1.0 - d if cosine else d, *row[1:]))
                 if len(hits) == k:
                     break
             results.append(hits)
