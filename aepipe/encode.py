@@ -31,7 +31,7 @@ from aepipe.errors import IndexMismatch, MissingArtifact
 from aepipe.io import atomic_write_json, atomic_write_table, read_json, recover_dir, replace_dir
 from aepipe.layout import RunLayout
 from aepipe.models.saved import LoadedModel, encode_array, load_model
-from aepipe.store import ITEMS, PartWriter, store_schema
+from aepipe.store import ITEMS, PartWriter, filter_part, store_schema
 from aepipe.timing import timed
 
 log = logging.getLogger(__name__)
@@ -176,13 +176,9 @@ def _drop_duplicate_ids(staging: Path, n_shards: int) -> pa.Table:
         ids = pq.read_table(part, columns=["id"]).column("id").to_pylist()
         dup = [i in seen or seen.add(i) for i in ids]  # noqa: B038  (set.add returns None)
         if any(dup):
-            table = pq.read_table(part)
-            sources = table.column("source").to_pylist()
+            sources = filter_part(part, part, [not d for d in dup]).column("source").to_pylist()
             dropped += [{"id": i, "source": s, "reason": "duplicate id (an earlier item has the same id)",
                          "stage": "encode"} for i, s, d in zip(ids, sources, dup) if d]
-            meta = pq.read_schema(part).metadata
-            kept = table.filter(pa.array([not d for d in dup])).replace_schema_metadata(meta)
-            atomic_write_table(part, kept)
     return pa.Table.from_pylist(dropped, schema=QUARANTINE_SCHEMA)
 
 

@@ -24,7 +24,7 @@ def heldout_precision(cfg: PipelineConfig, k: int = 10) -> dict[str, Any]:
     split = pq.read_table(layout.model.root / "split.parquet").to_pydict()
     heldout = [i for i, s in zip(split["id"], split["split"]) if s == "test"] or list(split["id"])
     searcher = Searcher(cfg.run_dir)
-    meta = searcher._metadata()
+    meta = searcher.metadata()
     heldout = [i for i in heldout if i in meta and meta[i][0] is not None][:2000]
     if not heldout:
         return {"precision_at_10": None, "n_queries": 0, "note": "no labels: precision needs labels"}

@@ -91,7 +91,7 @@ class Searcher:
             self._store = store
         return self._store
 
-    def _metadata(self) -> dict[str, tuple[str | None, str | None, str | None]]:
+    def metadata(self) -> dict[str, tuple[str | None, str | None, str | None]]:
         """id -> (label, source, snippet); snippet is None for stores without one (images)."""
         if self._meta is None:
             store = self._store_checked()
@@ -106,7 +106,7 @@ class Searcher:
         """faiss label -> (id, label, source, snippet), built once, so a hit costs one lookup
         (per hit, an id lookup plus a dict lookup over all ids was most of the Python cost)."""
         if self._row_of is None:
-            meta, unknown = self._metadata(), (None, None, None)
+            meta, unknown = self.metadata(), (None, None, None)
             if self._labels is None:  # labels are positions
                 rows = [(i, *meta.get(i, unknown)) for i in self.ids]
                 self._row_of = lambda label: rows[label] if label >= 0 else None

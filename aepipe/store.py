@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from aepipe import __version__
 from aepipe.errors import MissingArtifact
+from aepipe.io import atomic_write_table
 
 META_KEY = b"aepipe"
 PART_GLOB = "part-*.parquet"
@@ -106,6 +107,14 @@ class PartWriter:
     def abort(self) -> None:
         self._writer.close()
         self.tmp.unlink(missing_ok=True)
+
+
+def filter_part(src: Path, dest: Path, keep: list[bool]) -> pa.Table:
+    """Write the rows of part ``src`` where ``keep`` is true to ``dest`` (atomically, schema
+    metadata kept); return the whole part as read, for callers that report what was dropped."""
+    table = pq.read_table(src)
+    atomic_write_table(dest, table.filter(pa.array(keep)).replace_schema_metadata(table.schema.metadata))
+    return table
 
 
 @dataclass

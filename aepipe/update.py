@@ -42,7 +42,7 @@ from aepipe.index import _ivf, _normalize, build_index, write_index
 from aepipe.io import atomic_write_json, atomic_write_table, fresh_dir, read_json, recover_dir, replace_dir
 from aepipe.layout import IndexFiles, RunLayout
 from aepipe.models.saved import encode_array, load_model
-from aepipe.store import ITEMS, PART_GLOB, PartWriter, arrow_to_codes, open_store
+from aepipe.store import ITEMS, PART_GLOB, PartWriter, arrow_to_codes, filter_part, open_store
 from aepipe.timing import timed
 from aepipe.versions import publish_model_version
 
@@ -215,9 +215,7 @@ def _carry_parts(store, drop: set[str], dest: Path) -> tuple[int, list[str]]:
             continue
         rewritten.append(part.name)
         if not all(hit):
-            table = pq.read_table(part)
-            kept = table.filter(pa.array([not h for h in hit])).replace_schema_metadata(table.schema.metadata)
-            atomic_write_table(dest / part.name, kept)
+            filter_part(part, dest / part.name, [not h for h in hit])
     return last + 1, rewritten
 
 

@@ -44,7 +44,7 @@ def test_neighbours_mostly_share_the_query_label(searcher):
     ids = [f"{i:04d}" for i in range(0, 400, 4)]
     results = searcher.search_ids(ids, k=10)
     assert searcher.vectors_for_ids(ids).shape == (100, 10)  # lookup of many ids at once
-    meta = searcher._metadata()
+    meta = searcher.metadata()
     precision = np.mean([[h.label == meta[q][0] for h in hits] for q, hits in zip(ids, results)])
     assert precision > 0.5  # chance is 0.1 (0.68 when written)
 
