@@ -228,6 +228,11 @@ class EncodeConfig(_Section):
         "threads", description="how the Prefect encode flow runs shard tasks (dask/ray need prefect-dask/prefect-ray)")
     workers: int = Field(2, ge=1, description="parallel shard tasks")
     dask_address: str | None = Field(None, description="existing Dask scheduler (default: a local cluster)")
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
+    autocast: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="forward-pass precision; auto: bf16 (fp16 on older GPUs) on CUDA, off on the CPU")
+    prefetch_batches: int = Field(2, ge=0, description="batches read and decoded ahead in a background thread "
+                                  "while the model runs (0: read in line)")
 
 
 class IndexConfig(_Section):
@@ -246,6 +251,8 @@ class ClusterConfig(_Section):
     niter: int = Field(50, ge=1)
     n_redo: int = Field(3, ge=1)
     seed: int = 0
+    max_train_items: int = Field(262_144, ge=1, description="train k-means on a seeded sample of at most this many "
+                                 "codes (every item is still assigned); a store no larger trains on all of them")
     n_top_terms: int = Field(10, ge=1, description="documents: terms listed per topic")
     n_exemplars: int = Field(3, ge=0, description="documents: exemplar documents listed per topic")
 

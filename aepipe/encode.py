@@ -14,6 +14,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,12 +26,12 @@ from tqdm.auto import tqdm
 
 from aepipe.config import CorpusConfig, PipelineConfig
 from aepipe.corpus import Corpus, Quarantine, Shard, TextPreprocessor, open_corpus
-from aepipe.corpus.base import QUARANTINE_SCHEMA
+from aepipe.corpus.base import QUARANTINE_SCHEMA, prefetch
 from aepipe.corpus.fingerprint import FINGERPRINT_SCHEMA, first_per_id, shard_fingerprints
 from aepipe.errors import IndexMismatch, MissingArtifact
 from aepipe.io import atomic_write_json, atomic_write_table, read_json, recover_dir, replace_dir
 from aepipe.layout import RunLayout
-from aepipe.models.saved import LoadedModel, encode_array, load_model
+from aepipe.models.saved import LoadedModel, encode_array, inference_settings, load_model
 from aepipe.store import ITEMS, PartWriter, filter_part, store_schema
 from aepipe.timing import timed
 
@@ -132,18 +133,27 @@ def encode_shard(cfg: PipelineConfig, plan: EncodePlan, shard: Shard,
         DOCUMENT_COLUMNS if isinstance(model.prep, TextPreprocessor) else ())
     quarantine = Quarantine("encode")
     part = staging / f"part-{shard.index:05d}.parquet"
-    # fingerprints before encoding: an item changed while this shard runs looks changed to the next update
-    atomic_write_table(staging / "_fingerprints" / f"shard-{shard.index:05d}.parquet", shard_fingerprints(corpus, shard))
+    device, autocast = inference_settings(ec.device, ec.autocast)
+    net = model.net.to(device)
+    # Fingerprints (for `aepipe update`) are taken in a thread beside the encoding (hashlib and
+    # torch release the GIL); the thread runs ahead of the encoder, so an item changed while this
+    # shard runs mostly looks changed to the next update.
+    fingerprints = ThreadPoolExecutor(1, thread_name_prefix="aepipe-fingerprint")
+    prints = fingerprints.submit(shard_fingerprints, corpus, shard)
+    fingerprints.shutdown(wait=False)
     writer = PartWriter(part, schema, ec.compression, ec.row_group_size)
     try:
-        for batch in corpus.iter_batches(model.prep, ec.batch_size, quarantine, shard=shard):
-            codes, errors = encode_array(model.net, torch.from_numpy(batch.x))
+        batches = prefetch(corpus.iter_batches(model.prep, ec.batch_size, quarantine, shard=shard), ec.prefetch_batches)
+        for batch in batches:
+            codes, errors = encode_array(net, torch.from_numpy(batch.x), autocast)
             writer.write(batch.ids, codes.numpy(), errors.numpy(), batch.labels, batch.sources, batch.positions, batch.meta)
             if progress is not None:
                 progress(len(batch))
+        atomic_write_table(staging / "_fingerprints" / f"shard-{shard.index:05d}.parquet", prints.result())
         writer.close()
     except BaseException:
         writer.abort()
+        prints.cancel()
         raise
     atomic_write_table(staging / "_quarantine" / f"shard-{shard.index:05d}.parquet", quarantine.to_table())
     result = ShardResult(shard.index, writer.n_rows, len(quarantine), part.name)

@@ -76,13 +76,13 @@ class PartWriter:
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self.n_rows = 0
+        self.code_dtype = json.loads(schema.metadata[META_KEY])["code_dtype"]
 
     def write(self, ids: list[str], codes: np.ndarray, recon_error: np.ndarray, labels: list[str | None],
               sources: list[str], positions: list[int], extra: dict[str, list[str]] | None = None) -> None:
-        meta = json.loads(self.schema.metadata[META_KEY])
         extra = extra or {}
         batch = pa.record_batch(
-            [pa.array(ids, pa.string()), codes_to_arrow(codes, meta["code_dtype"]),
+            [pa.array(ids, pa.string()), codes_to_arrow(codes, self.code_dtype),
              pa.array(np.asarray(recon_error, dtype=np.float32)), pa.array(labels, pa.string()),
              pa.array(sources, pa.string()), pa.array(positions, pa.int64()),
              *(pa.array(extra.get(f.name, [None] * len(ids)), pa.string()) for f in list(self.schema)[6:])],

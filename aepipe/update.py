@@ -34,14 +34,14 @@ import torch
 
 from aepipe.config import PipelineConfig
 from aepipe.corpus import Quarantine, open_corpus
-from aepipe.corpus.base import Shard
+from aepipe.corpus.base import Shard, prefetch
 from aepipe.corpus.fingerprint import first_per_id, shard_fingerprints
 from aepipe.encode import MANIFEST, encode_corpus
 from aepipe.errors import IndexMismatch
 from aepipe.index import _ivf, _normalize, build_index, write_index
 from aepipe.io import atomic_write_json, atomic_write_table, fresh_dir, read_json, recover_dir, replace_dir
 from aepipe.layout import IndexFiles, RunLayout
-from aepipe.models.saved import encode_array, load_model
+from aepipe.models.saved import encode_array, inference_settings, load_model
 from aepipe.store import ITEMS, PART_GLOB, PartWriter, arrow_to_codes, filter_part, open_store
 from aepipe.timing import timed
 from aepipe.versions import publish_model_version
@@ -232,11 +232,14 @@ def _encode_items(cfg: PipelineConfig, model, corpus, todo: pa.Table, dest: Path
     else:  # tables and arrays: one pass, keeping the new rows
         shard, keep = None, set(positions)
     ec, parts, writer = cfg.encode, [], None
+    device, autocast = inference_settings(ec.device, ec.autocast)  # as encode: same codes for the same items
+    net = model.net.to(device)
     try:
-        for batch in corpus.iter_batches(model.prep, ec.batch_size, quarantine, shard=shard, keep=keep):
+        for batch in prefetch(corpus.iter_batches(model.prep, ec.batch_size, quarantine, shard=shard, keep=keep),
+                              ec.prefetch_batches):
             if writer is None:
                 writer = PartWriter(dest / f"part-{first + len(parts):05d}.parquet", schema, ec.compression, ec.row_group_size)
-            codes, errors = encode_array(model.net, torch.from_numpy(batch.x))
+            codes, errors = encode_array(net, torch.from_numpy(batch.x), autocast)
             writer.write(batch.ids, codes.numpy(), errors.numpy(), batch.labels, batch.sources, batch.positions, batch.meta)
             if writer.n_rows >= ec.rows_per_part:
                 writer.close()

@@ -110,3 +110,73 @@ def test_codes_of_in_memory_arrays(trained_run, digits_x):
     assert codes.shape == (7, 10) and codes.dtype == np.float32
     np.testing.assert_allclose(codes, codes_of(model, digits_x[:7], batch_size=100), rtol=1e-5, atol=1e-6)
     assert codes_of(model, digits_x[:0]).shape == (0, 10)
+
+
+def test_prefetch_keeps_order_passes_errors_and_stops_when_closed():
+    import threading
+
+    from aepipe.corpus.base import prefetch
+
+    assert list(prefetch(iter(range(100)), 3)) == list(range(100))
+    assert list(prefetch(iter(range(5)), 0)) == list(range(5))
+
+    def failing():
+        yield 1
+        raise ValueError("bad batch")
+
+    got = []
+    with pytest.raises(ValueError, match="bad batch"):
+        for item in prefetch(failing(), 2):
+            got.append(item)
+    assert got == [1]
+
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    gen = prefetch(endless(), 2)
+    assert [next(gen) for _ in range(3)] == [0, 1, 2]
+    gen.close()  # the consumer stops early: the producer thread must end, not spin or block
+    assert not [t for t in threading.enumerate() if t.name == "aepipe-prefetch"]
+    assert len(produced) <= 3 + 2 + 2  # read ahead by at most the queue depth (+ one in hand)
+
+
+def test_array_fingerprints_equal_the_per_item_hash(trained_run):
+    from aepipe.corpus.fingerprint import payload_hash, shard_fingerprints
+    from aepipe.corpus.images import ImageCorpus
+
+    corpus = ImageCorpus(load_model(RunLayout.at(trained_run.run_dir).model.root).config.corpus)
+    shard = corpus.shards(150)[1]
+    table = shard_fingerprints(corpus, shard)
+    raws = list(corpus.iter_raw(shard))
+    assert table.column("id").to_pylist() == [r.id for r in raws]
+    assert table.column("position").to_pylist() == list(range(150, 300))
+    assert table.column("fingerprint").to_pylist() == [payload_hash(r.payload) for r in raws]
+    assert len(set(table.column("fingerprint").to_pylist())) > 140  # digits differ (a few are duplicates)
+
+
+def test_bf16_autocast_codes_are_close_to_full_precision(run_copy):
+    layout = RunLayout.at(run_copy.run_dir)
+    _, codes32 = open_store(layout.store).read_codes()
+    encode_corpus(run_copy.config("encode.autocast=bf16", "encode.prefetch_batches=0"))
+    _, codes_bf16 = open_store(layout.store).read_codes()
+    assert not np.array_equal(codes_bf16, codes32)  # the forward pass did run in bf16
+    scale = np.abs(codes32).max()
+    np.testing.assert_allclose(codes_bf16, codes32, atol=0.05 * scale)
+
+
+def test_cuda_device_without_cuda_is_a_config_error(run_copy):
+    import torch
+
+    from aepipe.errors import ConfigError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        encode_corpus(run_copy.config("encode.device=cuda"))
+    assert open_store(RunLayout.at(run_copy.run_dir).store).n_items == run_copy.n_items  # the old store is intact

@@ -49,6 +49,12 @@ def shard_fingerprints(corpus: Any, shard: Shard) -> pa.Table:
             ids.append(rel)
             fps.append(fp)
             poss.append(pos)
+    elif getattr(corpus, "format", None) in ("numpy", "digits"):  # arrays: hash whole batches' rows, no RawItem each
+        for pos, batch_ids, payloads in corpus.array_payloads(shard, 4096):
+            prefix = str((payloads.dtype.str, payloads.shape[1:])).encode()  # as payload_hash: same fingerprints
+            ids += batch_ids
+            fps += ["h:" + hashlib.blake2b(prefix + row.tobytes(), digest_size=16).hexdigest() for row in payloads]
+            poss += pos.tolist()
     else:
         for raw in corpus.iter_raw(shard):
             ids.append(raw.id)

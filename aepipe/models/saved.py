@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from aepipe import __version__
 from aepipe.config import PipelineConfig
 from aepipe.corpus import Preprocessor, preprocessor_from_dict
-from aepipe.errors import MissingArtifact
+from aepipe.errors import ConfigError, MissingArtifact
 from aepipe.io import atomic_write_json, read_json
 from aepipe.layout import ModelFiles
 from aepipe.models.modules import Autoencoder, build_autoencoder
@@ -87,11 +87,36 @@ def load_model(files: ModelFiles | str | Path) -> LoadedModel:
 
 
 @torch.inference_mode()
-def encode_array(net: Autoencoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_array(net: Autoencoder, x: torch.Tensor, autocast: str = "off") -> tuple[torch.Tensor, torch.Tensor]:
     """Codes and per-item summed squared reconstruction error. (B, C, H, W) -> (B, code), (B,)
-    For a softmax output (documents) the error is measured against the input normalised to sum 1."""
-    z = net.encode(x)
-    recon = net.activate(net.decode(z))
+    For a softmax output (documents) the error is measured against the input normalised to sum 1.
+    Runs on the device of ``net`` (``x`` is moved there); results come back as float32 on the CPU.
+    ``autocast``: "bf16" / "fp16" run the forward pass in that precision (torch.autocast)."""
+    device = next(net.parameters()).device
+    x = x.to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=AUTOCAST_DTYPES[autocast], enabled=autocast != "off"):
+        z = net.encode(x)
+        recon = net.activate(net.decode(z))
+    z, recon = z.float(), recon.float()
     if net.output_activation == "softmax":
         x = x / x.sum(-1, keepdim=True).clamp_min(1e-12)
-    return z, (recon - x).pow(2).flatten(1).sum(1)
+    return z.cpu(), (recon - x).pow(2).flatten(1).sum(1).cpu()
+
+
+AUTOCAST_DTYPES = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def inference_settings(device: str, autocast: str) -> tuple[torch.device, str]:
+    """Resolve ``encode.device`` / ``encode.autocast`` ("auto": CUDA when present; bf16 where the GPU
+    supports it, else fp16; full precision on the CPU, where bf16 autocast is slower on most chips)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"encode.device={device} but torch sees no CUDA device (torch {torch.__version__}); "
+                          "use encode.device=cpu or auto")
+    if autocast == "auto":
+        if device.startswith("cuda"):
+            autocast = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            autocast = "off"
+    return torch.device(device), autocast
