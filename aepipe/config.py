@@ -243,6 +243,10 @@ class IndexConfig(_Section):
     n_eval_queries: int = Field(500, ge=1)
     flat_max_items: int = Field(50_000, ge=1, description="exact (Flat) search up to this many vectors")
     add_batch_size: int = Field(65_536, ge=1)
+    on_disk: Literal["auto", "always", "never"] = Field(
+        "auto", description="IVF inverted lists in index.ivfdata, memory-mapped at search time (faiss OnDiskInvertedLists), "
+        "built shard by shard and merged on disk; auto: when the index would not fit memory_budget_mb in RAM")
+    on_disk_shard_items: int = Field(1_000_000, ge=1, description="vectors per partial index held in RAM while building on disk")
     seed: int = 0
 
 

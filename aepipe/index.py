@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +23,12 @@ from typing import Any
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from aepipe.config import IndexConfig, PipelineConfig
+from aepipe.corpus.base import prefetch
 from aepipe.errors import ConfigError
-from aepipe.io import atomic_write_json, atomic_write_table, fresh_dir, recover_dir, replace_dir
+from aepipe.io import atomic_write_json, fresh_dir, recover_dir, replace_dir
 from aepipe.layout import IndexFiles, RunLayout
 from aepipe.store import arrow_to_codes, open_store
 from aepipe.timing import timed
@@ -98,12 +105,33 @@ def index_candidates(n: int, dim: int, cfg: IndexConfig) -> list[tuple[str, floa
 
 
 def choose_factory(n: int, dim: int, cfg: IndexConfig) -> str:
-    """The first candidate that fits ``cfg.memory_budget_mb``."""
+    """The first candidate that fits ``cfg.memory_budget_mb`` in RAM; failing that (``on_disk``
+    auto or always) IVF-Flat with its inverted lists on disk rather than lossy PQ codes in RAM."""
     budget = cfg.memory_budget_mb * 2**20
-    for name, size in index_candidates(n, dim, cfg):
-        if size <= budget:
+    candidates = index_candidates(n, dim, cfg)
+    if cfg.on_disk == "always":
+        return next(name for name, _ in candidates if name.startswith("IVF"))
+    for name, size in candidates:
+        if size <= budget and not (cfg.on_disk == "auto" and name.startswith("OPQ")):
             return name
-    raise ConfigError(f"{n} vectors of dimension {dim} do not fit index.memory_budget_mb={cfg.memory_budget_mb}; raise it")
+    if cfg.on_disk == "auto":
+        return next(name for name, _ in candidates if name.startswith("IVF"))
+    raise ConfigError(f"{n} vectors of dimension {dim} do not fit index.memory_budget_mb={cfg.memory_budget_mb}; raise it "
+                      "or set index.on_disk=auto")
+
+
+def wants_on_disk(factory: str, n: int, dim: int, cfg: IndexConfig) -> bool:
+    """Whether this index keeps its inverted lists on disk: always (IVF only), or auto when its
+    estimated size exceeds the memory budget."""
+    is_ivf = any(part.startswith("IVF") for part in factory.split(","))
+    if cfg.on_disk == "always" and not is_ivf:
+        raise ConfigError(f"index.on_disk=always needs an IVF index, not '{factory}' (faiss keeps only inverted lists on disk)")
+    if cfg.on_disk == "auto" and is_ivf:
+        try:
+            return estimate_bytes(factory, n, dim) > cfg.memory_budget_mb * 2**20
+        except (ValueError, IndexError):  # a factory string estimate_bytes does not parse: stay in RAM
+            return False
+    return cfg.on_disk == "always"
 
 
 def training_size(index: faiss.Index, n: int) -> int:
@@ -172,12 +200,18 @@ def build_index(cfg: PipelineConfig) -> IndexResult:
 
 def write_index(cfg: PipelineConfig, store_dir: Path, dest: Path) -> dict[str, Any]:
     """Build and tune an index over the store at ``store_dir``; write its files into ``dest``.
-    Returns the sidecar (index_infos.json)."""
+    Returns the sidecar (index_infos.json).
+
+    Three streaming passes over the store, so memory holds the index (or, on disk, one partial
+    index) plus a batch, never the store: (1) gather the training sample and the held-out eval
+    queries, (2) add every vector, writing ids.parquet as it goes, (3) exact neighbours of the
+    eval queries, which the search parameters are then tuned against."""
     t0 = time.perf_counter()
     layout = RunLayout.at(cfg.run_dir)
     store = open_store(store_dir)
     n, dim, ic = store.n_items, store.code_size, cfg.index
     factory = choose_factory(n, dim, ic) if ic.factory == "auto" else ic.factory
+    on_disk = wants_on_disk(factory, n, dim, ic)
     candidates = [{"index_string": name, "estimated_bytes": int(size), "fits": size <= ic.memory_budget_mb * 2**20}
                   for name, size in index_candidates(n, dim, ic)] if ic.factory == "auto" else []
     try:
@@ -195,8 +229,10 @@ def write_index(cfg: PipelineConfig, store_dir: Path, dest: Path) -> dict[str, A
     n_train = training_size(index, n) if not index.is_trained else 0
     train_pos = np.sort(rng.choice(rest if len(rest) >= n_train else np.arange(n), n_train, replace=False))
 
-    seconds: dict[str, float] = {"add": 0.0, "eval_exact_knn": 0.0}  # where the build time goes (sidecar)
-    with timed(f"index {n} vectors of dim {dim} as '{factory}' ({ic.metric})"):
+    files = IndexFiles(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}  # where the build time goes (sidecar)
+    with timed(f"index {n} vectors of dim {dim} as '{factory}' ({ic.metric}){' on disk' if on_disk else ''}"):
         t = time.perf_counter()
         queries, train = _gather(store, [query_pos, train_pos], ic.metric)
         seconds["gather_sample"] = time.perf_counter() - t
@@ -205,32 +241,29 @@ def write_index(cfg: PipelineConfig, store_dir: Path, dest: Path) -> dict[str, A
                 t = time.perf_counter()
                 index.train(train)
                 seconds["train"] = time.perf_counter() - t
-        heap = faiss.ResultHeap(n_q, min(k + 1, n), keep_max=ic.metric == "cosine")  # + the query itself
-        ids: list[str] = []
-        with timed("add vectors and compute exact neighbours of the eval queries"):
-            for batch_ids, codes in store.iter_codes(ic.add_batch_size):
-                x = _normalize(codes, ic.metric)
-                t = time.perf_counter()
-                index.add(x)
-                t_added = time.perf_counter()
-                d, i = _exact_knn(queries, x, min(k + 1, n), ic.metric)
-                seconds["add"] += t_added - t
-                seconds["eval_exact_knn"] += time.perf_counter() - t_added
-                heap.add_result(d, np.where(i >= 0, i + len(ids), -1))
-                ids += batch_ids
-        heap.finalize()
+        del train
         t = time.perf_counter()
-        params, recall, latency, curve = _tune(index, queries, query_pos, _drop_self(heap.I, query_pos, k), k,
-                                               ic.recall_target)
+        if on_disk:
+            _add_on_disk(index, store, ic, files)
+        else:
+            _add_in_ram(index, store, ic, files)
+        seconds["add"] = time.perf_counter() - t
+        if not on_disk:
+            t = time.perf_counter()
+            faiss.write_index(index, str(files.index))
+            seconds["write"] = time.perf_counter() - t
+        t = time.perf_counter()
+        truth = _exact_neighbours(store, queries, query_pos, k, ic)
+        seconds["eval_exact_knn"] = time.perf_counter() - t
+        t = time.perf_counter()
+        params, recall, latency, curve = _tune(index, queries, query_pos, truth, k, ic.recall_target)
         seconds["tune"] = time.perf_counter() - t
-    files = IndexFiles(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    faiss.write_index(index, str(files.index))
-    atomic_write_table(files.ids, pa.table({"id": pa.array(ids, pa.string())}))
-    size = files.index.stat().st_size
+    size = files.index.stat().st_size + (files.ivfdata.stat().st_size if on_disk else 0)
+    ivf = _ivf(index)
     infos = {
         "index_string": factory,
         "index_class": type(faiss.downcast_index(index)).__name__,
+        "on_disk": on_disk,  # inverted lists in index.ivfdata, memory-mapped when searched
         "metric": ic.metric,
         "params": params,
         "n_items": int(index.ntotal),
@@ -246,6 +279,7 @@ def write_index(cfg: PipelineConfig, store_dir: Path, dest: Path) -> dict[str, A
         "n_eval_queries": n_q,
         "latency_ms_per_query": latency,
         "tuning": curve,  # recall and latency of each setting tried, smallest first
+        "imbalance_factor": round(float(ivf.invlists.imbalance_factor()), 4) if ivf is not None else None,
         "seconds": {name: round(v, 3) for name, v in seconds.items()},
         "candidates": candidates,  # what 'auto' weighed: estimated bytes against the memory budget
         "bytes": size,
@@ -257,6 +291,97 @@ def write_index(cfg: PipelineConfig, store_dir: Path, dest: Path) -> dict[str, A
     if recall < ic.recall_target:
         log.warning("index recall@10 %.3f is below the target %.3f even at %s", recall, ic.recall_target, params)
     return infos
+
+
+def _store_batches(store, batch_size: int, metric: str) -> Iterator[tuple[pa.Array, np.ndarray]]:
+    """(ids, vectors ready for faiss) a batch at a time in store order, decoded a batch ahead in a
+    thread while faiss works (it releases the GIL)."""
+    def read() -> Iterator[tuple[pa.Array, np.ndarray]]:
+        for batch in store.iter_batches(batch_size, ["id", "code"]):
+            yield batch.column(0), _normalize(arrow_to_codes(batch.column(1)), metric)
+    return prefetch(read(), 2)
+
+
+def _add_in_ram(index: faiss.Index, store, ic: IndexConfig, files: IndexFiles) -> None:
+    """Add the store's vectors in batches; ids.parquet is written as they go (labels = positions)."""
+    with pq.ParquetWriter(files.ids, IDS_SCHEMA) as ids:
+        for batch_ids, x in _store_batches(store, ic.add_batch_size, ic.metric):
+            index.add(x)
+            ids.write_table(pa.table([batch_ids], schema=IDS_SCHEMA))
+
+
+def _add_on_disk(index: faiss.Index, store, ic: IndexConfig, files: IndexFiles) -> None:
+    """faiss's recipe for indexes larger than RAM: fill partial indexes of ``on_disk_shard_items``
+    vectors one at a time (each written out, then freed), merge their inverted lists into one
+    memory-mapped ``index.ivfdata`` (faiss.contrib.ondisk), then write the (small) index header."""
+    from faiss.contrib.ondisk import merge_ondisk
+
+    shard_dir = files.root / ".shards"
+    shard_dir.mkdir(exist_ok=True)
+    paths: list[str] = []
+    part, position = None, 0
+
+    def flush() -> None:
+        nonlocal part
+        if part is not None and part.ntotal:
+            paths.append(str(shard_dir / f"shard-{len(paths):05d}.index"))
+            faiss.write_index(part, paths[-1])
+        part = None
+
+    with pq.ParquetWriter(files.ids, IDS_SCHEMA) as ids:
+        for batch_ids, x in _store_batches(store, ic.add_batch_size, ic.metric):
+            if part is None:
+                part = faiss.clone_index(index)
+            part.add_with_ids(x, np.arange(position, position + len(x), dtype=np.int64))  # labels = store positions
+            position += len(x)
+            ids.write_table(pa.table([batch_ids], schema=IDS_SCHEMA))
+            if part.ntotal >= ic.on_disk_shard_items:
+                flush()
+        flush()
+    with timed(f"merge {len(paths)} partial index(es) into {files.ivfdata.name}"), _quiet_stdout():
+        merge_ondisk(index, paths, str(files.ivfdata))  # faiss prints progress on the C stdout
+        faiss.write_index(index, str(files.index))
+    shutil.rmtree(shard_dir)
+
+
+IDS_SCHEMA = pa.schema([("id", pa.string())])
+
+
+def read_index_file(files: IndexFiles, infos: dict[str, Any]) -> faiss.Index:
+    """Load a built index. On-disk inverted lists are memory-mapped from the index.ivfdata next to
+    index.faiss (the run directory may have moved since the build)."""
+    if not infos.get("on_disk"):
+        return faiss.read_index(str(files.index))
+    with _quiet_stdout():  # faiss says on the C stdout that it found the lists in another directory
+        return faiss.read_index(str(files.index), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
+
+
+@contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Silence faiss's C-level printf (fd 1) for the duration: stdout may carry a command's JSON."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _exact_neighbours(store, queries: np.ndarray, query_pos: np.ndarray, k: int, ic: IndexConfig) -> np.ndarray:
+    """Exact k nearest store positions of each eval query, the query itself left out: one
+    streaming pass, a batch of vectors against all queries at a time."""
+    n_q, kk = len(queries), min(k + 1, store.n_items)
+    heap = faiss.ResultHeap(n_q, kk, keep_max=ic.metric == "cosine")  # + the query itself
+    offset = 0
+    for _, x in _store_batches(store, ic.add_batch_size, ic.metric):
+        d, i = _exact_knn(queries, x, kk, ic.metric)
+        heap.add_result(d, np.where(i >= 0, i + offset, -1))
+        offset += len(x)
+    heap.finalize()
+    return _drop_self(heap.I, query_pos, k)
 
 
 def _exact_knn(queries: np.ndarray, x: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:

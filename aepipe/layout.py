@@ -9,7 +9,7 @@
       store/                 part-*.parquet (one latent code per item), _manifest.json,
                              _items.parquet (fingerprint of every corpus item the store reflects)
       quarantine/            <stage>.parquet: items that could not be read (id, source, reason)
-      index/                 index.faiss, ids.parquet, index_infos.json
+      index/                 index.faiss, ids.parquet, index_infos.json (+ index.ivfdata on disk)
       clusters/              assignments.parquet, summary.json, centroids.npy, prototypes.png (images)
                              or topics.json (documents)
       .staging/              work in progress; swapped into place when complete
@@ -66,6 +66,11 @@ class IndexFiles:
     @property
     def index(self) -> Path:
         return self.root / "index.faiss"
+
+    @property
+    def ivfdata(self) -> Path:
+        """On-disk indexes (``index.on_disk``): the inverted lists, memory-mapped by index.faiss."""
+        return self.root / "index.ivfdata"
 
     @property
     def ids(self) -> Path:

@@ -38,7 +38,7 @@ from aepipe.corpus.base import Shard, prefetch
 from aepipe.corpus.fingerprint import first_per_id, shard_fingerprints
 from aepipe.encode import MANIFEST, encode_corpus
 from aepipe.errors import IndexMismatch
-from aepipe.index import _ivf, _normalize, build_index, write_index
+from aepipe.index import _ivf, _normalize, build_index, read_index_file, write_index
 from aepipe.io import atomic_write_json, atomic_write_table, fresh_dir, read_json, recover_dir, replace_dir
 from aepipe.layout import IndexFiles, RunLayout
 from aepipe.models.saved import encode_array, inference_settings, load_model
@@ -308,7 +308,10 @@ def update_index(cfg: PipelineConfig, layout: RunLayout, store_dir: Path, drop: 
     ic = cfg.index
     if infos is None or infos["model_id"] != open_store(store_dir).model_id or infos["metric"] != ic.metric:
         return "rebuilt", write_index(cfg, store_dir, dest)
-    index = faiss.read_index(str(files.index))
+    if infos.get("on_disk"):  # its lists are memory-mapped from the live index.ivfdata: never modify them in place
+        log.info("an on-disk index is rebuilt, not updated in place")
+        return "rebuilt", write_index(cfg, store_dir, dest)
+    index = read_index_file(files, infos)
     table = pq.read_table(files.ids)
     ids = table.column("id").to_pylist()
     explicit = "label" in table.column_names
@@ -350,6 +353,9 @@ def update_index(cfg: PipelineConfig, layout: RunLayout, store_dir: Path, drop: 
         n_added_since_build=int(infos.get("n_added_since_build", 0)) + len(new_ids),
         n_removed_since_build=int(infos.get("n_removed_since_build", 0)) + int(dropped.sum()),
         bytes=out_files.index.stat().st_size, bytes_per_vector=out_files.index.stat().st_size / max(index.ntotal, 1))
+    if not is_flat:
+        infos.setdefault("imbalance_factor_at_build", infos.get("imbalance_factor"))
+        infos["imbalance_factor"] = round(float(_ivf(index).invlists.imbalance_factor()), 4)
     infos["rebuild_advised"] = _rebuild_advice(infos, is_flat, ic.flat_max_items)
     atomic_write_json(out_files.infos, infos)
     if infos["rebuild_advised"]:
@@ -365,7 +371,14 @@ def _rebuild_advice(infos: dict[str, Any], is_flat: bool, flat_max_items: int) -
     if not is_flat and infos["n_added_since_build"] + infos["n_removed_since_build"] > base:
         return (f"{infos['n_added_since_build']} vectors added and {infos['n_removed_since_build']} removed since the IVF "
                 f"centroids were trained on {base}; run `aepipe index` to retrain them")
+    built, now = infos.get("imbalance_factor_at_build"), infos.get("imbalance_factor")
+    if not is_flat and built and now and now > IMBALANCE_GROWTH * built:
+        return (f"the IVF lists grew unbalanced (imbalance factor {now:.2f}, {built:.2f} at build: searches scan longer "
+                "lists for the same nprobe); run `aepipe index` to retrain the centroids")
     return None
+
+
+IMBALANCE_GROWTH = 1.5  # advise a rebuild once faiss's imbalance factor grew by half since the build
 
 
 def _retrain(cfg: PipelineConfig, result: UpdateResult) -> None:

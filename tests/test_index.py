@@ -13,7 +13,8 @@ import pytest
 
 from aepipe.config import IndexConfig
 from aepipe.errors import ConfigError, MissingArtifact
-from aepipe.index import build_index, choose_factory, estimate_bytes, ivf_nlist, recall_at_k, set_search_params
+from aepipe.index import (build_index, choose_factory, estimate_bytes, ivf_nlist, recall_at_k, set_search_params,
+                          wants_on_disk)
 from aepipe.layout import RunLayout
 from aepipe.store import open_store
 
@@ -134,13 +135,22 @@ def test_choose_factory_by_size_and_memory_budget():
     assert choose_factory(100_000, 16, cfg) == "HNSW32"
     assert choose_factory(100_000, 16, IndexConfig(flat_max_items=200_000)) == "Flat"
     assert choose_factory(3_000_000, 16, cfg) == f"IVF{ivf_nlist(3_000_000)},Flat"
-    # 100 MB: IVF-Flat (~790 MB), IVF-SQ8 (~216 MB) and PQ32 do not fit; OPQ + PQ16 is the finest code that does
-    pq_choice = choose_factory(3_000_000, 64, IndexConfig(memory_budget_mb=100))
-    assert pq_choice == f"OPQ16,IVF{ivf_nlist(3_000_000)},PQ16"
+    # 100 MB in RAM only: IVF-Flat (~790 MB), IVF-SQ8 (~216 MB) and PQ32 do not fit; OPQ + PQ16 is the finest code that does
+    in_ram = IndexConfig(memory_budget_mb=100, on_disk="never")
+    pq_choice = choose_factory(3_000_000, 64, in_ram)
+    assert pq_choice == f"OPQ16,IVF{ivf_nlist(3_000_000)},PQ16" and not wants_on_disk(pq_choice, 3_000_000, 64, in_ram)
     assert choose_factory(3_000_000, 64, IndexConfig(memory_budget_mb=300)) == f"IVF{ivf_nlist(3_000_000)},SQ8"
     assert estimate_bytes(pq_choice, 3_000_000, 64) <= 100 * 2**20
     with pytest.raises(ConfigError, match="memory_budget_mb"):
-        choose_factory(10_000_000, 64, IndexConfig(memory_budget_mb=1))
+        choose_factory(10_000_000, 64, IndexConfig(memory_budget_mb=1, on_disk="never"))
+    # the default (on_disk=auto) keeps exact IVF-Flat codes, on disk, rather than lossy PQ codes in RAM
+    auto = IndexConfig(memory_budget_mb=100)
+    on_disk_choice = choose_factory(3_000_000, 64, auto)
+    assert on_disk_choice == f"IVF{ivf_nlist(3_000_000)},Flat" and wants_on_disk(on_disk_choice, 3_000_000, 64, auto)
+    assert not wants_on_disk(f"IVF{ivf_nlist(3_000_000)},Flat", 3_000_000, 64, IndexConfig())  # fits the default 2 GB
+    assert wants_on_disk("IVF64,Flat", 1_000, 8, IndexConfig(on_disk="always"))
+    with pytest.raises(ConfigError, match="needs an IVF index"):
+        wants_on_disk("HNSW32", 1_000, 8, IndexConfig(on_disk="always"))
 
 
 def test_ivf_nlist_is_a_power_of_two_with_enough_points_per_list():
@@ -180,3 +190,48 @@ def test_sidecar_records_the_tuning_curve_and_the_candidates_weighed(run_copy):
     infos = json.loads(RunLayout.at(run_copy.run_dir).index.infos.read_text())
     assert infos["candidates"][0] == {"index_string": "Flat", "estimated_bytes": 400 * 10 * 4, "fits": True}
     assert any(c["index_string"].startswith("OPQ") for c in infos["candidates"])
+
+
+def test_on_disk_index_is_built_in_shards_and_searches_like_the_in_ram_one(run_copy, tmp_path, capfd):
+    import shutil
+
+    from aepipe.search import Searcher
+    from aepipe.update import update_run
+
+    layout = RunLayout.at(run_copy.run_dir)
+    build_index(run_copy.config("index.factory=IVF4,Flat", "index.on_disk=never"))
+    in_ram = Searcher(run_copy.run_dir)
+    probe = in_ram.vectors_for_ids(in_ram.ids[::40])
+    expected = in_ram.search_arrays(probe, k=5)
+
+    # 400 vectors in partial indexes of 150: three shards merged into one memory-mapped index.ivfdata
+    cfg = run_copy.config("index.factory=IVF4,Flat", "index.on_disk=always", "index.on_disk_shard_items=150",
+                          "index.add_batch_size=50")
+    result = build_index(cfg)
+    infos = json.loads(layout.index.infos.read_text())
+    assert infos["on_disk"] is True and result.n_items == 400 == infos["n_items"]
+    assert sorted(p.name for p in layout.index.root.iterdir()) == ["ids.parquet", "index.faiss", "index.ivfdata",
+                                                                   "index_infos.json"]
+    assert layout.index.ivfdata.stat().st_size >= 400 * 10 * 4  # the vectors live in the .ivfdata file
+    assert layout.index.index.stat().st_size < layout.index.ivfdata.stat().st_size
+
+    # the run directory moves (copy, then the original is deleted): the lists are found next to index.faiss
+    moved = tmp_path / "moved-run"
+    shutil.copytree(run_copy.run_dir, moved)
+    shutil.rmtree(run_copy.run_dir)
+    capfd.readouterr()
+    searcher = Searcher(moved)
+    got = searcher.search_arrays(probe, k=5)
+    assert capfd.readouterr().out == ""  # faiss's C-level message stays off stdout (it may carry JSON)
+    assert searcher.infos["params"] == in_ram.infos["params"]
+    assert got.ids.tolist() == expected.ids.tolist()  # same training sample, same lists: the same results
+    np.testing.assert_allclose(got.distances, expected.distances, rtol=1e-5)
+
+    # an update never writes into the live, memory-mapped lists: it rebuilds (a searcher opened
+    # before the update keeps answering from the old, untouched file)
+    update = update_run(run_copy.config("index.factory=IVF4,Flat", "index.on_disk=always", "corpus.limit=380",
+                                        run_dir=moved))
+    assert (update.n_removed, update.index_update) == (20, "rebuilt")
+    assert json.loads((moved / "index" / "index_infos.json").read_text())["on_disk"] is True
+    assert Searcher(moved).index.ntotal == 380
+    assert searcher.search_arrays(probe, k=5).ids.tolist() == expected.ids.tolist()

@@ -148,3 +148,32 @@ def test_hits_table_has_one_row_per_hit(searcher):
     assert table.num_rows == 8
     assert table.column_names == ["query", "rank", "id", "distance", "label", "source", "snippet"]
     assert table.column("query").to_pylist() == ["0001"] * 4 + ["0002"] * 4
+
+
+def test_search_arrays_agree_with_hits(trained_run):
+    searcher = Searcher(trained_run.run_dir)
+    vectors = searcher.vectors_for_ids(searcher.ids[:5])
+    arrays = searcher.search_arrays(vectors, k=4)
+    hits = searcher.search_vectors(vectors, k=4)
+    assert arrays.ids.shape == arrays.distances.shape == arrays.rows.shape == (5, 4)
+    assert arrays.ids.tolist() == [[h.id for h in row] for row in hits]
+    np.testing.assert_allclose(arrays.distances, [[h.distance for h in row] for row in hits], rtol=1e-6)
+    assert arrays.ids[:, 0].tolist() == searcher.ids[:5]  # each stored vector finds itself first
+    assert [searcher.ids[r] for r in arrays.rows[:, 1]] == arrays.ids[:, 1].tolist()
+
+
+def test_search_arrays_pad_when_fewer_than_k(trained_run):
+    searcher = Searcher(trained_run.run_dir)
+    n = searcher.index.ntotal
+    arrays = searcher.search_arrays(np.zeros((2, searcher.dim), np.float32), k=n + 3)
+    assert arrays.ids.shape == (2, n)  # never more columns than stored items
+    assert all(i is not None for i in arrays.ids.ravel())
+    with pytest.raises(DimensionMismatch):
+        searcher.search_arrays(np.zeros((1, searcher.dim + 1), np.float32))
+
+
+
+def test_rows_of_maps_positions_and_padding(trained_run):
+    searcher = Searcher(trained_run.run_dir)
+    assert searcher.rows_of(np.array([0, 3, -1, 10**9])).tolist() == [0, 3, -1, -1]
+    assert searcher.id_of(3) == searcher.ids[3] and searcher.id_of(-1) is None

@@ -195,6 +195,9 @@ def test_update_index_types(folder_copy, digits, factory, how):
     searcher = _check_consistent(root / "run", _corpus_ids(root / "corpus"))
     new = f"d{digits[1][300]}/0300.png"
     assert searcher.search_vectors(searcher.vectors_for_ids([new]), k=1)[0][0].id == new
+    probe = searcher.vectors_for_ids(searcher.ids[::50])  # the array path maps explicit labels the same way
+    assert searcher.search_arrays(probe, k=5).ids.tolist() == [[h.id for h in r] for r in searcher.search_vectors(probe, k=5)]
+    assert searcher.id_of(-1) is None
     if how == "incremental":
         assert pq.read_table(RunLayout.at(root / "run").index.ids).column_names == ["id", "label"]
 
