@@ -33,26 +33,38 @@ def describe_topics(model: LoadedModel, means: np.ndarray, assign: np.ndarray, d
                     ids: list[str], labels: list[str | None], snippets: list[str | None],
                     n_terms: int = 10, n_exemplars: int = 3) -> dict[str, Any]:
     """One entry per cluster: top terms with their probability, size, labels and the exemplars
-    (the members nearest the cluster centre)."""
+    (the members nearest the cluster centre), from every item's ids, labels and snippets in
+    memory. The cluster stage streams its store instead and calls :func:`topics_report` with
+    the same per-cluster summaries."""
+    top_labels, exemplars = [], []
+    for c in range(len(means)):
+        members = np.flatnonzero(assign == c)
+        nearest = members[np.argsort(distance[members])[:n_exemplars]]
+        top_labels.append(Counter(lb for lb in (labels[i] for i in members) if lb is not None).most_common(3))
+        exemplars.append([{"id": ids[i], "label": labels[i], "snippet": snippets[i]} for i in nearest])
+    return topics_report(model, means, np.bincount(assign, minlength=len(means)), top_labels, exemplars, n_terms)
+
+
+def topics_report(model: LoadedModel, means: np.ndarray, sizes: np.ndarray, top_labels: list[list[tuple[str, int]]],
+                  exemplars: list[list[dict[str, Any]]], n_terms: int = 10) -> dict[str, Any]:
+    """The topics from per-cluster summaries only (no per-item data): sizes, the most common
+    labels with their counts (most common first) and the exemplars (nearest first)."""
     if not isinstance(model.prep, TextPreprocessor):
         raise TypeError("topics need a document model (a text vocabulary)")
     vocab = np.asarray(model.prep.vocabulary, dtype=object)
     k = len(means)
-    sizes = np.bincount(assign, minlength=k)
+    sizes = np.asarray(sizes)
     p = decode_term_weights(model, means)  # (k, V)
     p_all = (sizes[:, None] * p).sum(0) / max(sizes.sum(), 1)  # (V,)
     score = p * np.log(np.maximum(p, 1e-12) / np.maximum(p_all, 1e-12))
     topics = []
     for c in range(k):
         top = np.argsort(-score[c])[:n_terms]
-        members = np.flatnonzero(assign == c)
-        nearest = members[np.argsort(distance[members])[:n_exemplars]]
-        counts = Counter(lb for lb in (labels[i] for i in members) if lb is not None)
         topics.append({
             "topic": c, "size": int(sizes[c]),
             "top_terms": [{"term": str(vocab[v]), "weight": round(float(p[c, v]), 5)} for v in top],
-            "labels": [{"label": lb, "count": n} for lb, n in counts.most_common(3)],
-            "exemplars": [{"id": ids[i], "label": labels[i], "snippet": snippets[i]} for i in nearest],
+            "labels": [{"label": lb, "count": int(n)} for lb, n in top_labels[c]],
+            "exemplars": exemplars[c],
         })
     topics.sort(key=lambda t: -t["size"])
     return {"model_id": model.model_id, "n_topics": k, "method": METHOD, "topics": topics}

@@ -86,6 +86,29 @@ def test_n_clusters_and_cosine_metric(run_copy):
     assert summary["metric"] == "cosine"
 
 
+def test_kmeans_on_a_sample_still_assigns_every_item(clustered, run_copy):
+    """cluster.max_train_items below the store size: k-means trains on a seeded sample of the
+    codes, yet every stored item is assigned and the clusters stay about as good."""
+    full_cfg, full = clustered
+    cfg = run_copy.config("cluster.max_train_items=150")
+    result = cluster_codes(cfg)
+    layout = RunLayout.at(cfg.run_dir)
+    summary = json.loads(layout.clusters.summary.read_text())
+    assert summary["n_train"] == 150 and summary["n_items"] == 400
+    table = pq.read_table(layout.clusters.assignments)
+    assert table.column("id").to_pylist() == open_store(layout.store).read(["id"]).column("id").to_pylist()
+    clusters = table.column("cluster").to_numpy()
+    assert sum(result.sizes) == 400 and np.bincount(clusters, minlength=result.n_clusters).tolist() == result.sizes
+    assert result.nmi > full.nmi - 0.1 and result.acc > 0.4  # full sample: NMI ~0.62; seeds of this sample: 0.56-0.60
+    # the same seed draws the same sample: the same clusters again
+    assert cluster_codes(cfg).sizes == result.sizes
+    assert pq.read_table(layout.clusters.assignments).column("cluster").to_numpy().tolist() == clusters.tolist()
+    # a limit the store fits in trains on every code, as without one
+    cluster_codes(run_copy.config("cluster.max_train_items=400"))
+    assert json.loads(layout.clusters.summary.read_text())["n_train"] == 400
+    assert pq.read_table(layout.clusters.assignments).equals(pq.read_table(RunLayout.at(full_cfg.run_dir).clusters.assignments))
+
+
 def test_cluster_accuracy_is_invariant_to_cluster_names():
     truth = np.array(["a", "a", "b", "b", "c", "c"])
     assert cluster_accuracy(truth, np.array([2, 2, 0, 0, 1, 1])) == 1.0
