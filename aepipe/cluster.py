@@ -146,7 +146,7 @@ def _assign_all(store, index: faiss.Index, metric: str, path: Path, k: int, n_ex
     exemplars = None
     with pq.ParquetWriter(path, ASSIGNMENT_SCHEMA) as writer:
         for batch in store.iter_batches(columns=columns):
-            x = _normalize(arrow_to_codes(batch.column("code")), metric)
+            x = _normalize(store.codes(batch.column("code")), metric)
             dist, nearest = index.search(x, 1)
             cluster, dist = nearest[:, 0].astype(np.int32), dist[:, 0]
             writer.write_batch(pa.record_batch([batch.column("id"), pa.array(cluster), pa.array(dist),

@@ -221,6 +221,10 @@ class TrainingConfig(_Section):
 class EncodeConfig(_Section):
     batch_size: int = Field(512, ge=1)
     code_dtype: Literal["float32", "float16"] = "float32"
+    code_layout: Literal["binary", "list"] = Field(
+        "binary", description="the store's code column: fixed-size binary (fast to write and read; decode with "
+        "aepipe.store.arrow_to_codes or numpy.frombuffer) or fixed-size list of floats (an array column in any "
+        "Parquet tool, ~6x slower to write)")
     rows_per_part: int = Field(100_000, ge=1, description="items per shard / Parquet part file")
     row_group_size: int = Field(32_768, ge=1)
     compression: Literal["none", "snappy", "lz4", "zstd"] = "snappy"

@@ -130,7 +130,7 @@ def encode_shard(cfg: PipelineConfig, plan: EncodePlan, shard: Shard,
     ec = cfg.encode
     schema = store_schema(model.code_size, ec.code_dtype, {
         "model_id": model.model_id, "config": cfg.model_dump(mode="json"), "input_shape": list(model.prep.shape)},
-        DOCUMENT_COLUMNS if isinstance(model.prep, TextPreprocessor) else ())
+        DOCUMENT_COLUMNS if isinstance(model.prep, TextPreprocessor) else (), ec.code_layout)
     quarantine = Quarantine("encode")
     part = staging / f"part-{shard.index:05d}.parquet"
     device, autocast = inference_settings(ec.device, ec.autocast)

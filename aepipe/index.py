@@ -298,7 +298,7 @@ def _store_batches(store, batch_size: int, metric: str) -> Iterator[tuple[pa.Arr
     thread while faiss works (it releases the GIL)."""
     def read() -> Iterator[tuple[pa.Array, np.ndarray]]:
         for batch in store.iter_batches(batch_size, ["id", "code"]):
-            yield batch.column(0), _normalize(arrow_to_codes(batch.column(1)), metric)
+            yield batch.column(0), _normalize(store.codes(batch.column(1)), metric)
     return prefetch(read(), 2)
 
 
@@ -400,7 +400,7 @@ def _gather(store, position_sets: list[np.ndarray], metric: str) -> list[np.ndar
     out = [[] for _ in position_sets]
     offset = 0
     for batch in store.iter_batches(columns=["code"]):
-        codes = arrow_to_codes(batch.column(0))
+        codes = store.codes(batch.column(0))
         for j, pos in enumerate(position_sets):
             lo, hi = np.searchsorted(pos, [offset, offset + len(codes)])
             if hi > lo:

@@ -201,7 +201,7 @@ class Searcher:
 
     def vectors_for_ids(self, ids: list[str]) -> np.ndarray:
         table = self._store_checked().dataset.to_table(columns=["id", "code"], filter=pc.field("id").isin(ids))
-        found = dict(zip(table.column("id").to_pylist(), arrow_to_codes(table.column("code"))))
+        found = dict(zip(table.column("id").to_pylist(), self._store_checked().codes(table.column("code"))))
         missing = [i for i in ids if i not in found]
         if missing:
             raise MissingArtifact(f"id(s) not in the store: {', '.join(missing[:5])}")

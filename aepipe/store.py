@@ -1,6 +1,7 @@
 """The code store: a Parquet dataset with one latent code per item.
 
-Columns: ``id`` (string), ``code`` (fixed-size list of float32/float16),
+Columns: ``id`` (string), ``code`` (fixed-size binary of little-endian float32/float16, or
+a fixed-size list of them with ``encode.code_layout=list``; ``CodeStore.codes`` reads either),
 ``recon_error`` (summed squared reconstruction error), ``label``, ``source``,
 ``position`` (item position in the corpus). The schema metadata key ``aepipe``
 holds JSON with the model id, code size, dtype, config and library version.
@@ -31,33 +32,60 @@ PART_GLOB = "part-*.parquet"
 ITEMS = "_items.parquet"  # (id, fingerprint, position) of every corpus item the store reflects (aepipe update)
 
 
-def store_schema(code_size: int, code_dtype: str, meta: dict[str, Any], extra_columns: tuple[str, ...] = ()) -> pa.Schema:
-    """The store's columns (plus string ``extra_columns``, e.g. a document's snippet) and metadata."""
+CODE_LAYOUTS = ("binary", "list")
+
+
+def store_schema(code_size: int, code_dtype: str, meta: dict[str, Any], extra_columns: tuple[str, ...] = (),
+                 code_layout: str = "binary") -> pa.Schema:
+    """The store's columns (plus string ``extra_columns``, e.g. a document's snippet) and metadata.
+
+    ``code_layout`` "binary": each code is one fixed-size binary value (``code_size`` little-endian
+    floats, ``code_dtype`` in the metadata); Parquet writes and reads it ~6x and ~4x faster than a
+    fixed-size list, whose repetition levels cost more than the floats (1M 32-d codes: 0.2 s vs
+    1.3 s to write). "list": a fixed-size list of floats, an array column in any Parquet reader."""
+    if code_layout not in CODE_LAYOUTS:
+        raise ValueError(f"code_layout must be one of {CODE_LAYOUTS}, not {code_layout!r}")
     value_type = pa.float16() if code_dtype == "float16" else pa.float32()
+    code_type = (pa.binary(code_size * value_type.byte_width) if code_layout == "binary"
+                 else pa.list_(value_type, code_size))
     fields = [
         pa.field("id", pa.string(), nullable=False),
-        pa.field("code", pa.list_(value_type, code_size), nullable=False),
+        pa.field("code", code_type, nullable=False),
         pa.field("recon_error", pa.float32()),
         pa.field("label", pa.string()),
         pa.field("source", pa.string()),
         pa.field("position", pa.int64()),
         *(pa.field(name, pa.string()) for name in extra_columns),
     ]
-    full_meta = {"aepipe_version": __version__, "code_size": code_size, "code_dtype": code_dtype, **meta}
+    full_meta = {"aepipe_version": __version__, "code_size": code_size, "code_dtype": code_dtype,
+                 "code_layout": code_layout, **meta}
     return pa.schema(fields, metadata={META_KEY: json.dumps(full_meta).encode()})
 
 
-def codes_to_arrow(codes: np.ndarray, code_dtype: str) -> pa.FixedSizeListArray:
-    """(N, code) float array -> FixedSizeList column without a Python loop."""
-    np_dtype = np.float16 if code_dtype == "float16" else np.float32
-    flat = pa.array(np.ascontiguousarray(codes, dtype=np_dtype).reshape(-1))
-    return pa.FixedSizeListArray.from_arrays(flat, codes.shape[1])
+def _np_dtype(code_dtype: str) -> np.dtype:
+    return np.dtype("<f2" if code_dtype == "float16" else "<f4")
 
 
-def arrow_to_codes(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """FixedSizeList column -> (N, code) float32 array."""
+def codes_to_arrow(codes: np.ndarray, code_dtype: str, code_layout: str = "binary") -> pa.Array:
+    """(N, code) float array -> the store's code column, without a Python loop."""
+    values = np.ascontiguousarray(codes, dtype=_np_dtype(code_dtype))
+    if code_layout == "binary":
+        width = values.shape[1] * values.itemsize
+        return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(values), [None, pa.py_buffer(values)])
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), codes.shape[1])
+
+
+def arrow_to_codes(col: pa.Array | pa.ChunkedArray, code_dtype: str = "float32") -> np.ndarray:
+    """The store's code column (either layout) -> (N, code) float32 array. ``code_dtype`` (the
+    store's ``code_dtype``) tells how to read binary codes; a list column carries its own type."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    if pa.types.is_fixed_size_binary(col.type):
+        dtype = _np_dtype(code_dtype)
+        width = col.type.byte_width
+        values = np.frombuffer(col.buffers()[1], dtype, count=len(col) * width // dtype.itemsize,
+                               offset=col.offset * width)
+        return values.astype(np.float32).reshape(len(col), width // dtype.itemsize)
     dim = col.type.list_size
     values = col.flatten().to_numpy(zero_copy_only=False)
     return values.astype(np.float32, copy=False).reshape(-1, dim)
@@ -76,13 +104,14 @@ class PartWriter:
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self.n_rows = 0
-        self.code_dtype = json.loads(schema.metadata[META_KEY])["code_dtype"]
+        meta = json.loads(schema.metadata[META_KEY])
+        self.code_dtype, self.code_layout = meta["code_dtype"], meta.get("code_layout", "list")
 
     def write(self, ids: list[str], codes: np.ndarray, recon_error: np.ndarray, labels: list[str | None],
               sources: list[str], positions: list[int], extra: dict[str, list[str]] | None = None) -> None:
         extra = extra or {}
         batch = pa.record_batch(
-            [pa.array(ids, pa.string()), codes_to_arrow(codes, self.code_dtype),
+            [pa.array(ids, pa.string()), codes_to_arrow(codes, self.code_dtype, self.code_layout),
              pa.array(np.asarray(recon_error, dtype=np.float32)), pa.array(labels, pa.string()),
              pa.array(sources, pa.string()), pa.array(positions, pa.int64()),
              *(pa.array(extra.get(f.name, [None] * len(ids)), pa.string()) for f in list(self.schema)[6:])],
@@ -143,6 +172,14 @@ class CodeStore:
         return int(self.meta["code_size"])
 
     @property
+    def code_dtype(self) -> str:
+        return self.meta.get("code_dtype", "float32")
+
+    def codes(self, col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """This store's code column -> (N, code) float32."""
+        return arrow_to_codes(col, self.code_dtype)
+
+    @property
     def n_items(self) -> int:
         return sum(pq.ParquetFile(p).metadata.num_rows for p in self.parts)
 
@@ -153,14 +190,14 @@ class CodeStore:
 
     def iter_codes(self, batch_size: int = 65_536) -> Iterator[tuple[list[str], np.ndarray]]:
         for batch in self.iter_batches(batch_size, ["id", "code"]):
-            yield batch.column(0).to_pylist(), arrow_to_codes(batch.column(1))
+            yield batch.column(0).to_pylist(), self.codes(batch.column(1))
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
         return pa.concat_tables(pq.read_table(p, columns=columns) for p in self.parts)
 
     def read_codes(self) -> tuple[list[str], np.ndarray]:
         t = self.read(["id", "code"])
-        return t.column("id").to_pylist(), arrow_to_codes(t.column("code"))
+        return t.column("id").to_pylist(), self.codes(t.column("code"))
 
 
 def open_store(root: str | Path) -> CodeStore:

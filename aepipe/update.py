@@ -324,7 +324,7 @@ def update_index(cfg: PipelineConfig, layout: RunLayout, store_dir: Path, drop: 
     for p in new_parts:
         t = pq.read_table(p, columns=["id", "code"])
         new_ids += t.column("id").to_pylist()
-        new_codes.append(arrow_to_codes(t.column("code")))
+        new_codes.append(arrow_to_codes(t.column("code"), open_store(store_dir).code_dtype))
     x = _normalize(np.concatenate(new_codes) if new_codes else np.zeros((0, int(infos["dim"])), np.float32), ic.metric)
     dropped = np.array([i in drop for i in ids], bool)
     kept_ids = [i for i, d in zip(ids, dropped) if not d]

@@ -19,10 +19,10 @@ from aepipe.models import load_model
 from aepipe.store import META_KEY, PartWriter, arrow_to_codes, codes_to_arrow, open_store, store_schema
 
 
-def _write_store(root, codes: np.ndarray, dtype: str, ids=None, rows_per_part=None) -> None:
+def _write_store(root, codes: np.ndarray, dtype: str, ids=None, rows_per_part=None, layout="binary") -> None:
     n = len(codes)
     ids = ids or [f"item-{i}" for i in range(n)]
-    schema = store_schema(codes.shape[1], dtype, {"model_id": "m0", "config": {"k": 1}})
+    schema = store_schema(codes.shape[1], dtype, {"model_id": "m0", "config": {"k": 1}}, code_layout=layout)
     step = rows_per_part or n
     for part, start in enumerate(range(0, n, step)):
         stop = min(start + step, n)
@@ -54,12 +54,13 @@ def test_float32_codes_round_trip_exactly(tmp_path):
     assert table.column("label").to_pylist()[:4] == ["0", "1", "2", "0"]
 
 
-def test_float16_codes_round_trip_within_half_precision(tmp_path):
+@pytest.mark.parametrize("layout", ["binary", "list"])
+def test_float16_codes_round_trip_within_half_precision(tmp_path, layout):
     rng = np.random.default_rng(1)
     codes = rng.standard_normal((40, 5)).astype(np.float32) * 10
-    _write_store(tmp_path, codes, "float16")
+    _write_store(tmp_path, codes, "float16", layout=layout)
     store = open_store(tmp_path)
-    assert store.dataset.schema.field("code").type == pa.list_(pa.float16(), 5)
+    assert store.dataset.schema.field("code").type == (pa.binary(10) if layout == "binary" else pa.list_(pa.float16(), 5))
     _, back = store.read_codes()
     assert back.dtype == np.float32
     np.testing.assert_array_equal(back, codes.astype(np.float16).astype(np.float32))  # exactly fp16 rounding
@@ -67,23 +68,40 @@ def test_float16_codes_round_trip_within_half_precision(tmp_path):
     assert not np.array_equal(back, codes)  # and it really was rounded
 
 
-def test_codes_arrow_conversion_is_a_fixed_size_list():
-    codes = np.arange(12, dtype=np.float32).reshape(4, 3)
-    arr = codes_to_arrow(codes, "float32")
-    assert arr.type == pa.list_(pa.float32(), 3) and len(arr) == 4
-    np.testing.assert_array_equal(arrow_to_codes(pa.chunked_array([arr[:1], arr[1:]])), codes)
+@pytest.mark.parametrize("layout,dtype", [("binary", "float32"), ("binary", "float16"), ("list", "float32")])
+def test_codes_arrow_conversion_round_trips_slices_and_chunks(layout, dtype):
+    codes = np.arange(12, dtype=np.float32).reshape(4, 3) - 5.5
+    arr = codes_to_arrow(codes, dtype, layout)
+    assert arr.type == (pa.binary(3 * (2 if dtype == "float16" else 4)) if layout == "binary"
+                        else pa.list_(pa.float32(), 3)) and len(arr) == 4
+    np.testing.assert_array_equal(arrow_to_codes(pa.chunked_array([arr[:1], arr[1:]]), dtype), codes)
+    np.testing.assert_array_equal(arrow_to_codes(arr.slice(1, 2), dtype), codes[1:3])  # an offset into the buffer
+    if layout == "binary":  # plain little-endian floats: readable without aepipe
+        raw = np.frombuffer(arr.buffers()[1], "<f2" if dtype == "float16" else "<f4").reshape(4, 3)
+        np.testing.assert_array_equal(raw, codes)
+
+
+def test_binary_layout_is_the_default_and_list_stays_readable(tmp_path):
+    codes = np.random.default_rng(2).standard_normal((30, 4)).astype(np.float32)
+    _write_store(tmp_path / "b", codes, "float32")
+    _write_store(tmp_path / "l", codes, "float32", layout="list")
+    binary, listed = open_store(tmp_path / "b"), open_store(tmp_path / "l")
+    assert binary.meta["code_layout"] == "binary" and listed.meta["code_layout"] == "list"
+    np.testing.assert_array_equal(binary.read_codes()[1], codes)
+    np.testing.assert_array_equal(listed.read_codes()[1], codes)
+    with pytest.raises(ValueError, match="code_layout"):
+        store_schema(4, "float32", {}, code_layout="columns")
 
 
 def test_store_of_the_trained_run_has_schema_and_metadata(trained_run):
     store = open_store(RunLayout.at(trained_run.run_dir).store)
     schema = store.dataset.schema
-    assert schema.field("code").type == pa.list_(pa.float32(), 10)
-    assert pa.types.is_fixed_size_list(schema.field("code").type)
+    assert schema.field("code").type == pa.binary(40)  # 10 float32 codes per item, the default layout
     assert not schema.field("id").nullable and not schema.field("code").nullable
     assert schema.names == ["id", "code", "recon_error", "label", "source", "position"]
     meta = json.loads(schema.metadata[META_KEY])
     assert meta["model_id"] == trained_run.model_id
-    assert meta["code_size"] == 10 and meta["code_dtype"] == "float32"
+    assert meta["code_size"] == 10 and meta["code_dtype"] == "float32" and meta["code_layout"] == "binary"
     assert meta["config"]["model"]["code_size"] == 10 and meta["config"]["corpus"]["limit"] == 400
     assert meta["input_shape"] == [1, 8, 8]
     # every part file carries the metadata, not just the dataset view
