@@ -43,3 +43,24 @@ def test_stage_benchmark_tiny_reports_every_ratio(tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert "Machine:" in table and "--tiny" in table
     assert all(f"| {name} |" in table for name in stages.STAGES)
+
+
+def test_large_benchmarks_tiny_run_images_and_codes(tmp_path):
+    """Both large runs on digits: a Parquet corpus of PNG bytes encoded, indexed and queried by
+    image file; a store of codes indexed on disk and searched, with recall against exact search."""
+    from aepipe.benchmarks import large
+
+    out = str(tmp_path)
+    assert large.main(["images", "--tiny", "--items", "1500", "--queries", "30", "--out", out]) == 0
+    images = json.loads((tmp_path / "images" / "results.json").read_text())[0]
+    assert images["n_items"] == 1500 and images["n_queries"] == 30 and images["n_quarantined"] == 0
+    assert images["total_s"] >= images["encode_s"] > 0 and images["peak_rss_mb"] > 50
+    assert 0 <= images["precision_at_10"] <= 1
+
+    assert large.main(["codes", "--tiny", "--codes", "20000", "--queries", "30", "--out", out]) == 0
+    codes = json.loads((tmp_path / "codes" / "results.json").read_text())[0]
+    assert codes["n_codes"] == 20_000 and codes["on_disk"] is True  # --on-disk always is the default
+    assert codes["recall_at_10_eval"] >= 0.95  # tuned to the target on held-out stored items
+    assert 0.5 <= codes["recall_at_10_new_queries"] <= 1.0
+    table = (tmp_path / "codes" / "results.md").read_text()
+    assert "| codes |" in table and "Machine:" in table

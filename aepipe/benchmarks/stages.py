@@ -7,7 +7,7 @@
 | stage | aepipe | reference (same run, same threads) | target |
 |---|---|---|---|
 | encode | encode_corpus: read -> decode -> encode -> Parquet | bare ``net(x)`` on the same tensors, same batch size | >= 0.70 throughput |
-| index | build_index: read store, train, add in batches, write (its held-out recall tuning timed apart) | raw faiss train + add, same factory string, same vectors | <= 1.15x time |
+| index | build_index: read store, train, add in batches, write (its held-out recall tuning timed apart) | raw faiss train + add + write_index, same factory string, same vectors (in memory) | <= 1.15x time |
 | search | Searcher.search_arrays (ids + distances; Hit objects apart) | raw ``index.search``, same nprobe/efSearch | >= 0.90 throughput |
 | train | AutoencoderModule + Lightning Trainer | bare PyTorch loop: same net, optimiser, schedule, batch, data | >= 0.85 throughput |
 | pipeline | the Prefect pipeline flow | the same stage functions called directly | <= 1.10x time (server start apart) |
@@ -191,24 +191,38 @@ def bench_index(args: argparse.Namespace) -> dict[str, Any]:
     run_dir, cfg = _index_setup(args)
     vectors = pca_vectors(args, args.vectors, seed=2, dim=32)
     _vector_store(args, run_dir, vectors)
-    t = time.perf_counter()
-    result = build_index(cfg)
-    aepipe_s = time.perf_counter() - t
-    t = time.perf_counter()
-    index = faiss.index_factory(vectors.shape[1], result.index_string)
-    n_train = training_size(index, len(vectors))
-    train = vectors[np.sort(np.random.default_rng(0).choice(len(vectors), n_train, replace=False))]
-    index.train(train)
-    index.add(vectors)
-    raw_s = time.perf_counter() - t
-    infos = json.loads((run_dir / "index" / "index_infos.json").read_text())
+
+    def raw_build(factory: str) -> float:
+        t = time.perf_counter()
+        index = faiss.index_factory(vectors.shape[1], factory)
+        n_train = training_size(index, len(vectors))
+        train = vectors[np.sort(np.random.default_rng(0).choice(len(vectors), n_train, replace=False))]
+        index.train(train)
+        index.add(vectors)
+        faiss.write_index(index, str(Path(args.out) / "runs" / "raw.faiss"))  # aepipe's build ends with the file too
+        return time.perf_counter() - t
+
+    # Alternated, best of the repeats: load drifting on a shared machine hits both alike.
     # Raw faiss neither measures recall nor tunes: aepipe's exact neighbours of the held-out eval
-    # queries and its nprobe/efSearch sweep are reported apart, as the pipeline's server start is.
-    tuning_s = infos["seconds"]["eval_exact_knn"] + infos["seconds"]["tune"]
+    # queries and its nprobe/efSearch sweep are subtracted and reported apart.
+    ours, raws, tuning = [], [], []
+    for _ in range(args.index_repeats):
+        t = time.perf_counter()
+        result = build_index(cfg)
+        total = time.perf_counter() - t
+        infos = json.loads((run_dir / "index" / "index_infos.json").read_text())
+        tuning.append(infos["seconds"]["eval_exact_knn"] + infos["seconds"]["tune"])
+        ours.append((total - tuning[-1], total, infos))
+        raws.append(raw_build(result.index_string))
+    best = min(range(len(ours)), key=lambda i: ours[i][0])
+    aepipe_s, aepipe_total_s, infos = ours[best]
+    raw_s = min(raws)
+    n_train = training_size(faiss.index_factory(vectors.shape[1], result.index_string), len(vectors))
     return {"n_vectors": len(vectors), "factory": result.index_string, "n_train": n_train,
-            "aepipe_s": aepipe_s - tuning_s, "aepipe_total_s": aepipe_s, "tuning_s": tuning_s, "reference_s": raw_s,
-            "ratio": (aepipe_s - tuning_s) / raw_s, "ratio_with_tuning": aepipe_s / raw_s,
-            "unit": "time (aepipe build without tuning / raw faiss train+add)", "seconds": infos["seconds"],
+            "aepipe_s": aepipe_s, "aepipe_total_s": aepipe_total_s, "tuning_s": tuning[best], "reference_s": raw_s,
+            "all_s": {"aepipe": [round(o[0], 2) for o in ours], "raw": [round(r, 2) for r in raws]},
+            "ratio": aepipe_s / raw_s, "ratio_with_tuning": aepipe_total_s / raw_s,
+            "unit": "time (aepipe build without tuning / raw faiss train+add+write)", "seconds": infos["seconds"],
             "recall_at_10": result.recall_at_10, "params": result.params, "n_eval_queries": infos["n_eval_queries"],
             "bytes_per_vector": infos.get("bytes_per_vector")}
 
@@ -246,9 +260,14 @@ def bench_search(args: argparse.Namespace) -> dict[str, Any]:
             times[name].append(best_of(call, 1))
     aepipe_s, hits_s, raw_s = min(times["arrays"]), min(times["hits"]), min(times["raw"])
     n = len(queries)
+    # the sidecar's recall is measured on held-out stored items (leave one out); these queries are new
+    _, truth = faiss.knn(queries, pca_vectors(args, args.vectors, seed=2, dim=32), 10)
+    rows = searcher.search_arrays(queries, k=10).rows
+    new_recall = float(np.mean([len(set(f) & set(t)) for f, t in zip(rows.tolist(), truth.tolist())]) / 10)
     return {"n_queries": n, "k": 10, "params": searcher.infos["params"], "aepipe_qps": n / aepipe_s,
             "reference_qps": n / raw_s, "aepipe_s": aepipe_s, "reference_s": raw_s, "ratio": raw_s / aepipe_s,
-            "hits_qps": n / hits_s, "hits_ratio": raw_s / hits_s,
+            "hits_qps": n / hits_s, "hits_ratio": raw_s / hits_s, "recall_at_10_new_queries": new_recall,
+            "recall_at_10_eval": searcher.infos["recall_at_10"],
             "unit": "throughput (Searcher.search_arrays / raw index.search)"}
 
 
@@ -391,12 +410,13 @@ def describe(row: dict[str, Any]) -> tuple[str, str]:
                 f"{row['reference_items_per_s']:,.0f} items/s")
     if s == "index":
         return (f"{row['aepipe_s']:.2f} s ({row['n_vectors']:,} × 32-d, `{row['factory']}`, train {row['n_train']:,}; "
-                f"read, train, add, write) + {row['tuning_s']:.2f} s tuning apart (exact kNN of {row['n_eval_queries']} "
+                f"read, train, add, write; best of {row['all_s']}) + {row['tuning_s']:.2f} s tuning apart (exact kNN of {row['n_eval_queries']} "
                 f"held-out queries + sweep; with it {row['ratio_with_tuning']:.2f}×); recall@10 {row['recall_at_10']} "
                 f"at {row['params']}, {row['bytes_per_vector']:.1f} B/vector", f"{row['reference_s']:.2f} s")
     if s == "search":
         return (f"{row['aepipe_qps']:,.0f} queries/s with search_arrays ({row['n_queries']:,} queries, k=10, "
-                f"{row['params']}); search_vectors (a Hit object per result) {row['hits_qps']:,.0f} queries/s, "
+                f"{row['params']}; recall@10 of these new queries {row['recall_at_10_new_queries']:.3f}, sidecar's "
+                f"{row['recall_at_10_eval']}); search_vectors (a Hit object per result) {row['hits_qps']:,.0f} queries/s, "
                 f"ratio {row['hits_ratio']:.3f}", f"{row['reference_qps']:,.0f} queries/s")
     if s == "train":
         return (f"{row['aepipe_items_per_s']:,.0f} items/s ({row['n_items']:,} items × {row['epochs']} epoch(s), "
@@ -429,6 +449,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--vectors", type=int, default=1_000_000, help="vectors for index and search")
     p.add_argument("--queries", type=int, default=1_000)
     p.add_argument("--factory", default="IVF1024,Flat", help="index for the index/search benchmarks")
+    p.add_argument("--index-repeats", type=int, default=2, help="alternating aepipe/raw index builds (best of)")
     p.add_argument("--train-items", type=int, default=50_000)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--pipeline-repeats", type=int, default=2, help="alternating direct/Prefect pipeline runs (best of)")
@@ -447,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         args.items, args.vectors, args.queries, args.train_items = min(args.items, 3000), min(args.vectors, 20_000), \
             min(args.queries, 200), min(args.train_items, 2000)
-        args.pipeline_repeats = 1
+        args.pipeline_repeats = args.index_repeats = 1
         if args.factory == parser().get_default("factory"):
             args.factory = "IVF64,Flat"
     logging.basicConfig(level=logging.WARNING)
