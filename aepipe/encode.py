@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from aepipe.config import CorpusConfig, PipelineConfig
 from aepipe.corpus import Corpus, Quarantine, Shard, TextPreprocessor, open_corpus
 from aepipe.corpus.base import QUARANTINE_SCHEMA, prefetch
-from aepipe.corpus.fingerprint import FINGERPRINT_SCHEMA, first_per_id, shard_fingerprints
+from aepipe.corpus.fingerprint import FINGERPRINT_SCHEMA, first_occurrences, first_per_id, shard_fingerprints
 from aepipe.errors import IndexMismatch, MissingArtifact
 from aepipe.io import atomic_write_json, atomic_write_table, read_json, recover_dir, replace_dir
 from aepipe.layout import RunLayout
@@ -176,19 +176,22 @@ def encode_corpus(cfg: PipelineConfig) -> EncodeResult:
 
 def _drop_duplicate_ids(staging: Path, n_shards: int) -> pa.Table:
     """Keep the first item of each id in corpus order; rewrite parts that hold later ones.
-    Done once at the end, so shards can be encoded in any order and in parallel."""
-    seen: set[str] = set()
+    Done once at the end, so shards can be encoded in any order and in parallel. The ids of all
+    parts are held as one Arrow column (compact), never as Python strings."""
+    parts = [p for p in (staging / f"part-{i:05d}.parquet" for i in range(n_shards)) if p.is_file()]
+    columns = [pq.read_table(p, columns=["id"]).column("id") for p in parts]
+    keep = first_occurrences(pa.chunked_array([c for col in columns for c in col.chunks], pa.string()))
     dropped: list[dict] = []
-    for index in range(n_shards):
-        part = staging / f"part-{index:05d}.parquet"
-        if not part.is_file():
+    offset = 0
+    for part, col in zip(parts, columns):
+        part_keep = keep[offset : offset + len(col)]
+        offset += len(col)
+        if part_keep.all():
             continue
-        ids = pq.read_table(part, columns=["id"]).column("id").to_pylist()
-        dup = [i in seen or seen.add(i) for i in ids]  # noqa: B038  (set.add returns None)
-        if any(dup):
-            sources = filter_part(part, part, [not d for d in dup]).column("source").to_pylist()
-            dropped += [{"id": i, "source": s, "reason": "duplicate id (an earlier item has the same id)",
-                         "stage": "encode"} for i, s, d in zip(ids, sources, dup) if d]
+        table = filter_part(part, part, part_keep.tolist())
+        dup = np.flatnonzero(~part_keep)
+        dropped += [{"id": i, "source": s, "reason": "duplicate id (an earlier item has the same id)", "stage": "encode"}
+                    for i, s in zip(table.column("id").take(dup).to_pylist(), table.column("source").take(dup).to_pylist())]
     return pa.Table.from_pylist(dropped, schema=QUARANTINE_SCHEMA)
 
 

@@ -189,3 +189,13 @@ def test_list_layout_store_holds_the_same_codes(run_copy):
     store = open_store(layout.store)
     assert store.dataset.schema.field("code").type == pa.list_(pa.float32(), 10)
     np.testing.assert_array_equal(store.read_codes()[1], binary)
+
+
+def test_first_occurrences_marks_the_first_row_of_each_id():
+    from aepipe.corpus.fingerprint import first_occurrences, first_per_id
+
+    ids = pa.chunked_array([["b", "a", "b"], ["c", "a", "a", "d"], []], pa.string())
+    assert first_occurrences(ids).tolist() == [True, True, False, True, False, False, True]
+    assert first_occurrences(pa.array([], pa.string())).tolist() == []
+    table = pa.table({"id": ids, "fingerprint": [str(i) for i in range(7)]})
+    assert first_per_id(table).column("fingerprint").to_pylist() == ["0", "1", "3", "6"]  # order kept
