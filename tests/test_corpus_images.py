@@ -374,3 +374,21 @@ def test_array_batches_match_the_per_item_path(tmp_path):
         assert sum((getattr(b, attr) for b in fast), []) == sum((getattr(b, attr) for b in slow), [])
     np.testing.assert_array_equal(np.concatenate([b.x for b in fast]), np.concatenate([b.x for b in slow]))
     assert fast_q.to_table().equals(slow_q.to_table()) and len(fast_q) == 2
+
+
+def test_row_slices_read_only_the_shard_across_files_and_row_groups(tmp_path):
+    import pyarrow.dataset as pads
+
+    from aepipe.corpus.base import Shard, iter_row_slices
+
+    values = list(range(100))
+    for f, (lo, hi) in enumerate([(0, 37), (37, 40), (40, 100)]):  # uneven files, row groups of 7
+        pq.write_table(pa.table({"v": values[lo:hi]}), tmp_path / f"part-{f}.parquet", row_group_size=7)
+    ds = pads.dataset(str(tmp_path), format="parquet")
+    for start, stop in [(0, 100), (0, 5), (5, 38), (36, 41), (40, 40), (99, 100), (13, 90)]:
+        got, at = [], []
+        for first, rows in iter_row_slices(ds, ["v"], Shard(0, start, stop), batch_size=4):
+            at.append(first)
+            got += rows["v"].to_pylist()
+        assert got == values[start:stop], (start, stop)
+        assert at == sorted(at) and (not at or at[0] == start)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from aepipe.io import atomic_write_table
 
@@ -130,17 +131,34 @@ def iter_folder(root: Path, shard: Shard, what: str, extensions: list[str], ext_
 
 def iter_row_slices(dataset: pads.Dataset, columns: list[str], shard: Shard,
                     batch_size: int = 4096) -> Iterator[tuple[int, dict[str, list[Any]]]]:
-    """The rows [shard.start, shard.stop) of a table dataset, as (position of the first row,
-    {column: values}) slices, streamed batch by batch."""
+    """The rows [shard.start, shard.stop) of a Parquet dataset, as (position of the first row,
+    {column: values}) slices, streamed batch by batch. Only the row groups that overlap the shard
+    are read (their sizes come from the file footers), so shard k costs its own rows, not the k
+    shards before it, and nothing is read ahead beyond one batch."""
     pos = 0
-    for batch in dataset.to_batches(columns=columns, batch_size=batch_size):
-        n = batch.num_rows
-        if pos + n > shard.start and pos < shard.stop:
-            lo, hi = max(shard.start - pos, 0), min(shard.stop - pos, n)
-            yield pos + lo, {name: batch.column(name).slice(lo, hi - lo) for name in columns}
-        elif pos >= shard.stop:
-            break
-        pos += n
+    for fragment in dataset.get_fragments():
+        with dataset.filesystem.open_input_file(fragment.path) as f:
+            meta = pq.ParquetFile(f).metadata
+            sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+            wanted, first = [], None
+            for i, n in enumerate(sizes):
+                if pos + n > shard.start and pos < shard.stop:
+                    wanted.append(i)
+                    first = pos if first is None else first
+                pos += n
+            if not wanted:
+                if pos >= shard.stop:
+                    return
+                continue
+            at = first
+            for batch in pq.ParquetFile(f).iter_batches(batch_size, row_groups=wanted, columns=columns):
+                n = batch.num_rows
+                lo, hi = max(shard.start - at, 0), min(shard.stop - at, n)
+                if hi > lo:
+                    yield at + lo, {name: batch.column(name).slice(lo, hi - lo) for name in columns}
+                at += n
+        if pos >= shard.stop:
+            return
 
 
 def prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
