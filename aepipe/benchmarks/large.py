@@ -277,9 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         parser().error(f"{args.data} not found (see ../shared/datasets/README.md)")
     if args.child:
         return child(args)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the measured child's faiss / torch threads (and the table's)
     prepare(args)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    proc = subprocess.run([sys.executable, "-m", "aepipe.benchmarks.large", *argv, "--child"], env=env,
+    proc = subprocess.run([sys.executable, "-m", "aepipe.benchmarks.large", *argv, "--child"],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         print(proc.stderr[-3000:], file=sys.stderr)
