@@ -201,6 +201,8 @@ class TrainingConfig(_Section):
     test_fraction: float = Field(0.1, ge=0, lt=0.5, description="held out for the metrics in metrics.json")
     early_stopping_patience: int = Field(15, ge=1)
     max_items: int | None = Field(None, gt=0, description="train on a random sample of at most this many items")
+    max_memory_mb: float = Field(4096, gt=0, description="cap on the in-memory training array (float32 inputs): "
+                                 "a larger sample is subsampled, with a warning")
     seed: int = 0
     accelerator: str = "cpu"
     devices: int | str = 1

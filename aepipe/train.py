@@ -49,15 +49,25 @@ class Dataset:
 
 
 def read_items(corpus_cfg: CorpusConfig, prep: Preprocessor | None, max_items: int | None, seed: int,
-               quarantine: Quarantine, features: FeaturesConfig | None = None) -> tuple[Dataset, Preprocessor]:
+               quarantine: Quarantine, features: FeaturesConfig | None = None,
+               max_memory_mb: float | None = None) -> tuple[Dataset, Preprocessor]:
     """Read (a seeded random sample of at most ``max_items`` of) a corpus into memory. Without
-    ``prep``, the preprocessor is inferred (images) or fitted (documents' vocabulary) on that sample."""
+    ``prep``, the preprocessor is inferred (images) or fitted (documents' vocabulary) on that sample.
+    ``max_memory_mb`` caps the array read (float32 inputs): a larger sample is subsampled, with a
+    warning, rather than running the machine out of memory."""
     corpus = open_corpus(corpus_cfg)
     keep = None
+    rng = np.random.default_rng(seed)
     if max_items and max_items < corpus.n_items:
-        rng = np.random.default_rng(seed)
         keep = set(rng.choice(corpus.n_items, max_items, replace=False).tolist())
     prep = prep or corpus.infer_preprocessor(features or FeaturesConfig(), keep=keep)
+    n_wanted = len(keep) if keep is not None else corpus.n_items
+    cap = int(max_memory_mb * 2**20 // (prep.dim * 4)) if max_memory_mb else n_wanted
+    if n_wanted > cap:
+        log.warning("training on %d of %d items: %d inputs of %d floats exceed training.max_memory_mb=%g",
+                    cap, n_wanted, n_wanted, prep.dim, max_memory_mb)
+        pool = np.array(sorted(keep)) if keep is not None else np.arange(corpus.n_items)
+        keep = set(rng.choice(pool, max(cap, 1), replace=False).tolist())
     xs, ids, labels = [], [], []
     for batch in corpus.iter_batches(prep, 4096, quarantine, keep=keep):
         xs.append(batch.x)
@@ -69,7 +79,8 @@ def read_items(corpus_cfg: CorpusConfig, prep: Preprocessor | None, max_items: i
 
 
 def load_training_data(cfg: PipelineConfig, quarantine: Quarantine) -> tuple[Dataset, Preprocessor]:
-    data, prep = read_items(cfg.corpus, None, cfg.training.max_items, cfg.training.seed, quarantine, cfg.features)
+    data, prep = read_items(cfg.corpus, None, cfg.training.max_items, cfg.training.seed, quarantine, cfg.features,
+                            cfg.training.max_memory_mb)
     if len(data.ids) < 10:
         raise CorpusError(f"only {len(data.ids)} readable items in {cfg.corpus.source}; need at least 10 to train")
     return data, prep

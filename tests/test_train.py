@@ -142,3 +142,14 @@ def test_encoding_does_not_switch_off_autograd_for_the_caller(run_copy):
     assert torch.is_grad_enabled()
     encode_corpus(run_copy.config())
     assert torch.is_grad_enabled()
+
+
+def test_training_sample_is_capped_by_max_memory_mb(run_copy, caplog):
+    # 0.01 MiB = 10,485 bytes: 40 digits of 64 float32 inputs
+    result = train_model(run_copy.config("training.max_memory_mb=0.01", "training.max_epochs=2"))
+    assert result.n_items == 40
+    metrics = json.loads(RunLayout.at(run_copy.run_dir).model.metrics.read_text())
+    assert metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == 40
+    assert any("training.max_memory_mb" in r.getMessage() for r in caplog.records)
+    split = pq.read_table(RunLayout.at(run_copy.run_dir).model.split).column("id").to_pylist()
+    assert len(split) == len(set(split)) == 40 and int(max(split)) > 100  # a random sample, not the first 40
