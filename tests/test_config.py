@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -159,3 +161,8 @@ def test_config_objects_validate_assignment():
     cfg = build_config()
     with pytest.raises(Exception):
         cfg.model.code_size = 0
+
+
+def test_example_yaml_lists_every_key_with_its_default():
+    example = yaml.safe_load((Path(__file__).resolve().parents[1] / "data" / "example.yaml").read_text())
+    assert example == PipelineConfig().model_dump(mode="json")  # regenerate it with dump_config when a key changes
