@@ -235,3 +235,45 @@ def test_on_disk_index_is_built_in_shards_and_searches_like_the_in_ram_one(run_c
     assert json.loads((moved / "index" / "index_infos.json").read_text())["on_disk"] is True
     assert Searcher(moved).index.ntotal == 380
     assert searcher.search_arrays(probe, k=5).ids.tolist() == expected.ids.tolist()
+
+
+def test_recall_leaves_out_exact_copies_of_each_eval_query(tmp_path):
+    """Half the vectors have an exact copy in the store. A copy is always found (it sits in the
+    query's own IVF list), so counting it would inflate recall; the sidecar's figure leaves it out,
+    as for a query that is not in the store."""
+    from aepipe.config import build_config
+    from aepipe.store import PartWriter, store_schema
+
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((1500, 16)).astype(np.float32)
+    codes = np.concatenate([base, base[:1500:2]])  # 750 copies
+    run = tmp_path / "run"
+    writer = PartWriter(run / "store" / "part-00000.parquet", store_schema(16, "float32", {"model_id": "m", "config": {}}))
+    writer.write([f"v{i}" for i in range(len(codes))], codes, np.zeros(len(codes), np.float32), [None] * len(codes),
+                 ["s"] * len(codes), list(range(len(codes))))
+    writer.close()
+    cfg = build_config(overrides=[f"run_dir={run}", "index.factory=IVF32,Flat", "index.recall_target=0.6",
+                                  "index.n_eval_queries=300"])
+    build_index(cfg)
+    infos = json.loads(RunLayout.at(run).index.infos.read_text())
+    assert infos["n_eval_queries_with_copies"] > 100  # about half of 300
+
+    # independently: the same seeded eval queries, exact distances in numpy, copies by equality
+    n, k = len(codes), 10
+    query_pos = np.sort(np.random.default_rng(0).choice(n, 300, replace=False))
+    index = faiss.read_index(str(RunLayout.at(run).index.index))
+    set_search_params(index, infos["params"])
+    _, found = index.search(codes[query_pos], 40)
+    new_style, self_only = [], []
+    for q, row in zip(query_pos, found):
+        d = ((codes - codes[q]) ** 2).sum(1)
+        same = set(np.flatnonzero((codes == codes[q]).all(1)).tolist())  # itself and its copy
+        order = np.argsort(d, kind="stable")
+        truth = [int(i) for i in order if i not in same][:k]
+        got = [int(i) for i in row if i >= 0 and i not in same][:k]
+        new_style.append(len(set(truth) & set(got)) / k)
+        truth_self = [int(i) for i in order if i != q][:k]
+        got_self = [int(i) for i in row if i >= 0 and i != q][:k]
+        self_only.append(len(set(truth_self) & set(got_self)) / k)
+    assert infos["recall_at_10"] == pytest.approx(np.mean(new_style), abs=0.01)
+    assert np.mean(self_only) > np.mean(new_style) + 0.02  # what leaving out only the query itself would claim
