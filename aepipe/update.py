@@ -108,32 +108,36 @@ def update_run(cfg: PipelineConfig) -> UpdateResult:
         current = first_per_id(pa.concat_tables(shard_fingerprints(corpus, s)
                                                 for s in corpus.shards(cfg.encode.rows_per_part)))
     old = _recorded_fingerprints(store, current)
-    cur = dict(zip(current.column("id").to_pylist(), current.column("fingerprint").to_pylist()))
-    added = [i for i in cur if i not in old]
-    changed = [i for i in cur if i in old and old[i] != cur[i]]
-    removed = [i for i in old if i not in cur]
-    result = UpdateResult(str(layout.store), str(layout.index.root), model.model_id, len(added), len(changed),
-                          len(removed), len(cur) - len(added) - len(changed))
-    log.info("update: %d new, %d changed, %d removed, %d unchanged item(s)", len(added), len(changed), len(removed),
+    # the diff as Arrow columns and masks (compact for millions of ids; no Python string per item)
+    at_old = pc.index_in(current.column("id"), value_set=old.column("id"))  # null: not in the store
+    old_fp = old.column("fingerprint").take(at_old)
+    is_added = pc.is_null(at_old).to_numpy(zero_copy_only=False)
+    is_changed = pc.fill_null(pc.not_equal(old_fp, current.column("fingerprint")), False).to_numpy(zero_copy_only=False)
+    is_removed = pc.invert(pc.is_in(old.column("id"), value_set=current.column("id"))).to_numpy(zero_copy_only=False)
+    n_added, n_changed, n_removed = int(is_added.sum()), int(is_changed.sum()), int(is_removed.sum())
+    result = UpdateResult(str(layout.store), str(layout.index.root), model.model_id, n_added, n_changed,
+                          n_removed, current.num_rows - n_added - n_changed)
+    log.info("update: %d new, %d changed, %d removed, %d unchanged item(s)", n_added, n_changed, n_removed,
              result.n_unchanged)
     infos_ok = layout.index.infos.is_file() and read_json(layout.index.infos).get("model_id") == model.model_id
-    if not (added or changed or removed) and infos_ok:
+    if not (n_added or n_changed or n_removed) and infos_ok:
         result.n_items, result.index_ntotal = store.n_items, int(read_json(layout.index.infos)["n_items"])
         result.seconds = round(time.perf_counter() - t0, 3)
         return result  # nothing to do: no file is touched
 
     staging = fresh_dir(layout.staging("update"))
     new_store, new_index = staging / "store", staging / "index"
-    drop = set(changed) | set(removed)
-    with timed(f"new store version: drop {len(drop)} row(s), encode {len(added) + len(changed)} item(s)"):
+    drop = pa.concat_arrays([current.column("id").filter(pa.array(is_changed)).combine_chunks(),
+                             old.column("id").filter(pa.array(is_removed)).combine_chunks()])  # ids whose rows go
+    with timed(f"new store version: drop {len(drop)} row(s), encode {n_added + n_changed} item(s)"):
         next_part, rewritten = _carry_parts(store, drop, new_store)
-        todo = current.filter(pc.is_in(current.column("id"), pa.array(added + changed, pa.string())))
+        todo = current.filter(pa.array(is_added | is_changed))
         quarantine = Quarantine("update")
         new_parts = _encode_items(cfg, model, corpus, todo, new_store, next_part, pq.read_schema(store.parts[0]), quarantine)
-        kept = {i: fp for i, fp in old.items() if i not in drop}
+        kept = old.filter(pc.invert(pc.is_in(old.column("id"), value_set=drop)))
         _write_items(new_store / ITEMS, kept, todo)
         manifest = read_json(layout.store / MANIFEST) if (layout.store / MANIFEST).is_file() else {}
-        manifest["last_update"] = {"added": len(added), "changed": len(changed), "removed": len(removed),
+        manifest["last_update"] = {"added": n_added, "changed": n_changed, "removed": n_removed,
                                    "parts_written": [p.name for p in new_parts], "parts_rewritten": rewritten}
         atomic_write_json(new_store / MANIFEST, manifest)
     result.parts_rewritten = rewritten
@@ -143,8 +147,8 @@ def update_run(cfg: PipelineConfig) -> UpdateResult:
     with timed("update the index"):
         result.index_update, infos = update_index(cfg, layout, new_store, drop, new_parts, new_index)
     result.rebuild_advised = infos.get("rebuild_advised")
-    atomic_write_json(staging / COMMIT, {"model_id": model.model_id, "added": len(added), "changed": len(changed),
-                                         "removed": len(removed)})
+    atomic_write_json(staging / COMMIT, {"model_id": model.model_id, "added": n_added, "changed": n_changed,
+                                         "removed": n_removed})
     _apply_commit(layout, staging)  # the commit point is the marker above; this only moves directories
     publish_model_version(layout, model.model_id, cfg.training.keep_versions)
     if len(quarantine):
@@ -186,36 +190,35 @@ def _apply_commit(layout: RunLayout, staging: Path) -> None:
     shutil.rmtree(staging)
 
 
-def _recorded_fingerprints(store, current: pa.Table) -> dict[str, str]:
-    """id -> fingerprint of what the store reflects. A store from before fingerprints were recorded
+def _recorded_fingerprints(store, current: pa.Table) -> pa.Table:
+    """(id, fingerprint) of what the store reflects. A store from before fingerprints were recorded
     is taken as up to date for the ids it holds (the corpus' fingerprints are adopted)."""
     path = store.root / ITEMS
     if path.is_file():
-        t = pq.read_table(path, columns=["id", "fingerprint"])
-        return dict(zip(t.column("id").to_pylist(), t.column("fingerprint").to_pylist()))
+        return pq.read_table(path, columns=["id", "fingerprint"])
     log.warning("%s records no item fingerprints (encoded by an older aepipe): taking its items as up to date", store.root)
-    cur = dict(zip(current.column("id").to_pylist(), current.column("fingerprint").to_pylist()))
-    return {i: cur.get(i, "unknown") for i in store.read(["id"]).column("id").to_pylist()}
+    ids = store.read(["id"]).column("id")
+    fps = current.column("fingerprint").take(pc.index_in(ids, value_set=current.column("id")))
+    return pa.table({"id": ids, "fingerprint": pc.fill_null(fps, "unknown")})
 
 
-def _carry_parts(store, drop: set[str], dest: Path) -> tuple[int, list[str]]:
+def _carry_parts(store, drop: pa.Array, dest: Path) -> tuple[int, list[str]]:
     """Into ``dest``: hard links of the parts without a dropped row, filtered copies of the others.
     Returns the next free part number and the names of the rewritten parts."""
     dest.mkdir(parents=True)
     rewritten, last = [], -1
     for part in store.parts:
         last = max(last, int(part.stem.split("-")[1]))
-        ids = pq.read_table(part, columns=["id"]).column("id").to_pylist()
-        hit = [i in drop for i in ids]
-        if not any(hit):
+        hit = pc.is_in(pq.read_table(part, columns=["id"]).column("id"), value_set=drop).to_numpy(zero_copy_only=False)
+        if not hit.any():
             try:
                 os.link(part, dest / part.name)  # parts are never modified in place, so sharing is safe
             except OSError:
                 shutil.copy2(part, dest / part.name)
             continue
         rewritten.append(part.name)
-        if not all(hit):
-            filter_part(part, dest / part.name, [not h for h in hit])
+        if not hit.all():
+            filter_part(part, dest / part.name, (~hit).tolist())
     return last + 1, rewritten
 
 
@@ -227,7 +230,8 @@ def _encode_items(cfg: PipelineConfig, model, corpus, todo: pa.Table, dest: Path
     order = np.argsort(todo.column("position").to_numpy())
     positions = todo.column("position").to_numpy()[order].tolist()
     if corpus.format == "folder":  # read only the new files (id = relative path)
-        ids = [todo.column("id").to_pylist()[i] for i in order]
+        todo_ids = todo.column("id").to_pylist()
+        ids = [todo_ids[i] for i in order]
         shard, keep = Shard(0, 0, len(ids), tuple(ids), tuple(positions)), None
     else:  # tables and arrays: one pass, keeping the new rows
         shard, keep = None, set(positions)
@@ -255,11 +259,12 @@ def _encode_items(cfg: PipelineConfig, model, corpus, todo: pa.Table, dest: Path
     return parts
 
 
-def _write_items(path: Path, kept: dict[str, str], todo: pa.Table) -> None:
-    ids = list(kept) + todo.column("id").to_pylist()
-    fps = list(kept.values()) + todo.column("fingerprint").to_pylist()
-    order = np.argsort(np.array(ids, dtype=object), kind="stable")  # deterministic file for the same content
-    atomic_write_table(path, pa.table({"id": [ids[i] for i in order], "fingerprint": [fps[i] for i in order]}))
+def _write_items(path: Path, kept: pa.Table, todo: pa.Table) -> None:
+    """(id, fingerprint) of every item the new store reflects, sorted by id (the same content
+    gives the same file)."""
+    table = pa.concat_tables([kept.select(["id", "fingerprint"]),
+                              todo.select(["id", "fingerprint"]).cast(kept.select(["id", "fingerprint"]).schema)])
+    atomic_write_table(path, table.take(pc.sort_indices(table, sort_keys=[("id", "ascending")])))
 
 
 def _column(parts: list[Path], name: str) -> np.ndarray:
@@ -268,7 +273,7 @@ def _column(parts: list[Path], name: str) -> np.ndarray:
     return np.concatenate([pq.read_table(p, columns=[name]).column(name).to_numpy() for p in parts])
 
 
-def measure_drift(cfg: PipelineConfig, layout: RunLayout, store, drop: set[str], new_errors: np.ndarray) -> DriftReport | None:
+def measure_drift(cfg: PipelineConfig, layout: RunLayout, store, drop: pa.Array, new_errors: np.ndarray) -> DriftReport | None:
     """New items' reconstruction errors against the held-out (val/test) items' of the model's
     training split, as stored (all earlier items when too few held-out items are in the store)."""
     from scipy.stats import ks_2samp
@@ -277,15 +282,15 @@ def measure_drift(cfg: PipelineConfig, layout: RunLayout, store, drop: set[str],
     if len(new_errors) == 0:
         return None
     t = store.read(["id", "recon_error"])
-    ids = t.column("id").to_pylist()
+    ids = t.column("id")
     errors = t.column("recon_error").to_numpy()
-    mask = np.array([i not in drop for i in ids], bool)
+    mask = pc.invert(pc.is_in(ids, value_set=drop)).to_numpy(zero_copy_only=False)
     reference = "store"
     split_path = layout.model.split
     if split_path.is_file():
         s = pq.read_table(split_path)
-        held = {i for i, sp in zip(s.column("id").to_pylist(), s.column("split").to_pylist()) if sp in ("val", "test")}
-        held_mask = mask & np.array([i in held for i in ids], bool)
+        held = s.column("id").filter(pc.is_in(s.column("split"), value_set=pa.array(["val", "test"])))
+        held_mask = mask & pc.is_in(ids, value_set=held).to_numpy(zero_copy_only=False)
         if held_mask.sum() >= dc.min_items:
             mask, reference = held_mask, "held-out"
     ref = errors[mask]
@@ -299,7 +304,7 @@ def measure_drift(cfg: PipelineConfig, layout: RunLayout, store, drop: set[str],
                        round(ks, 4), dc.threshold, drifted, dc.action if drifted else "none")
 
 
-def update_index(cfg: PipelineConfig, layout: RunLayout, store_dir: Path, drop: set[str], new_parts: list[Path],
+def update_index(cfg: PipelineConfig, layout: RunLayout, store_dir: Path, drop: pa.Array, new_parts: list[Path],
                  dest: Path) -> tuple[str, dict[str, Any]]:
     """Write into ``dest`` the live index minus the dropped ids plus the new parts' codes, or a
     rebuilt one where faiss cannot remove vectors (HNSW, ...). Returns ('incremental'|'rebuilt', sidecar)."""
@@ -313,7 +318,7 @@ def update_index(cfg: PipelineConfig, layout: RunLayout, store_dir: Path, drop: 
         return "rebuilt", write_index(cfg, store_dir, dest)
     index = read_index_file(files, infos)
     table = pq.read_table(files.ids)
-    ids = table.column("id").to_pylist()
+    ids = table.column("id")
     explicit = "label" in table.column_names
     labels = table.column("label").to_numpy() if explicit else np.arange(len(ids), dtype=np.int64)
     is_flat = isinstance(faiss.downcast_index(index), faiss.IndexFlat) and not explicit
@@ -323,23 +328,23 @@ def update_index(cfg: PipelineConfig, layout: RunLayout, store_dir: Path, drop: 
     new_ids, new_codes = [], []
     for p in new_parts:
         t = pq.read_table(p, columns=["id", "code"])
-        new_ids += t.column("id").to_pylist()
+        new_ids += t.column("id").chunks
         new_codes.append(arrow_to_codes(t.column("code"), open_store(store_dir).code_dtype))
     x = _normalize(np.concatenate(new_codes) if new_codes else np.zeros((0, int(infos["dim"])), np.float32), ic.metric)
-    dropped = np.array([i in drop for i in ids], bool)
-    kept_ids = [i for i, d in zip(ids, dropped) if not d]
+    dropped = pc.is_in(ids, value_set=drop).to_numpy(zero_copy_only=False)
+    out_ids = pa.chunked_array(ids.filter(pa.array(~dropped)).chunks + new_ids, pa.string())
     if is_flat:  # labels are positions: remove_ids compacts in order, add appends
         if dropped.any():
             index.remove_ids(np.flatnonzero(dropped).astype(np.int64))
         index.add(x)
-        out = pa.table({"id": pa.array(kept_ids + new_ids, pa.string())})
+        out = pa.table({"id": out_ids})
     else:  # IVF: labels stay with their vectors; new ones get fresh labels
         if dropped.any():
             index.remove_ids(np.ascontiguousarray(labels[dropped], dtype=np.int64))
         start = int(labels.max()) + 1 if len(labels) else 0
-        new_labels = np.arange(start, start + len(new_ids), dtype=np.int64)
+        new_labels = np.arange(start, start + len(x), dtype=np.int64)
         index.add_with_ids(x, new_labels)
-        out = pa.table({"id": pa.array(kept_ids + new_ids, pa.string()),
+        out = pa.table({"id": out_ids,
                         "label": pa.array(np.concatenate([labels[~dropped], new_labels]), pa.int64())})
     dest.mkdir(parents=True, exist_ok=True)
     out_files = IndexFiles(dest)
@@ -350,7 +355,7 @@ def update_index(cfg: PipelineConfig, layout: RunLayout, store_dir: Path, drop: 
     infos.update(
         n_items=int(index.ntotal), labels="positions" if is_flat else "explicit",
         n_items_at_build=n_at_build,
-        n_added_since_build=int(infos.get("n_added_since_build", 0)) + len(new_ids),
+        n_added_since_build=int(infos.get("n_added_since_build", 0)) + len(x),
         n_removed_since_build=int(infos.get("n_removed_since_build", 0)) + int(dropped.sum()),
         bytes=out_files.index.stat().st_size, bytes_per_vector=out_files.index.stat().st_size / max(index.ntotal, 1))
     if not is_flat:
