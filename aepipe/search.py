@@ -32,7 +32,7 @@ from aepipe.store import arrow_to_codes, open_store
 from aepipe.versions import current_model_dir
 
 
-@dataclass
+@dataclass(slots=True)  # one per result: slots make it cheaper to build
 class Hit:
     query: str
     rank: int
