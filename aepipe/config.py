@@ -247,6 +247,8 @@ class IndexConfig(_Section):
     memory_budget_mb: float = Field(2048, gt=0)
     recall_target: float = Field(0.95, gt=0, le=1)
     n_eval_queries: int = Field(500, ge=1)
+    eval_queries: str | None = Field(None, description="a .npy (N, code size) of real query codes to tune on (their "
+                                     "first n_eval_queries); default: held-out stored items")
     flat_max_items: int = Field(50_000, ge=1, description="exact (Flat) search up to this many vectors")
     add_batch_size: int = Field(65_536, ge=1)
     on_disk: Literal["auto", "always", "never"] = Field(

@@ -224,6 +224,7 @@ def write_index(cfg: PipelineConfig, store_dir: Path, dest: Path) -> dict[str, A
     except RuntimeError as exc:
         raise ConfigError(f"index.factory '{factory}' is not a valid faiss index_factory string for dim {dim}: "
                           f"{str(exc).splitlines()[0] if str(exc) else exc}") from None
+    external = _eval_queries(ic, dim)  # checked before the (long) build
     rng = np.random.default_rng(ic.seed)
     k = max(1, min(10, n - 1))  # neighbours of a query other than itself
     n_q = min(ic.n_eval_queries, n)
@@ -257,6 +258,8 @@ def write_index(cfg: PipelineConfig, store_dir: Path, dest: Path) -> dict[str, A
             t = time.perf_counter()
             faiss.write_index(index, str(files.index))
             seconds["write"] = time.perf_counter() - t
+        if external is not None:  # the user's own queries: not stored items, nothing to leave out
+            queries, query_pos, k = external, None, min(10, n)
         t = time.perf_counter()
         truth, excluded = _exact_neighbours(store, queries, query_pos, k, ic)
         seconds["eval_exact_knn"] = time.perf_counter() - t
@@ -281,7 +284,8 @@ def write_index(cfg: PipelineConfig, store_dir: Path, dest: Path) -> dict[str, A
         "recall_at_10": recall,
         "recall_target": ic.recall_target,
         "recall_target_met": recall >= ic.recall_target,
-        "n_eval_queries": n_q,  # held-out stored items; each one itself and its exact copies are left out
+        "eval_queries": ic.eval_queries or "held-out stored items",  # for these: each itself and its exact copies left out
+        "n_eval_queries": len(queries),
         "n_eval_queries_with_copies": int(((excluded >= 0).sum(1) > 1).sum()),
         "latency_ms_per_query": latency,
         "tuning": curve,  # recall and latency of each setting tried, smallest first
@@ -379,7 +383,21 @@ def _quiet_stdout() -> Iterator[None]:
 COPIES = 16  # exact copies of an eval query that the recall measurement can set aside with it
 
 
-def _exact_neighbours(store, queries: np.ndarray, query_pos: np.ndarray, k: int,
+def _eval_queries(ic: IndexConfig, dim: int) -> np.ndarray | None:
+    """``index.eval_queries``: up to ``n_eval_queries`` query codes from a .npy file (no pickle)."""
+    if not ic.eval_queries:
+        return None
+    try:
+        q = np.load(ic.eval_queries, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"index.eval_queries {ic.eval_queries}: cannot read it as a .npy array ({exc})") from None
+    if q.ndim != 2 or q.shape[1] != dim or len(q) == 0:
+        raise ConfigError(f"index.eval_queries {ic.eval_queries} holds an array of shape {q.shape}; "
+                          f"need (n, {dim}): codes of this run's model")
+    return _normalize(np.asarray(q[: ic.n_eval_queries]), ic.metric)
+
+
+def _exact_neighbours(store, queries: np.ndarray, query_pos: np.ndarray | None, k: int,
                       ic: IndexConfig) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest store positions of each eval query (one streaming pass, a batch of vectors
     against all queries at a time), leaving out the query itself and its exact copies: any index
@@ -398,6 +416,9 @@ def _exact_neighbours(store, queries: np.ndarray, query_pos: np.ndarray, k: int,
         copy = heap.D >= 1.0 - 1e-5
     else:  # squared L2 of a copy is 0 up to BLAS rounding, relative to the query's squared norm
         copy = heap.D <= 1e-5 * np.maximum((queries.astype(np.float64) ** 2).sum(1), 1e-12)[:, None]
+    if query_pos is None:  # external queries: a stored copy of one is a true neighbour
+        copy[:] = False
+        query_pos = np.full(n_q, -2)
     excluded = np.where(copy | (heap.I == query_pos[:, None]), heap.I, -1)
     return _first_k_not_excluded(heap.I, excluded, k), excluded
 

@@ -277,3 +277,25 @@ def test_recall_leaves_out_exact_copies_of_each_eval_query(tmp_path):
         self_only.append(len(set(truth_self) & set(got_self)) / k)
     assert infos["recall_at_10"] == pytest.approx(np.mean(new_style), abs=0.01)
     assert np.mean(self_only) > np.mean(new_style) + 0.02  # what leaving out only the query itself would claim
+
+
+def test_tuning_on_user_supplied_query_codes(run_copy, tmp_path):
+    layout = RunLayout.at(run_copy.run_dir)
+    _, codes = open_store(layout.store).read_codes()
+    queries = codes[:60] + np.random.default_rng(3).normal(0, 0.05, (60, codes.shape[1])).astype(np.float32)
+    np.save(tmp_path / "q.npy", queries)
+    build_index(run_copy.config("index.factory=IVF8,Flat", f"index.eval_queries={tmp_path / 'q.npy'}",
+                                "index.n_eval_queries=50", "index.recall_target=0.9"))
+    infos = json.loads(layout.index.infos.read_text())
+    assert infos["eval_queries"] == str(tmp_path / "q.npy") and infos["n_eval_queries"] == 50
+    # independently: these 50 queries, exact neighbours over every stored code (nothing left out)
+    index = faiss.read_index(str(layout.index.index))
+    set_search_params(index, infos["params"])
+    _, found = index.search(np.ascontiguousarray(queries[:50]), 10)
+    _, truth = faiss.knn(np.ascontiguousarray(queries[:50]), np.ascontiguousarray(codes), 10)
+    assert infos["recall_at_10"] == pytest.approx(recall_at_k(found, truth), abs=1e-4)
+
+    np.save(tmp_path / "bad.npy", queries[:, :3])
+    with pytest.raises(ConfigError, match=r"need \(n, 10\)"):
+        build_index(run_copy.config(f"index.eval_queries={tmp_path / 'bad.npy'}"))
+    assert json.loads(layout.index.infos.read_text())["eval_queries"] == str(tmp_path / "q.npy")  # index kept
