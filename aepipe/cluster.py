@@ -22,11 +22,11 @@ from PIL import Image
 from aepipe.config import PipelineConfig
 from aepipe.corpus import TextPreprocessor
 from aepipe.evaluate import cluster_scores
-from aepipe.index import _gather, _normalize
+from aepipe.index import normalize
 from aepipe.io import atomic_write_bytes, atomic_write_json, fresh_dir, recover_dir, replace_dir
 from aepipe.layout import ClusterFiles, RunLayout
 from aepipe.models.saved import load_model
-from aepipe.store import arrow_to_codes, open_store
+from aepipe.store import open_store
 from aepipe.timing import timed
 from aepipe.topics import topics_report
 
@@ -68,7 +68,8 @@ def cluster_codes(cfg: PipelineConfig) -> ClusterResult:
     label_codes, label_names = _label_codes(store)
     k = cc.n_clusters or (len(label_names) if label_names else 10)
     k = max(2, min(k, n))
-    (x,) = _gather(store, [_training_positions(n, max(cc.max_train_items, k), cc.seed)], metric)
+    (x,) = store.gather([_training_positions(n, max(cc.max_train_items, k), cc.seed)])
+    x = normalize(x, metric)
     n_train = len(x)
     with timed(f"k-means with {k} clusters on {len(x)} of {n} codes"):
         km = faiss.Kmeans(x.shape[1], k, niter=cc.niter, nredo=cc.n_redo, seed=cc.seed,
@@ -146,7 +147,7 @@ def _assign_all(store, index: faiss.Index, metric: str, path: Path, k: int, n_ex
     exemplars = None
     with pq.ParquetWriter(path, ASSIGNMENT_SCHEMA) as writer:
         for batch in store.iter_batches(columns=columns):
-            x = _normalize(store.codes(batch.column("code")), metric)
+            x = normalize(store.codes(batch.column("code")), metric)
             dist, nearest = index.search(x, 1)
             cluster, dist = nearest[:, 0].astype(np.int32), dist[:, 0]
             writer.write_batch(pa.record_batch([batch.column("id"), pa.array(cluster), pa.array(dist),

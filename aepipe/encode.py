@@ -188,7 +188,7 @@ def _drop_duplicate_ids(staging: Path, n_shards: int) -> pa.Table:
         offset += len(col)
         if part_keep.all():
             continue
-        table = filter_part(part, part, part_keep.tolist())
+        table = filter_part(part, part, part_keep)
         dup = np.flatnonzero(~part_keep)
         dropped += [{"id": i, "source": s, "reason": "duplicate id (an earlier item has the same id)", "stage": "encode"}
                     for i, s in zip(table.column("id").take(dup).to_pylist(), table.column("source").take(dup).to_pylist())]

@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,7 @@ from aepipe.corpus.base import prefetch
 from aepipe.errors import ConfigError
 from aepipe.io import atomic_write_json, fresh_dir, recover_dir, replace_dir
 from aepipe.layout import IndexFiles, RunLayout
-from aepipe.store import arrow_to_codes, open_store
+from aepipe.store import open_store
 from aepipe.timing import timed
 from aepipe.versions import publish_model_version
 
@@ -137,7 +137,7 @@ def wants_on_disk(factory: str, n: int, dim: int, cfg: IndexConfig) -> bool:
 def training_size(index: faiss.Index, n: int) -> int:
     """Points to train on: up to 256 per IVF list and never fewer than 39 (faiss's bounds),
     at least 16,384 for PQ / OPQ / SQ codebooks (256 centroids per sub-quantizer)."""
-    ivf = _ivf(index)
+    ivf = ivf_of(index)
     want = 0
     if ivf is not None:
         want = max(MIN_POINTS_PER_CENTROID * ivf.nlist, min(MAX_POINTS_PER_CENTROID * ivf.nlist, MAX_TRAIN))
@@ -149,23 +149,27 @@ def training_size(index: faiss.Index, n: int) -> int:
     return min(n, want)
 
 
-def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
+def ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:
+    """The IVF part of an index (also inside OPQ / pre-transform wrappers), or None."""
     try:
         return faiss.extract_index_ivf(index)
     except (RuntimeError, TypeError):
         return None
 
 
-def _normalize(x: np.ndarray, metric: str) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if metric == "cosine":
-        faiss.normalize_L2(x)
+def normalize(x: np.ndarray, metric: str) -> np.ndarray:
+    """Vectors as faiss takes them: contiguous float32, L2-normalised (in a copy: the caller's
+    array, possibly read-only, is left alone) for the cosine metric."""
+    if metric != "cosine":
+        return np.ascontiguousarray(x, dtype=np.float32)
+    x = np.array(x, dtype=np.float32, order="C")
+    faiss.normalize_L2(x)
     return x
 
 
 def tuning_grid(index: faiss.Index, k: int = 10) -> tuple[str, list[int]] | None:
     """The search-time parameter that trades recall for speed, and the values to try (fastest first)."""
-    ivf = _ivf(index)
+    ivf = ivf_of(index)
     if ivf is not None:
         steps = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048)
         return "nprobe", [p for p in steps if p <= ivf.nlist] or [1]
@@ -240,7 +244,7 @@ def write_index(cfg: PipelineConfig, store_dir: Path, dest: Path) -> dict[str, A
     seconds: dict[str, float] = {}  # where the build time goes (sidecar)
     with timed(f"index {n} vectors of dim {dim} as '{factory}' ({ic.metric}){' on disk' if on_disk else ''}"):
         t = time.perf_counter()
-        queries, train = _gather(store, [query_pos, train_pos], ic.metric)
+        queries, train = (normalize(x, ic.metric) for x in store.gather([query_pos, train_pos]))
         seconds["gather_sample"] = time.perf_counter() - t
         if n_train:
             with timed(f"train on {n_train} vectors"):
@@ -252,7 +256,7 @@ def write_index(cfg: PipelineConfig, store_dir: Path, dest: Path) -> dict[str, A
         if on_disk:
             _add_on_disk(index, store, ic, files)
         else:
-            _add_in_ram(index, store, ic, files)
+            _add_all(store, ic, files, lambda x, _: index.add(x))
         seconds["add"] = time.perf_counter() - t
         if not on_disk:
             t = time.perf_counter()
@@ -267,7 +271,7 @@ def write_index(cfg: PipelineConfig, store_dir: Path, dest: Path) -> dict[str, A
         params, recall, latency, curve = _tune(index, queries, excluded, truth, k, ic.recall_target)
         seconds["tune"] = time.perf_counter() - t
     size = files.index.stat().st_size + (files.ivfdata.stat().st_size if on_disk else 0)
-    ivf = _ivf(index)
+    ivf = ivf_of(index)
     infos = {
         "index_string": factory,
         "index_class": type(faiss.downcast_index(index)).__name__,
@@ -308,15 +312,18 @@ def _store_batches(store, batch_size: int, metric: str) -> Iterator[tuple[pa.Arr
     thread while faiss works (it releases the GIL)."""
     def read() -> Iterator[tuple[pa.Array, np.ndarray]]:
         for batch in store.iter_batches(batch_size, ["id", "code"]):
-            yield batch.column(0), _normalize(store.codes(batch.column(1)), metric)
+            yield batch.column(0), normalize(store.codes(batch.column(1)), metric)
     return prefetch(read(), 2)
 
 
-def _add_in_ram(index: faiss.Index, store, ic: IndexConfig, files: IndexFiles) -> None:
-    """Add the store's vectors in batches; ids.parquet is written as they go (labels = positions)."""
+def _add_all(store, ic: IndexConfig, files: IndexFiles, add: Callable[[np.ndarray, int], object]) -> None:
+    """Hand every stored vector to ``add(vectors, position of the first)``, a batch at a time,
+    writing ids.parquet as they go (faiss labels are store positions, i.e. ids.parquet rows)."""
+    position = 0
     with pq.ParquetWriter(files.ids, IDS_SCHEMA) as ids:
         for batch_ids, x in _store_batches(store, ic.add_batch_size, ic.metric):
-            index.add(x)
+            add(x, position)
+            position += len(x)
             ids.write_table(pa.table([batch_ids], schema=IDS_SCHEMA))
 
 
@@ -329,7 +336,7 @@ def _add_on_disk(index: faiss.Index, store, ic: IndexConfig, files: IndexFiles) 
     shard_dir = files.root / ".shards"
     shard_dir.mkdir(exist_ok=True)
     paths: list[str] = []
-    part, position = None, 0
+    part = None
 
     def flush() -> None:
         nonlocal part
@@ -338,16 +345,16 @@ def _add_on_disk(index: faiss.Index, store, ic: IndexConfig, files: IndexFiles) 
             faiss.write_index(part, paths[-1])
         part = None
 
-    with pq.ParquetWriter(files.ids, IDS_SCHEMA) as ids:
-        for batch_ids, x in _store_batches(store, ic.add_batch_size, ic.metric):
-            if part is None:
-                part = faiss.clone_index(index)
-            part.add_with_ids(x, np.arange(position, position + len(x), dtype=np.int64))  # labels = store positions
-            position += len(x)
-            ids.write_table(pa.table([batch_ids], schema=IDS_SCHEMA))
-            if part.ntotal >= ic.on_disk_shard_items:
-                flush()
-        flush()
+    def add(x: np.ndarray, position: int) -> None:
+        nonlocal part
+        if part is None:
+            part = faiss.clone_index(index)
+        part.add_with_ids(x, np.arange(position, position + len(x), dtype=np.int64))  # labels = store positions
+        if part.ntotal >= ic.on_disk_shard_items:
+            flush()
+
+    _add_all(store, ic, files, add)
+    flush()
     with timed(f"merge {len(paths)} partial index(es) into {files.ivfdata.name}"), _quiet_stdout():
         merge_ondisk(index, paths, str(files.ivfdata))  # faiss prints progress on the C stdout
         faiss.write_index(index, str(files.index))
@@ -388,13 +395,13 @@ def _eval_queries(ic: IndexConfig, dim: int) -> np.ndarray | None:
     if not ic.eval_queries:
         return None
     try:
-        q = np.load(ic.eval_queries, mmap_mode="r", allow_pickle=False)
+        q = np.load(ic.eval_queries, mmap_mode="r", allow_pickle=False)  # read-only: normalize copies
     except (OSError, ValueError) as exc:
         raise ConfigError(f"index.eval_queries {ic.eval_queries}: cannot read it as a .npy array ({exc})") from None
     if q.ndim != 2 or q.shape[1] != dim or len(q) == 0:
         raise ConfigError(f"index.eval_queries {ic.eval_queries} holds an array of shape {q.shape}; "
                           f"need (n, {dim}): codes of this run's model")
-    return _normalize(np.asarray(q[: ic.n_eval_queries]), ic.metric)
+    return normalize(np.asarray(q[: ic.n_eval_queries]), ic.metric)
 
 
 def _exact_neighbours(store, queries: np.ndarray, query_pos: np.ndarray | None, k: int,
@@ -443,21 +450,6 @@ def _exact_knn(queries: np.ndarray, x: np.ndarray, k: int, metric: str) -> tuple
         d = np.hstack([d, np.full((len(d), k - kk), fill, np.float32)])
         i = np.hstack([i, np.full((len(i), k - kk), -1, np.int64)])
     return d, i
-
-
-def _gather(store, position_sets: list[np.ndarray], metric: str) -> list[np.ndarray]:
-    """Vectors at the given (sorted) store positions, in one pass over the store."""
-    out = [[] for _ in position_sets]
-    offset = 0
-    for batch in store.iter_batches(columns=["code"]):
-        codes = store.codes(batch.column(0))
-        for j, pos in enumerate(position_sets):
-            lo, hi = np.searchsorted(pos, [offset, offset + len(codes)])
-            if hi > lo:
-                out[j].append(codes[pos[lo:hi] - offset])
-        offset += len(codes)
-    dim = store.code_size
-    return [_normalize(np.concatenate(o) if o else np.zeros((0, dim), np.float32), metric) for o in out]
 
 
 def _tune(index: faiss.Index, queries: np.ndarray, excluded: np.ndarray, truth: np.ndarray, k: int,

@@ -9,12 +9,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,11 +22,11 @@ from aepipe.corpus import TextPreprocessor
 from aepipe.corpus.base import BadItem
 from aepipe.encode import codes_of
 from aepipe.errors import AepipeError, DimensionMismatch, IndexMismatch, MissingArtifact
-from aepipe.index import read_index_file, set_search_params
+from aepipe.index import normalize, read_index_file, set_search_params
 from aepipe.io import read_json
 from aepipe.layout import RunLayout
 from aepipe.models.saved import LoadedModel, load_model
-from aepipe.store import arrow_to_codes, open_store
+from aepipe.store import open_store
 from aepipe.versions import current_model_dir
 
 
@@ -79,7 +77,7 @@ class Searcher:
         self._model_dir = Path(model_dir) if model_dir else current_model_dir(self.layout)
         self._model: LoadedModel | None = None
         self._meta: dict[str, tuple[str | None, str | None, str | None]] | None = None
-        self._row_of: Callable[[int], tuple[str, str | None, str | None, str | None] | None] | None = None
+        self._row_meta: list[tuple[str, str | None, str | None, str | None]] | None = None
         self._store = None
 
     @property
@@ -124,18 +122,13 @@ class Searcher:
             self._ids = self._id_column.to_pylist()
         return self._ids
 
-    def _rows(self) -> Callable[[int], tuple[str, str | None, str | None, str | None] | None]:
-        """faiss label -> (id, label, source, snippet), built once, so a hit costs one lookup
-        (per hit, an id lookup plus a dict lookup over all ids was most of the Python cost)."""
-        if self._row_of is None:
+    def _rows(self) -> list[tuple[str, str | None, str | None, str | None]]:
+        """(id, label, source, snippet) of each ids.parquet row, built once, so a hit costs one list
+        lookup (an id lookup plus a dict lookup over all ids per hit was most of the Python cost)."""
+        if self._row_meta is None:
             meta, unknown = self.metadata(), (None, None, None)
-            if self._label_column is None:  # labels are positions
-                rows = [(i, *meta.get(i, unknown)) for i in self.ids]
-                self._row_of = lambda label: rows[label] if label >= 0 else None
-            else:
-                self._row_of = {int(label): (i, *meta.get(i, unknown))
-                                for label, i in zip(self._label_column, self.ids)}.get
-        return self._row_of
+            self._row_meta = [(i, *meta.get(i, unknown)) for i in self.ids]
+        return self._row_meta
 
     def _queries(self, vectors: np.ndarray) -> np.ndarray:
         q = np.asarray(vectors, dtype=np.float32)
@@ -144,10 +137,7 @@ class Searcher:
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise DimensionMismatch(f"query vectors of shape {tuple(q.shape)} have dimension {q.shape[-1] if q.ndim else 0}, "
                                     f"the index has dimension {self.dim} (give an (n, {self.dim}) array)")
-        q = np.ascontiguousarray(q)
-        if self.metric == "cosine":
-            faiss.normalize_L2(q)
-        return q
+        return normalize(q, self.metric)  # cosine: normalised in a copy, never the caller's array
 
     def search_arrays(self, vectors: np.ndarray, k: int = 10) -> SearchArrays:
         """k nearest stored items of each vector as arrays, for batch jobs: no Python object per
@@ -177,16 +167,18 @@ class Searcher:
         ``exclude[i]``: an id to drop from query i's results."""
         q = self._queries(vectors)
         extra = 1 if exclude else 0
-        dist, idx = self.index.search(q, min(k + extra, self.index.ntotal))
+        dist, labels = self.index.search(q, min(k + extra, self.index.ntotal))
         names = query_names or [str(i) for i in range(len(q))]
-        row_of, cosine = self._rows(), self.metric == "cosine"
+        meta, cosine = self._rows(), self.metric == "cosine"
         results = []
         # Python lists, not numpy scalars: the per-hit loop is the cost here besides faiss itself
-        for qi, (drow, irow) in enumerate(zip(dist.tolist(), idx.tolist())):
+        for qi, (drow, rrow) in enumerate(zip(dist.tolist(), self.rows_of(labels).tolist())):
             hits = []
-            for d, i in zip(drow, irow):
-                row = row_of(i)
-                if row is None or (exclude and row[0] == exclude[qi]):
+            for d, r in zip(drow, rrow):
+                if r < 0:
+                    continue
+                row = meta[r]
+                if exclude and row[0] == exclude[qi]:
                     continue
                 hits.append(Hit(names[qi], len(hits) + 1, row[0], 1.0 - d if cosine else d, *row[1:]))
                 if len(hits) == k:

@@ -138,7 +138,7 @@ class PartWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def filter_part(src: Path, dest: Path, keep: list[bool]) -> pa.Table:
+def filter_part(src: Path, dest: Path, keep: np.ndarray) -> pa.Table:
     """Write the rows of part ``src`` where ``keep`` is true to ``dest`` (atomically, schema
     metadata kept); return the whole part as read, for callers that report what was dropped."""
     table = pq.read_table(src)
@@ -191,6 +191,20 @@ class CodeStore:
     def iter_codes(self, batch_size: int = 65_536) -> Iterator[tuple[list[str], np.ndarray]]:
         for batch in self.iter_batches(batch_size, ["id", "code"]):
             yield batch.column(0).to_pylist(), self.codes(batch.column(1))
+
+    def gather(self, position_sets: list[np.ndarray]) -> list[np.ndarray]:
+        """(len(positions), code) float32 codes at each set of sorted store positions, all sets in
+        one streaming pass over the code column (only the chosen rows are kept)."""
+        out: list[list[np.ndarray]] = [[] for _ in position_sets]
+        offset = 0
+        for batch in self.iter_batches(columns=["code"]):
+            codes = self.codes(batch.column(0))
+            for found, pos in zip(out, position_sets):
+                lo, hi = np.searchsorted(pos, [offset, offset + len(codes)])
+                if hi > lo:
+                    found.append(codes[pos[lo:hi] - offset])
+            offset += len(codes)
+        return [np.concatenate(o) if o else np.zeros((0, self.code_size), np.float32) for o in out]
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
         return pa.concat_tables(pq.read_table(p, columns=columns) for p in self.parts)

@@ -38,7 +38,7 @@ from aepipe.corpus.base import Shard, prefetch
 from aepipe.corpus.fingerprint import first_per_id, shard_fingerprints
 from aepipe.encode import MANIFEST, encode_corpus
 from aepipe.errors import IndexMismatch
-from aepipe.index import _ivf, _normalize, build_index, read_index_file, write_index
+from aepipe.index import build_index, ivf_of, normalize, read_index_file, write_index
 from aepipe.io import atomic_write_json, atomic_write_table, fresh_dir, read_json, recover_dir, replace_dir
 from aepipe.layout import IndexFiles, RunLayout
 from aepipe.models.saved import encode_array, inference_settings, load_model
@@ -218,7 +218,7 @@ def _carry_parts(store, drop: pa.Array, dest: Path) -> tuple[int, list[str]]:
             continue
         rewritten.append(part.name)
         if not hit.all():
-            filter_part(part, dest / part.name, (~hit).tolist())
+            filter_part(part, dest / part.name, ~hit)
     return last + 1, rewritten
 
 
@@ -322,7 +322,7 @@ def update_index(cfg: PipelineConfig, layout: RunLayout, store_dir: Path, drop: 
     explicit = "label" in table.column_names
     labels = table.column("label").to_numpy() if explicit else np.arange(len(ids), dtype=np.int64)
     is_flat = isinstance(faiss.downcast_index(index), faiss.IndexFlat) and not explicit
-    if not is_flat and _ivf(index) is None:
+    if not is_flat and ivf_of(index) is None:
         log.info("a %s index cannot remove vectors: rebuilding it", infos["index_class"])
         return "rebuilt", write_index(cfg, store_dir, dest)
     new_ids, new_codes = [], []
@@ -330,7 +330,7 @@ def update_index(cfg: PipelineConfig, layout: RunLayout, store_dir: Path, drop: 
         t = pq.read_table(p, columns=["id", "code"])
         new_ids += t.column("id").chunks
         new_codes.append(arrow_to_codes(t.column("code"), open_store(store_dir).code_dtype))
-    x = _normalize(np.concatenate(new_codes) if new_codes else np.zeros((0, int(infos["dim"])), np.float32), ic.metric)
+    x = normalize(np.concatenate(new_codes) if new_codes else np.zeros((0, int(infos["dim"])), np.float32), ic.metric)
     dropped = pc.is_in(ids, value_set=drop).to_numpy(zero_copy_only=False)
     out_ids = pa.chunked_array(ids.filter(pa.array(~dropped)).chunks + new_ids, pa.string())
     if is_flat:  # labels are positions: remove_ids compacts in order, add appends
@@ -360,7 +360,7 @@ def update_index(cfg: PipelineConfig, layout: RunLayout, store_dir: Path, drop: 
         bytes=out_files.index.stat().st_size, bytes_per_vector=out_files.index.stat().st_size / max(index.ntotal, 1))
     if not is_flat:
         infos.setdefault("imbalance_factor_at_build", infos.get("imbalance_factor"))
-        infos["imbalance_factor"] = round(float(_ivf(index).invlists.imbalance_factor()), 4)
+        infos["imbalance_factor"] = round(float(ivf_of(index).invlists.imbalance_factor()), 4)
     infos["rebuild_advised"] = _rebuild_advice(infos, is_flat, ic.flat_max_items)
     atomic_write_json(out_files.infos, infos)
     if infos["rebuild_advised"]:

@@ -299,3 +299,14 @@ def test_tuning_on_user_supplied_query_codes(run_copy, tmp_path):
     with pytest.raises(ConfigError, match=r"need \(n, 10\)"):
         build_index(run_copy.config(f"index.eval_queries={tmp_path / 'bad.npy'}"))
     assert json.loads(layout.index.infos.read_text())["eval_queries"] == str(tmp_path / "q.npy")  # index kept
+
+
+def test_normalize_never_touches_the_callers_array():
+    from aepipe.index import normalize
+
+    x = np.array([[3.0, 4.0], [0.0, 2.0]], np.float32)
+    x.setflags(write=False)  # e.g. a memory-mapped .npy of eval queries
+    y = normalize(x, "cosine")
+    np.testing.assert_allclose(y, [[0.6, 0.8], [0.0, 1.0]], rtol=1e-6)
+    np.testing.assert_array_equal(x, [[3.0, 4.0], [0.0, 2.0]])
+    assert normalize(x, "l2") is x  # already float32 and contiguous: no copy needed for l2

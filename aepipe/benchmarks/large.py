@@ -25,7 +25,6 @@ import io
 import json
 import logging
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from aepipe.benchmarks import write_results
-from aepipe.benchmarks.stages import RECIPE, TINY_RECIPE, augment, machine, pca_vectors
+from aepipe.benchmarks.stages import RECIPE, TINY_RECIPE, augment, machine, pca_vectors, peak_rss_mb, vector_store
 
 MINUTES_TARGET = 10.0
 RSS_TARGET_GIB = 8.0
@@ -98,27 +97,14 @@ def query_files(args: argparse.Namespace) -> list[Path]:
 
 
 def code_store(args: argparse.Namespace, run_dir: Path) -> None:
-    """A store of ``args.codes`` 32-d codes (PCA of augmented images), written as encode writes one."""
+    """A store of ``args.codes`` 32-d codes (PCA of augmented images), written as encode writes one,
+    1,000,000 per part; made once."""
     from aepipe.layout import RunLayout
-    from aepipe.store import PartWriter, store_schema
 
-    store = RunLayout.at(run_dir).store
-    if (store / "_complete").is_file():
-        return
-    store.mkdir(parents=True, exist_ok=True)
-    vectors = pca_vectors(args, args.codes, seed=2, dim=32)  # cached .npy, made 100k at a time
-    schema = store_schema(32, "float32", {"model_id": "pca-bench", "config": {}})
-    rows = 1_000_000
-    for part, start in enumerate(range(0, len(vectors), rows)):
-        v = np.asarray(vectors[start : start + rows])
-        pos = list(range(start, start + len(v)))
-        writer = PartWriter(store / f"part-{part:05d}.parquet", schema, row_group_size=65_536)
-        for lo in range(0, len(v), 100_000):
-            hi = min(lo + 100_000, len(v))
-            writer.write([f"v{p:08d}" for p in pos[lo:hi]], v[lo:hi], np.zeros(hi - lo, np.float32),
-                         [None] * (hi - lo), [f"pca[{p}]" for p in pos[lo:hi]], pos[lo:hi])
-        writer.close()
-    (store / "_complete").touch()
+    done = RunLayout.at(run_dir).store / "_complete"
+    if not done.is_file():
+        vector_store(run_dir, pca_vectors(args, args.codes, seed=2, dim=32), rows_per_part=1_000_000)
+        done.touch()
 
 
 # ---------------------------------------------------------------- the measured runs (child process)
@@ -178,10 +164,6 @@ def run_codes(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
             "qps": len(queries) / (t3 - t2), "index_string": indexed.index_string, "on_disk": infos.get("on_disk"),
             "params": indexed.params, "recall_at_10_eval": indexed.recall_at_10, "recall_at_10_new_queries": recall,
             "index_seconds": infos["seconds"], "index_bytes": infos["bytes"], "peak_rss_mb_build": rss_after_build}
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 # ---------------------------------------------------------------- driver

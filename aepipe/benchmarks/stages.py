@@ -159,21 +159,21 @@ def bench_encode(args: argparse.Namespace) -> dict[str, Any]:
             "ratio": bare_s / aepipe_s, "unit": "throughput (aepipe / bare forward)"}
 
 
-def _vector_store(args: argparse.Namespace, run_dir: Path, vectors: np.ndarray) -> None:
-    """Write ``vectors`` as a code store (as encode would), so build_index reads them from Parquet."""
+def vector_store(run_dir: Path, vectors: np.ndarray, rows_per_part: int = 500_000, batch: int = 100_000) -> None:
+    """Write ``vectors`` as a fresh code store (as encode would), so build_index reads them from
+    Parquet; ``batch`` rows at a time, so a 10M-vector store never holds 10M ids in Python."""
     from aepipe.io import fresh_dir
     from aepipe.layout import RunLayout
     from aepipe.store import PartWriter, store_schema
 
     store = fresh_dir(RunLayout.at(run_dir).store)
     schema = store_schema(vectors.shape[1], "float32", {"model_id": "pca-bench", "config": {}})
-    rows = 500_000
-    for part, start in enumerate(range(0, len(vectors), rows)):
-        v = vectors[start : start + rows]
-        pos = list(range(start, start + len(v)))
-        writer = PartWriter(store / f"part-{part:05d}.parquet", schema)
-        writer.write([f"v{p:08d}" for p in pos], v, np.zeros(len(v), np.float32), [str(p % 10) for p in pos],
-                     [f"pca[{p}]" for p in pos], pos)
+    for part, start in enumerate(range(0, len(vectors), rows_per_part)):
+        writer = PartWriter(store / f"part-{part:05d}.parquet", schema, row_group_size=65_536)
+        for lo in range(start, min(start + rows_per_part, len(vectors)), batch):
+            pos = list(range(lo, min(lo + batch, start + rows_per_part, len(vectors))))
+            writer.write([f"v{p:08d}" for p in pos], np.asarray(vectors[pos[0] : pos[-1] + 1]),
+                         np.zeros(len(pos), np.float32), [str(p % 10) for p in pos], [f"pca[{p}]" for p in pos], pos)
         writer.close()
 
 
@@ -190,7 +190,7 @@ def bench_index(args: argparse.Namespace) -> dict[str, Any]:
 
     run_dir, cfg = _index_setup(args)
     vectors = pca_vectors(args, args.vectors, seed=2, dim=32)
-    _vector_store(args, run_dir, vectors)
+    vector_store(run_dir, vectors)
 
     def raw_build(factory: str) -> float:
         t = time.perf_counter()
