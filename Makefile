@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,torch==2.13.0)
 OUT ?= aepipe-demo
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-fast test-slow lint clean
 
 setup: $(VENV)/.installed
 
@@ -23,8 +23,22 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/aepipe demo --out $(OUT)
 
-test: setup
+# the fast set, then the slow set (real Prefect server, kill -9, DDP, Dask, benchmarks' tiny forms);
+# lint and type check first, as CI does
+test: setup lint
 	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m slow
+
+test-fast: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

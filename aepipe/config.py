@@ -7,17 +7,85 @@ beside every artifact so a model can be rebuilt from its directory alone.
 
 from __future__ import annotations
 
+import logging
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from aepipe.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ImageSourceConfig(_Section):
+    """``corpus.images``: how image items are read."""
+
+    column: str = Field("image", description="Parquet: column of encoded image bytes (or HF-style {bytes, path})")
+    array_key: str | None = Field(None, description="npz key of the images (default: first 3-D/4-D array)")
+    labels_key: str | None = Field(None, description="npz key of the labels (default: 'y', 'labels' or 'y_*')")
+    extensions: list[str] = [".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"]
+    max_pixels: int = Field(
+        40_000_000, gt=0, description="items with more pixels are quarantined (decompression bombs)"
+    )
+    max_file_bytes: int = Field(256 * 2**20, gt=0)
+
+
+class DocumentSourceConfig(_Section):
+    """``corpus.documents``: how document items are read."""
+
+    text_column: str = Field("text", description="column (Parquet, JSONL, CSV) holding the text")
+    extensions: list[str] = Field([".txt", ".md"], description="file types read from a folder")
+    max_doc_bytes: int = Field(2**20, gt=0, description="longer documents are quarantined")
+    snippet_chars: int = Field(200, ge=0, description="length of the text snippet kept in the store")
+    encoding: str | None = Field(
+        None, description="encoding to try after UTF-8 (default: detect; Latin-1 is the last resort and is recorded)"
+    )
+
+
+# Keys that lived flat under corpus/features before they got sections of their own: still read
+# (with a warning) so older configs and saved runs keep working.
+_MOVED_KEYS = {
+    ("corpus", "image_column"): ("images", "column"),
+    ("corpus", "array_key"): ("images", "array_key"),
+    ("corpus", "labels_key"): ("images", "labels_key"),
+    ("corpus", "extensions"): ("images", "extensions"),
+    ("corpus", "max_pixels"): ("images", "max_pixels"),
+    ("corpus", "max_file_bytes"): ("images", "max_file_bytes"),
+    ("corpus", "text_column"): ("documents", "text_column"),
+    ("corpus", "text_extensions"): ("documents", "extensions"),
+    ("corpus", "max_doc_bytes"): ("documents", "max_doc_bytes"),
+    ("corpus", "snippet_chars"): ("documents", "snippet_chars"),
+    ("corpus", "encoding"): ("documents", "encoding"),
+    ("features", "image_size"): ("image", "size"),
+    ("features", "channels"): ("image", "channels"),
+}
+
+
+def _move_old_keys(section: str, data: Any) -> Any:
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for (sec, old), (sub, new) in _MOVED_KEYS.items():
+        if sec == section and old in data:
+            log.warning("config key %s.%s is now %s.%s.%s; please update your config", sec, old, sec, sub, new)
+            target = dict(data.get(sub) or {})
+            target.setdefault(new, data.pop(old))
+            data[sub] = target
+    return data
 
 
 class CorpusConfig(_Section):
@@ -31,20 +99,15 @@ class CorpusConfig(_Section):
     source: str = "digits"
     format: Literal["auto", "digits", "folder", "parquet", "numpy", "jsonl", "csv", "python_docs"] = "auto"
     id_column: str = "id"
-    image_column: str = "image"
-    text_column: str = Field("text", description="documents: column (Parquet, JSONL, CSV) holding the text")
-    text_extensions: list[str] = Field([".txt", ".md"], description="documents: file types read from a folder")
-    max_doc_bytes: int = Field(2**20, gt=0, description="documents: longer documents are quarantined")
-    snippet_chars: int = Field(200, ge=0, description="documents: length of the text snippet kept in the store")
-    encoding: str | None = Field(None, description="documents: encoding to try after UTF-8 (default: detect; "
-                                 "Latin-1 is the last resort and is recorded)")
     label_column: str | None = "label"
-    array_key: str | None = Field(None, description="npz key of the images (default: first 3-D/4-D array)")
-    labels_key: str | None = Field(None, description="npz key of the labels (default: 'y', 'labels' or 'y_*')")
-    extensions: list[str] = [".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"]
-    max_pixels: int = Field(40_000_000, gt=0, description="items with more pixels are quarantined (decompression bombs)")
-    max_file_bytes: int = Field(256 * 2**20, gt=0)
     limit: int | None = Field(None, gt=0, description="read only the first N items")
+    images: ImageSourceConfig = ImageSourceConfig()
+    documents: DocumentSourceConfig = DocumentSourceConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keys(cls, data: Any) -> Any:
+        return _move_old_keys("corpus", data)
 
 
 class TextFeaturesConfig(_Section):
@@ -61,13 +124,24 @@ class TextFeaturesConfig(_Section):
     ngram_max: int = Field(1, ge=1, le=3, description="longest n-gram counted as a term")
 
 
+class ImageFeaturesConfig(_Section):
+    """``features.image``: the model's input shape (C, H, W), pixels in [0, 1]."""
+
+    size: tuple[int, int] | None = Field(None, description="(H, W); default: size of the first good item")
+    channels: Literal[1, 3] | None = Field(None, description="default: 1 for grayscale corpora, else 3")
+
+
 class FeaturesConfig(_Section):
     """How items become model inputs: images (C, H, W) float32 in [0, 1]; documents a
     weighted bag-of-words vector (V,)."""
 
+    image: ImageFeaturesConfig = ImageFeaturesConfig()
     text: TextFeaturesConfig = TextFeaturesConfig()
-    image_size: tuple[int, int] | None = Field(None, description="(H, W); default: size of the first good item")
-    channels: Literal[1, 3] | None = Field(None, description="default: 1 for grayscale corpora, else 3")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keys(cls, data: Any) -> Any:
+        return _move_old_keys("features", data)
 
 
 class SparsityConfig(_Section):
@@ -91,8 +165,10 @@ class ContractiveConfig(_Section):
 
     weight: float = Field(1e-3, gt=0)
     method: Literal["auto", "exact", "projections"] = Field(
-        "auto", description="exact: closed form for a one-layer sigmoid encoder; projections: "
-        "unbiased random-projection estimate (vector-Jacobian products) for any encoder")
+        "auto",
+        description="exact: closed form for a one-layer sigmoid encoder; projections: "
+        "unbiased random-projection estimate (vector-Jacobian products) for any encoder",
+    )
     n_projections: int = Field(1, ge=1)
 
 
@@ -110,18 +186,24 @@ class ModelConfig(_Section):
 
     architecture: Literal["dense", "conv"] = "dense"
     code_size: int = Field(10, gt=0)
-    n_layers: int = Field(3, ge=0, le=8, description="hidden layers of the encoder (0: a single code layer, dense only)")
+    n_layers: int = Field(
+        3, ge=0, le=8, description="hidden layers of the encoder (0: a single code layer, dense only)"
+    )
     nodes_per_layer: int | list[int] | None = Field(
         None,
         description="hidden widths (dense) or channels (conv) of the encoder; the decoder mirrors them. "
         "Default: 512, 256, 128... (dense) or 32, 64, 128... (conv)",
     )
     loss: Literal["auto", "mse", "bce", "softmax"] = Field(
-        "auto", description="auto: softmax for documents (cross-entropy of the word distribution), "
-        "BCE for inputs in [0, 1], else MSE")
+        "auto",
+        description="auto: softmax for documents (cross-entropy of the word distribution), "
+        "BCE for inputs in [0, 1], else MSE",
+    )
     decoder: Literal["mirror", "linear"] = Field(
-        "mirror", description="mirror: the encoder's layers reversed; linear: one linear layer from the code "
-        "to the output (dense only; for documents, topic-like codes)")
+        "mirror",
+        description="mirror: the encoder's layers reversed; linear: one linear layer from the code "
+        "to the output (dense only; for documents, topic-like codes)",
+    )
     activation: Literal["relu", "gelu", "leaky_relu", "tanh", "sigmoid"] = "gelu"
     code_activation: Literal["linear", "relu", "sigmoid"] = "linear"
     batch_norm: bool = False
@@ -135,9 +217,7 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
         if isinstance(self.nodes_per_layer, list) and len(self.nodes_per_layer) != self.n_layers:
-            raise ValueError(
-                f"nodes_per_layer has {len(self.nodes_per_layer)} entries but n_layers is {self.n_layers}"
-            )
+            raise ValueError(f"nodes_per_layer has {len(self.nodes_per_layer)} entries but n_layers is {self.n_layers}")
         widths = self.nodes_per_layer if isinstance(self.nodes_per_layer, list) else [self.nodes_per_layer or 1]
         if any(w <= 0 for w in widths):
             raise ValueError("nodes_per_layer must be positive")
@@ -152,20 +232,31 @@ class ModelConfig(_Section):
         if self.variational and self.sparsity:
             raise ValueError("variational and sparsity do not combine: the VAE's KL term already regularises the code")
         if self.contractive and self.contractive.method == "exact" and not self.exact_contractive_possible():
-            raise ValueError("contractive.method exact needs a dense encoder with n_layers: 0 and "
-                             "code_activation: sigmoid (one sigmoid layer); use method: projections")
+            raise ValueError(
+                "contractive.method exact needs a dense encoder with n_layers: 0 and "
+                "code_activation: sigmoid (one sigmoid layer); use method: projections"
+            )
         return self
 
     def exact_contractive_possible(self) -> bool:
-        return (self.architecture == "dense" and self.n_layers == 0 and self.code_activation == "sigmoid"
-                and not self.variational)
+        return (
+            self.architecture == "dense"
+            and self.n_layers == 0
+            and self.code_activation == "sigmoid"
+            and not self.variational
+        )
 
     @property
     def kinds(self) -> list[str]:
         """Names of the autoencoder kinds this config combines, e.g. ['conv', 'denoising']."""
-        out = [self.architecture]
-        for name, on in (("sparse", self.sparsity), ("denoising", self.denoising), ("contractive", self.contractive),
-                         ("variational", self.variational), ("transfer", self.transfer)):
+        out: list[str] = [self.architecture]
+        for name, on in (
+            ("sparse", self.sparsity),
+            ("denoising", self.denoising),
+            ("contractive", self.contractive),
+            ("variational", self.variational),
+            ("transfer", self.transfer),
+        ):
             if on:
                 out.append(name)
         return out
@@ -201,8 +292,12 @@ class TrainingConfig(_Section):
     test_fraction: float = Field(0.1, ge=0, lt=0.5, description="held out for the metrics in metrics.json")
     early_stopping_patience: int = Field(15, ge=1)
     max_items: int | None = Field(None, gt=0, description="train on a random sample of at most this many items")
-    max_memory_mb: float = Field(4096, gt=0, description="cap on the in-memory training array (float32 inputs): "
-                                 "a larger sample is subsampled, with a warning")
+    max_memory_mb: float = Field(
+        4096,
+        gt=0,
+        description="cap on the in-memory training array (float32 inputs): "
+        "a larger sample is subsampled, with a warning",
+    )
     seed: int = 0
     accelerator: str = "cpu"
     devices: int | str = 1
@@ -224,21 +319,28 @@ class EncodeConfig(_Section):
     batch_size: int = Field(512, ge=1)
     code_dtype: Literal["float32", "float16"] = "float32"
     code_layout: Literal["binary", "list"] = Field(
-        "binary", description="the store's code column: fixed-size binary (fast to write and read; decode with "
-        "aepipe.store.arrow_to_codes or numpy.frombuffer) or fixed-size list of floats (an array column in any "
-        "Parquet tool, ~6x slower to write)")
+        "binary",
+        description="the store's code column: fixed-size binary (fast to write and read; decode with "
+        "aepipe.codes.store.arrow_to_codes or numpy.frombuffer) or fixed-size list of floats (an array column in any "
+        "Parquet tool, ~6x slower to write)",
+    )
     rows_per_part: int = Field(100_000, ge=1, description="items per shard / Parquet part file")
     row_group_size: int = Field(32_768, ge=1)
     compression: Literal["none", "snappy", "lz4", "zstd"] = "snappy"
     task_runner: Literal["threads", "processes", "dask", "ray"] = Field(
-        "threads", description="how the Prefect encode flow runs shard tasks (dask/ray need prefect-dask/prefect-ray)")
+        "threads", description="how the Prefect encode flow runs shard tasks (dask/ray need prefect-dask/prefect-ray)"
+    )
     workers: int = Field(2, ge=1, description="parallel shard tasks")
     dask_address: str | None = Field(None, description="existing Dask scheduler (default: a local cluster)")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
     autocast: Literal["auto", "off", "bf16", "fp16"] = Field(
-        "auto", description="forward-pass precision; auto: bf16 (fp16 on older GPUs) on CUDA, off on the CPU")
-    prefetch_batches: int = Field(2, ge=0, description="batches read and decoded ahead in a background thread "
-                                  "while the model runs (0: read in line)")
+        "auto", description="forward-pass precision; auto: bf16 (fp16 on older GPUs) on CUDA, off on the CPU"
+    )
+    prefetch_batches: int = Field(
+        2,
+        ge=0,
+        description="batches read and decoded ahead in a background thread while the model runs (0: read in line)",
+    )
 
 
 class IndexConfig(_Section):
@@ -247,14 +349,21 @@ class IndexConfig(_Section):
     memory_budget_mb: float = Field(2048, gt=0)
     recall_target: float = Field(0.95, gt=0, le=1)
     n_eval_queries: int = Field(500, ge=1)
-    eval_queries: str | None = Field(None, description="a .npy (N, code size) of real query codes to tune on (their "
-                                     "first n_eval_queries); default: held-out stored items")
+    eval_queries: str | None = Field(
+        None,
+        description="a .npy (N, code size) of real query codes to tune on (their "
+        "first n_eval_queries); default: held-out stored items",
+    )
     flat_max_items: int = Field(50_000, ge=1, description="exact (Flat) search up to this many vectors")
     add_batch_size: int = Field(65_536, ge=1)
     on_disk: Literal["auto", "always", "never"] = Field(
-        "auto", description="IVF inverted lists in index.ivfdata, memory-mapped at search time (faiss OnDiskInvertedLists), "
-        "built shard by shard and merged on disk; auto: when the index would not fit memory_budget_mb in RAM")
-    on_disk_shard_items: int = Field(1_000_000, ge=1, description="vectors per partial index held in RAM while building on disk")
+        "auto",
+        description="IVF inverted lists in index.ivfdata, memory-mapped at search time (faiss OnDiskInvertedLists), "
+        "built shard by shard and merged on disk; auto: when the index would not fit memory_budget_mb in RAM",
+    )
+    on_disk_shard_items: int = Field(
+        1_000_000, ge=1, description="vectors per partial index held in RAM while building on disk"
+    )
     seed: int = 0
 
 
@@ -263,8 +372,12 @@ class ClusterConfig(_Section):
     niter: int = Field(50, ge=1)
     n_redo: int = Field(3, ge=1)
     seed: int = 0
-    max_train_items: int = Field(262_144, ge=1, description="train k-means on a seeded sample of at most this many "
-                                 "codes (every item is still assigned); a store no larger trains on all of them")
+    max_train_items: int = Field(
+        262_144,
+        ge=1,
+        description="train k-means on a seeded sample of at most this many "
+        "codes (every item is still assigned); a store no larger trains on all of them",
+    )
     n_top_terms: int = Field(10, ge=1, description="documents: terms listed per topic")
     n_exemplars: int = Field(3, ge=0, description="documents: exemplar documents listed per topic")
 
@@ -272,9 +385,13 @@ class ClusterConfig(_Section):
 class EvaluationConfig(_Section):
     """``aepipe eval``: held-out queries against the rest, AE codes next to PCA."""
 
-    queries: str | None = Field(None, description="corpus source of the query items (default: the run's held-out test split)")
+    queries: str | None = Field(
+        None, description="corpus source of the query items (default: the run's held-out test split)"
+    )
     queries_array_key: str | None = Field(None, description="npz key of the query images, e.g. x_test")
-    max_items: int = Field(100_000, ge=10, description="evaluate on a seeded sample of at most this many database items")
+    max_items: int = Field(
+        100_000, ge=10, description="evaluate on a seeded sample of at most this many database items"
+    )
     map_k: int = Field(100, ge=1)
     umap: bool = Field(False, description="also cluster after a UMAP embedding of the codes (needs umap-learn)")
     umap_dim: int = Field(10, ge=2)
@@ -287,21 +404,24 @@ class DriftConfig(_Section):
     items lie above the held-out ``percentile``-th percentile (about 1 - percentile/100 without drift)."""
 
     action: Literal["recommend", "retrain"] = Field(
-        "recommend", description="recommend: log it and report it in the update result; retrain: then retrain, "
-        "re-encode and re-index")
+        "recommend",
+        description="recommend: log it and report it in the update result; retrain: then retrain, "
+        "re-encode and re-index",
+    )
     percentile: float = Field(95.0, gt=0, lt=100)
     threshold: float = Field(0.25, gt=0, lt=1, description="share of new items above the percentile that is drift")
     min_items: int = Field(20, ge=1, description="fewer new items than this: no verdict")
-
-
-class QueryConfig(_Section):
-    k: int = Field(10, ge=1)
 
 
 class PipelineConfig(_Section):
     """The whole pipeline. ``run_dir`` is where every artifact goes (see layout.py)."""
 
     run_dir: str = "runs/default"
+    preset: Literal["auto", "none", "images", "documents"] = Field(
+        "auto",
+        description="named defaults applied under your keys (aepipe/presets/*.yaml; `aepipe config show "
+        "--preset NAME`); auto: the preset of corpus.kind; none: the plain defaults",
+    )
     corpus: CorpusConfig = CorpusConfig()
     features: FeaturesConfig = FeaturesConfig()
     model: ModelConfig = ModelConfig()
@@ -311,21 +431,27 @@ class PipelineConfig(_Section):
     cluster: ClusterConfig = ClusterConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     drift: DriftConfig = DriftConfig()
-    query: QueryConfig = QueryConfig()
 
     @model_validator(mode="before")
     @classmethod
-    def _document_defaults(cls, data: Any) -> Any:
-        """``corpus.kind: documents`` changes the defaults of unset keys to the document recipe."""
-        if isinstance(data, dict) and isinstance(data.get("corpus"), dict) and data["corpus"].get("kind") == "documents":
-            defaults = {k: dict(v) for k, v in DOCUMENT_DEFAULTS.items()}
-            model = data.get("model") if isinstance(data.get("model"), dict) else {}
-            if "n_layers" in model or model.get("architecture") == "conv":  # widths follow the user's depth
-                defaults["model"].pop("nodes_per_layer")
-            if model.get("architecture") == "conv":
-                defaults["model"].pop("decoder")
-            return _merge(defaults, data)
-        return data
+    def _apply_preset(cls, data: Any) -> Any:
+        """``preset``: the named defaults (``aepipe/presets/NAME.yaml``, shown by ``aepipe config show
+        --preset NAME``) under the keys the user set. ``auto``: the preset of ``corpus.kind``."""
+        if not isinstance(data, dict):
+            return data
+        name = data.get("preset", "auto")
+        if name == "auto":
+            corpus: dict[str, Any] = data["corpus"] if isinstance(data.get("corpus"), dict) else {}
+            name = corpus.get("kind", "images")
+        if name == "none" or name not in PRESETS:
+            return data
+        preset = load_preset(name)
+        model: dict[str, Any] = data["model"] if isinstance(data.get("model"), dict) else {}
+        if "n_layers" in model or model.get("architecture") == "conv":  # widths follow the user's depth
+            preset.get("model", {}).pop("nodes_per_layer", None)
+        if model.get("architecture") == "conv":
+            preset.get("model", {}).pop("decoder", None)
+        return _merge(preset, data)
 
     @field_validator("run_dir")
     @classmethod
@@ -335,15 +461,15 @@ class PipelineConfig(_Section):
         return v
 
 
-# Defaults for document corpora (keys the user sets win): a 2000-500-250-125-code encoder with
-# batch norm, a linear decoder to word logits (softmax cross-entropy), 50 % masking noise, and
-# cosine search. From the 20 Newsgroups recipe search; nothing in it depends on that corpus.
-DOCUMENT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "model": {"nodes_per_layer": [500, 250, 125], "batch_norm": True, "decoder": "linear", "loss": "softmax",
-              "denoising": {"noise": "masking", "level": 0.5}},
-    "training": {"lr": 3e-3, "batch_size": 256, "weight_decay": 1e-4},
-    "index": {"metric": "cosine"},
-}
+PRESETS = ("images", "documents")
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The defaults of a named preset (a YAML shipped in aepipe/presets/)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
+    text = resources.files("aepipe.presets").joinpath(f"{name}.yaml").read_text()
+    return yaml.safe_load(text) or {}
 
 
 def format_validation_error(err: ValidationError) -> str:

@@ -25,5 +25,22 @@ class IndexMismatch(AepipeError):
     """Index, store and model come from different models."""
 
 
+class MissingExtra(AepipeError):
+    """An optional dependency (an ``aepipe[extra]``) is needed for what was asked."""
+
+
+def missing_extra(package: str, extra: str, what: str) -> MissingExtra:
+    """The error for ``what`` needing ``package``, naming the install command."""
+    return MissingExtra(f"{what} needs {package}: pip install 'aepipe[{extra}]'")
+
+
 class TrainingError(AepipeError):
     """Training failed as a whole (e.g. a DDP training process exited with an error)."""
+
+
+class BadItem(Exception):
+    """One corpus item that cannot be used (quarantined with ``reason``, never raised to users)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason

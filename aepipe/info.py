@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from aepipe.codes.store import PART_GLOB, open_store
 from aepipe.errors import MissingArtifact
-from aepipe.io import read_json
+from aepipe.files import read_json
 from aepipe.layout import IndexFiles, ModelFiles, RunLayout
-from aepipe.store import PART_GLOB, open_store
 
 
 def _model(root: Path) -> dict[str, Any]:
@@ -22,8 +22,14 @@ def _model(root: Path) -> dict[str, Any]:
 def _store(root: Path) -> dict[str, Any]:
     store = open_store(root)
     meta = {k: v for k, v in store.meta.items() if k != "config"}
-    return {"kind": "store", "path": str(root), "n_items": store.n_items, "n_parts": len(store.parts),
-            "columns": store.dataset.schema.names, **meta}
+    return {
+        "kind": "store",
+        "path": str(root),
+        "n_items": store.n_items,
+        "n_parts": len(store.parts),
+        "columns": store.dataset.schema.names,
+        **meta,
+    }
 
 
 def _index(root: Path) -> dict[str, Any]:

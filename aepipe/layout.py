@@ -1,19 +1,19 @@
 """The one place that names files under a run directory.
 
-    run_dir/
-      config.yaml            resolved config of the last run
-      report.json            summary of the last pipeline run
-      models/                <model_id>/ (published versions, as model/), current.json (the one queries use)
-      model/                 weights.safetensors, model.json, config.json, preprocess.json, metrics.json,
-                             checkpoints/, logs/ (Lightning CSV metrics)
-      store/                 part-*.parquet (one latent code per item), _manifest.json,
-                             _items.parquet (fingerprint of every corpus item the store reflects)
-      quarantine/            <stage>.parquet: items that could not be read (id, source, reason)
-      index/                 index.faiss, ids.parquet, index_infos.json (+ index.ivfdata on disk)
-      clusters/              assignments.parquet, summary.json, centroids.npy, prototypes.png (images)
-                             or topics.json (documents)
-      .staging/              work in progress; swapped into place when complete
-                             (update/: a new store + index, swapped when its COMMIT marker exists)
+run_dir/
+  config.yaml            resolved config of the last run
+  report.json            summary of the last pipeline run
+  models/                <model_id>/ (published versions, as model/), current.json (the one queries use)
+  model/                 weights.safetensors, model.json, config.json, preprocess.json, metrics.json,
+                         checkpoints/, logs/ (Lightning CSV metrics)
+  store/                 part-*.parquet (one latent code per item), _manifest.json,
+                         _items.parquet (fingerprint of every corpus item the store reflects)
+  quarantine/            <stage>.parquet: items that could not be read (id, source, reason)
+  index/                 index.faiss, ids.parquet, index_infos.json (+ index.ivfdata on disk)
+  clusters/              assignments.parquet, summary.json, centroids.npy, prototypes.png (images)
+                         or topics.json (documents)
+  .staging/              work in progress; swapped into place when complete
+                         (update/: a new store + index, swapped when its COMMIT marker exists)
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ class RunLayout:
 
     @property
     def models(self) -> Path:
-        """Published model versions (see aepipe.versions)."""
+        """Published model versions (see aepipe.model.registry)."""
         return self.root / "models"
 
     def model_version(self, model_id: str) -> ModelFiles:

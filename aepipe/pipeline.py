@@ -1,31 +1,50 @@
-"""The whole pipeline as plain function calls (no orchestrator). The Prefect
-pipeline flow in flows/pipeline.py composes the same stage functions."""
+"""The whole pipeline as plain function calls (no orchestrator): train -> encode -> index (+ publish
+the model version that matches it) -> cluster -> report. The Prefect pipeline flow in
+flows/pipeline.py composes the same functions."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from aepipe.cluster import cluster_codes
+from aepipe.cluster.kmeans import cluster_codes
+from aepipe.codes.encode import encode_corpus
 from aepipe.config import PipelineConfig, dump_config
-from aepipe.encode import encode_corpus
-from aepipe.index import build_index
-from aepipe.io import atomic_write_bytes
+from aepipe.files import atomic_write_bytes
+from aepipe.index.build import IndexResult, build_index
 from aepipe.layout import RunLayout
-from aepipe.report import build_report
-from aepipe.train import train_model
+from aepipe.model.registry import publish_model_version
+from aepipe.model.train import train_model
+from aepipe.report.summary import build_report
+
+R = TypeVar("R")
 
 
 def save_run_config(cfg: PipelineConfig) -> None:
     atomic_write_bytes(RunLayout.at(cfg.run_dir).config, dump_config(cfg).encode())
 
 
+def index_stage(cfg: PipelineConfig) -> IndexResult:
+    """Build the index, then publish the model version whose store and index are now complete
+    (``RUN/models/current.json``), so queries switch to it."""
+    result = build_index(cfg)
+    publish_model_version(RunLayout.at(cfg.run_dir), result.model_id, cfg.training.keep_versions)
+    return result
+
+
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     save_run_config(cfg)
     timings: dict[str, float] = {}
-    results = []
-    for name, stage in (("train", train_model), ("encode", encode_corpus), ("index", build_index), ("cluster", cluster_codes)):
+
+    def timed_stage(name: str, stage: Callable[[PipelineConfig], R]) -> R:
         t = time.perf_counter()
-        results.append(stage(cfg))
+        result = stage(cfg)
         timings[name] = time.perf_counter() - t
-    return build_report(cfg, *results, timings)
+        return result
+
+    trained = timed_stage("train", train_model)
+    encoded = timed_stage("encode", encode_corpus)
+    indexed = timed_stage("index", index_stage)
+    clustered = timed_stage("cluster", cluster_codes)
+    return build_report(cfg, trained, encoded, indexed, clustered, timings)

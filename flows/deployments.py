@@ -12,16 +12,28 @@ from prefect.schedules import Cron
 
 from aepipe.config import PipelineConfig
 from aepipe.errors import ConfigError
-from flows.pipeline import pipeline_flow
-from flows.stages import cluster_flow, encode_flow, index_flow, train_flow
-from flows.update import update_flow
+from aepipe_flows.pipeline import pipeline_flow
+from aepipe_flows.stages import cluster_flow, encode_flow, index_flow, train_flow
+from aepipe_flows.update import update_flow
 
-FLOWS = {"pipeline": pipeline_flow, "update": update_flow, "train": train_flow, "encode": encode_flow,
-         "index": index_flow, "cluster": cluster_flow}
+FLOWS = {
+    "pipeline": pipeline_flow,
+    "update": update_flow,
+    "train": train_flow,
+    "encode": encode_flow,
+    "index": index_flow,
+    "cluster": cluster_flow,
+}
 # Nightly full pipeline; the single stages and the incremental update run on demand (or on a schedule
 # given with --cron, e.g. `--cron 'update=0 2 * * *' --cron pipeline=none` for nightly updates instead).
-DEFAULT_SCHEDULES: dict[str, str | None] = {"pipeline": "0 2 * * *", "update": None, "train": None, "encode": None,
-                                            "index": None, "cluster": None}
+DEFAULT_SCHEDULES: dict[str, str | None] = {
+    "pipeline": "0 2 * * *",
+    "update": None,
+    "train": None,
+    "encode": None,
+    "index": None,
+    "cluster": None,
+}
 
 
 def parse_schedules(items: list[str], base: dict[str, str | None] | None = None) -> dict[str, str | None]:
@@ -36,26 +48,36 @@ def parse_schedules(items: list[str], base: dict[str, str | None] | None = None)
     return schedules
 
 
-def build_deployments(config: PipelineConfig, schedules: dict[str, str | None], name: str = "default",
-                      timezone: str = "UTC") -> list[RunnerDeployment]:
+def build_deployments(
+    config: PipelineConfig, schedules: dict[str, str | None], name: str = "default", timezone: str = "UTC"
+) -> list[RunnerDeployment]:
     """One deployment per flow, named ``<flow name>/<name>``, with ``config`` as its parameter."""
     deployments = []
     for key, flow in FLOWS.items():
         cron = schedules.get(key)
         try:
-            deployments.append(flow.to_deployment(
-                name=name,
-                schedules=[Cron(cron, timezone=timezone)] if cron else None,
-                parameters={"config": config.model_dump(mode="json")},
-                tags=["aepipe"],
-                description=f"aepipe {key} on {config.corpus.source} into {config.run_dir}",
-            ))
+            deployments.append(
+                flow.to_deployment(
+                    name=name,
+                    schedules=[Cron(cron, timezone=timezone)] if cron else None,
+                    parameters={"config": config.model_dump(mode="json")},
+                    tags=["aepipe"],
+                    description=f"aepipe {key} on {config.corpus.source} into {config.run_dir}",
+                )
+            )
         except ValueError as exc:
-            raise ConfigError(f"schedule of {key} ({cron!r}, timezone {timezone}): {str(exc).splitlines()[-1]}") from None
+            raise ConfigError(
+                f"schedule of {key} ({cron!r}, timezone {timezone}): {str(exc).splitlines()[-1]}"
+            ) from None
     return deployments
 
 
-def serve_deployments(config: PipelineConfig, schedules: dict[str, str | None], name: str = "default",
-                      timezone: str = "UTC", limit: int | None = None) -> None:
+def serve_deployments(
+    config: PipelineConfig,
+    schedules: dict[str, str | None],
+    name: str = "default",
+    timezone: str = "UTC",
+    limit: int | None = None,
+) -> None:
     """Register the deployments with the Prefect API and run their flow runs here until stopped."""
     serve(*build_deployments(config, schedules, name, timezone), limit=limit)

@@ -9,9 +9,16 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
+from aepipe.codes.encode import (
+    EncodePlan,
+    EncodeResult,
+    ShardResult,
+    encode_shard,
+    finalize_store,
+    plan_encode,
+)
 from aepipe.config import EncodeConfig, PipelineConfig
 from aepipe.corpus import Shard
-from aepipe.encode import EncodePlan, EncodeResult, ShardResult, encode_shard, finalize_store, plan_encode
 from aepipe.errors import ConfigError
 
 
@@ -41,21 +48,32 @@ def task_runner(cfg: EncodeConfig) -> TaskRunner:
 
             if cfg.dask_address:
                 return DaskTaskRunner(address=cfg.dask_address)
-            return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.workers, "threads_per_worker": 1,
-                                                  "processes": True, "dashboard_address": None})
+            return DaskTaskRunner(
+                cluster_kwargs={
+                    "n_workers": cfg.workers,
+                    "threads_per_worker": 1,
+                    "processes": True,
+                    "dashboard_address": None,
+                }
+            )
         from prefect_ray import RayTaskRunner
 
         return RayTaskRunner()
     except ImportError:
-        raise ConfigError(f"encode.task_runner={cfg.task_runner} needs pip install 'aepipe[{cfg.task_runner}]'") from None
+        raise ConfigError(
+            f"encode.task_runner={cfg.task_runner} needs pip install 'aepipe[{cfg.task_runner}]'"
+        ) from None
 
 
 @flow(name="aepipe-encode-sharded")
 def _encode_sharded(config: PipelineConfig) -> EncodeResult:
     plan = plan_task(config)
     n_shards = max(len(plan.shards), 1)
-    progress = create_progress_artifact(100.0 * len(plan.done) / n_shards, key="aepipe-encode-progress",
-                                        description=f"shards of {config.corpus.source} encoded into {config.run_dir}")
+    progress = create_progress_artifact(
+        100.0 * len(plan.done) / n_shards,
+        key="aepipe-encode-progress",
+        description=f"shards of {config.corpus.source} encoded into {config.run_dir}",
+    )
     futures = [shard_task.submit(config, plan, shard) for shard in plan.pending]
     results = []
     for future in as_completed(futures):  # progress per finished shard, in whatever order they finish

@@ -10,9 +10,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from aepipe.config import PipelineConfig
 from aepipe.pipeline import save_run_config
-from aepipe.report import build_report, report_markdown, report_rows
-from flows.encode import encode_sharded_flow
-from flows.stages import cluster_task, index_task, train_task
+from aepipe.report.summary import build_report, report_markdown, report_rows
+from aepipe_flows.encode import encode_sharded_flow
+from aepipe_flows.stages import cluster_task, index_task, train_task
 
 
 @flow(name="aepipe-pipeline", log_prints=True)
@@ -21,7 +21,12 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict:
     timings: dict[str, float] = {}
     results = []
     # encode is a subflow: one task per shard, fanned out by config.encode.task_runner
-    for name, task in (("train", train_task), ("encode", encode_sharded_flow), ("index", index_task), ("cluster", cluster_task)):
+    for name, task in (
+        ("train", train_task),
+        ("encode", encode_sharded_flow),
+        ("index", index_task),
+        ("cluster", cluster_task),
+    ):
         t = time.perf_counter()
         results.append(task(config))
         timings[name] = time.perf_counter() - t

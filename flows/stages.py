@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from prefect import flow, task
 
-from aepipe.cluster import ClusterResult, cluster_codes
+from aepipe.cluster.kmeans import ClusterResult, cluster_codes
+from aepipe.codes.encode import EncodeResult, encode_corpus
 from aepipe.config import PipelineConfig
-from aepipe.encode import EncodeResult, encode_corpus
-from aepipe.index import IndexResult, build_index
-from aepipe.train import TrainResult, train_model
+from aepipe.index.build import IndexResult
+from aepipe.model.train import TrainResult, train_model
+from aepipe.pipeline import index_stage
 
 
 @task(name="train")
@@ -23,7 +24,7 @@ def encode_task(config: PipelineConfig) -> EncodeResult:
 
 @task(name="index")
 def index_task(config: PipelineConfig) -> IndexResult:
-    return build_index(config)
+    return index_stage(config)
 
 
 @task(name="cluster")

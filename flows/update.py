@@ -17,17 +17,25 @@ def update_task(config: PipelineConfig) -> UpdateResult:
 
 
 def update_markdown(r: UpdateResult) -> str:
-    lines = [f"# aepipe update: {r.store_dir}", "", f"model `{r.model_id}`", "",
-             "| new | changed | removed | unchanged | quarantined | items | index |",
-             "|---|---|---|---|---|---|---|",
-             f"| {r.n_added} | {r.n_changed} | {r.n_removed} | {r.n_unchanged} | {r.n_quarantined} | {r.n_items} "
-             f"| {r.index_update}, {r.index_ntotal} vectors |", ""]
+    lines = [
+        f"# aepipe update: {r.store_dir}",
+        "",
+        f"model `{r.model_id}`",
+        "",
+        "| new | changed | removed | unchanged | quarantined | items | index |",
+        "|---|---|---|---|---|---|---|",
+        f"| {r.n_added} | {r.n_changed} | {r.n_removed} | {r.n_unchanged} | {r.n_quarantined} | {r.n_items} "
+        f"| {r.index_update}, {r.index_ntotal} vectors |",
+        "",
+    ]
     if r.drift:
         d = r.drift
-        lines.append(f"drift: {'**yes**' if d['drifted'] else 'no'} ({100 * d['share_above']:.0f}% of {d['n_new']} new "
-                     f"items above the {d['percentile']:g}th percentile of {d['n_reference']} {d['reference']} items; "
-                     f"threshold {100 * d['threshold']:.0f}%, KS {d['ks_statistic']:.3f}); action: {d['action']}"
-                     + (" (retrained)" if r.retrained else ""))
+        lines.append(
+            f"drift: {'**yes**' if d['drifted'] else 'no'} ({100 * d['share_above']:.0f}% of {d['n_new']} new "
+            f"items above the {d['percentile']:g}th percentile of {d['n_reference']} {d['reference']} items; "
+            f"threshold {100 * d['threshold']:.0f}%, KS {d['ks_statistic']:.3f}); action: {d['action']}"
+            + (" (retrained)" if r.retrained else "")
+        )
     if r.rebuild_advised:
         lines.append(f"index: {r.rebuild_advised}")
     return "\n".join(lines) + "\n"
@@ -36,5 +44,7 @@ def update_markdown(r: UpdateResult) -> str:
 @flow(name="aepipe-update")
 def update_flow(config: PipelineConfig = PipelineConfig()) -> UpdateResult:
     result = update_task(config)
-    create_markdown_artifact(update_markdown(result), key="aepipe-update", description=f"aepipe update {config.run_dir}")
+    create_markdown_artifact(
+        update_markdown(result), key="aepipe-update", description=f"aepipe update {config.run_dir}"
+    )
     return result

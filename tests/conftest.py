@@ -72,15 +72,15 @@ class TrainedRun:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> TrainedRun:
     """Train, encode and index ONE model on 400 digits. Read-only: copy it to mutate."""
-    from aepipe.encode import encode_corpus
-    from aepipe.index import build_index
-    from aepipe.train import train_model
+    from aepipe.codes.encode import encode_corpus
+    from aepipe.model.train import train_model
+    from aepipe.pipeline import index_stage
 
     run_dir = tmp_path_factory.mktemp("trained") / "run"
     cfg = build_config(overrides=[*TRAINED_OVERRIDES, f"run_dir={run_dir}"])
     trained = train_model(cfg)
     encoded = encode_corpus(cfg)
-    build_index(cfg)
+    index_stage(cfg)  # builds the index and publishes the model version, as the pipeline does
     assert encoded.model_id == trained.model_id
     return TrainedRun(list(TRAINED_OVERRIDES), run_dir, trained.model_id, encoded.n_items)
 

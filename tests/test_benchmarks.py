@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from aepipe.benchmarks import mnist_kinds
+from benchmarks import mnist_kinds
+
+pytestmark = pytest.mark.slow  # the benchmarks' tiny forms run whole pipelines in subprocesses
 
 
 def test_mnist_kinds_tiny_writes_a_table_for_each_kind(tmp_path, capsys):
@@ -29,7 +31,7 @@ def test_mnist_kinds_rejects_unknown_kinds(tmp_path):
 def test_stage_benchmark_tiny_reports_every_ratio(tmp_path):
     """All five stages on digits, in seconds; the Prefect half of the pipeline comparison runs
     in a subprocess with its own ephemeral server (under the tests' PREFECT_HOME)."""
-    from aepipe.benchmarks import stages
+    from benchmarks import stages
 
     assert stages.main(["--tiny", "--in-process", "--out", str(tmp_path)]) == 0
     rows = {r["stage"]: r for r in json.loads((tmp_path / "results.json").read_text())}
@@ -39,7 +41,11 @@ def test_stage_benchmark_tiny_reports_every_ratio(tmp_path):
         assert row["peak_rss_mb"] > 50, name
     assert rows["index"]["recall_at_10"] >= 0.9 and rows["index"]["bytes_per_vector"] > 32 * 4
     assert rows["pipeline"]["server_start_s"] >= 0 and set(rows["pipeline"]["stage_s_prefect"]) == {
-        "train", "encode", "index", "cluster"}
+        "train",
+        "encode",
+        "index",
+        "cluster",
+    }
     table = (tmp_path / "results.md").read_text()
     assert "Machine:" in table and "--tiny" in table
     assert all(f"| {name} |" in table for name in stages.STAGES)
@@ -48,7 +54,7 @@ def test_stage_benchmark_tiny_reports_every_ratio(tmp_path):
 def test_large_benchmarks_tiny_run_images_and_codes(tmp_path):
     """Both large runs on digits: a Parquet corpus of PNG bytes encoded, indexed and queried by
     image file; a store of codes indexed on disk and searched, with recall against exact search."""
-    from aepipe.benchmarks import large
+    from benchmarks import large
 
     out = str(tmp_path)
     assert large.main(["images", "--tiny", "--items", "1500", "--queries", "30", "--out", out]) == 0

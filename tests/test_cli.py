@@ -51,12 +51,16 @@ def test_wrong_dimension_text_vectors_in_process(trained_run, tmp_path, capsys):
 
 
 def test_search_by_vectors_prints_json_hits(trained_run, tmp_path, capsys):
-    from aepipe.search import Searcher
+    from aepipe.index.search import Searcher
 
     vectors = tmp_path / "q.npy"
     np.save(vectors, Searcher(trained_run.run_dir).vectors_for_ids(["0005", "0006"]))
-    assert main(["search", "--run-dir", str(trained_run.run_dir), "--vectors", str(vectors), "-k", "3",
-                 "--format", "json"]) == 0
+    assert (
+        main(
+            ["search", "--run-dir", str(trained_run.run_dir), "--vectors", str(vectors), "-k", "3", "--format", "json"]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 6
     assert [(r["query"], r["rank"]) for r in rows[:3]] == [("0", 1), ("0", 2), ("0", 3)]
@@ -70,8 +74,10 @@ def test_search_by_id_table_and_parquet_output(trained_run, tmp_path, capsys):
     assert len(lines) == 5 and all(ln.split()[0] == "0011" for ln in lines[1:])
     assert all(ln.split()[2] != "0011" for ln in lines[1:])  # the query itself is left out
     out = tmp_path / "hits.parquet"
-    assert main(["search", "--run-dir", str(trained_run.run_dir), "--id", "0011", "0012", "-k", "2",
-                 "--output", str(out)]) == 0
+    assert (
+        main(["search", "--run-dir", str(trained_run.run_dir), "--id", "0011", "0012", "-k", "2", "--output", str(out)])
+        == 0
+    )
     assert pq.read_table(out).num_rows == 4
 
 
@@ -80,18 +86,23 @@ def test_search_by_image(trained_run, tmp_path, capsys, digits_x):
 
     path = tmp_path / "seven.png"
     Image.fromarray((digits_x[17, 0] * 255).round().astype(np.uint8)).save(path)
-    assert main(["search", "--run-dir", str(trained_run.run_dir), "--image", str(path), "-k", "3",
-                 "--format", "json"]) == 0
+    assert (
+        main(["search", "--run-dir", str(trained_run.run_dir), "--image", str(path), "-k", "3", "--format", "json"])
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["id"] == "0017" and rows[0]["query"] == str(path)
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["train", "--set", "model.bogus=1"], "model.bogus"),
-    (["train", "--set", "model.code_size"], "section.key=value"),
-    (["index", "--set", "index.metric=manhattan"], "index.metric"),
-    (["encode", "-c", "/nonexistent/config.yaml"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "--set", "model.bogus=1"], "model.bogus"),
+        (["train", "--set", "model.code_size"], "section.key=value"),
+        (["index", "--set", "index.metric=manhattan"], "index.metric"),
+        (["encode", "-c", "/nonexistent/config.yaml"], "does not exist"),
+    ],
+)
 def test_bad_config_is_a_one_line_error(tmp_path, capsys, argv, needle):
     assert main([*argv, "--run-dir", str(tmp_path / "run")]) == 2
     out, err = capsys.readouterr()
@@ -138,8 +149,20 @@ def test_info_describes_single_artifacts(trained_run, capsys):
 def test_stage_commands_chain_and_print_json_lines(tmp_path, capsys):
     run = str(tmp_path / "run")
     common = ["--run-dir", run]
-    train_args = ["--set", "corpus.limit=120", "--set", "model.n_layers=1", "--set", "model.nodes_per_layer=[16]",
-                  "--set", "model.code_size=4", "--set", "training.max_epochs=2", "--set", "training.batch_size=32"]
+    train_args = [
+        "--set",
+        "corpus.limit=120",
+        "--set",
+        "model.n_layers=1",
+        "--set",
+        "model.nodes_per_layer=[16]",
+        "--set",
+        "model.code_size=4",
+        "--set",
+        "training.max_epochs=2",
+        "--set",
+        "training.batch_size=32",
+    ]
 
     def stage(*argv: str) -> dict:
         assert main([*argv]) == 0
@@ -170,8 +193,25 @@ def test_version(capsys):
 
 def test_run_without_prefect_prints_the_report_as_json(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["run", "--no-prefect", "--run-dir", str(run), "--set", "corpus.limit=100", "--set", "model.n_layers=1",
-                 "--set", "model.nodes_per_layer=[16]", "--set", "training.max_epochs=1"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--no-prefect",
+                "--run-dir",
+                str(run),
+                "--set",
+                "corpus.limit=100",
+                "--set",
+                "model.n_layers=1",
+                "--set",
+                "model.nodes_per_layer=[16]",
+                "--set",
+                "training.max_epochs=1",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report == json.loads((run / "report.json").read_text())
     assert report["counts"]["n_items"] == 100 and report["index"]["type"] == "Flat"

@@ -6,8 +6,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
-from aepipe.config import PipelineConfig, build_config, dump_config, load_config, parse_overrides
+from aepipe.config import (
+    PipelineConfig,
+    build_config,
+    dump_config,
+    load_config,
+    parse_overrides,
+)
 from aepipe.errors import ConfigError
 
 
@@ -20,20 +27,22 @@ def test_defaults_validate_and_describe_the_digits_pipeline():
 
 
 def test_overrides_are_nested_and_values_parsed_as_yaml():
-    cfg = build_config(overrides=[
-        "run_dir=/tmp/somewhere",
-        "model.code_size=30",
-        "model.n_layers=2",
-        "model.nodes_per_layer=[8, 4]",
-        "index.metric=cosine",
-        "training.lr=0.0005",
-        "training.max_time_minutes=1.5",
-        "corpus.limit=null",
-        "corpus.label_column=",
-        "features.image_size=[16, 12]",
-        "model.batch_norm=true",
-        "training.devices=auto",
-    ])
+    cfg = build_config(
+        overrides=[
+            "run_dir=/tmp/somewhere",
+            "model.code_size=30",
+            "model.n_layers=2",
+            "model.nodes_per_layer=[8, 4]",
+            "index.metric=cosine",
+            "training.lr=0.0005",
+            "training.max_time_minutes=1.5",
+            "corpus.limit=null",
+            "corpus.label_column=",
+            "features.image.size=[16, 12]",
+            "model.batch_norm=true",
+            "training.devices=auto",
+        ]
+    )
     assert cfg.run_dir == "/tmp/somewhere"
     assert cfg.model.code_size == 30
     assert cfg.model.nodes_per_layer == [8, 4] and cfg.model.widths() == [8, 4]
@@ -42,7 +51,7 @@ def test_overrides_are_nested_and_values_parsed_as_yaml():
     assert cfg.training.max_time_minutes == pytest.approx(1.5)
     assert cfg.corpus.limit is None
     assert cfg.corpus.label_column is None  # empty value -> None
-    assert cfg.features.image_size == (16, 12)
+    assert cfg.features.image.size == (16, 12)
     assert cfg.model.batch_norm is True
     assert cfg.training.devices == "auto"
     # untouched keys keep their defaults
@@ -51,18 +60,23 @@ def test_overrides_are_nested_and_values_parsed_as_yaml():
 
 def test_parse_overrides_builds_a_nested_dict():
     assert parse_overrides(["a.b.c=1", "a.b.d=[x, y]", "e={f: 2}"]) == {
-        "a": {"b": {"c": 1, "d": ["x", "y"]}}, "e": {"f": 2}}
+        "a": {"b": {"c": 1, "d": ["x", "y"]}},
+        "e": {"f": 2},
+    }
 
 
 def test_later_override_wins():
     assert build_config(overrides=["model.code_size=3", "model.code_size=7"]).model.code_size == 7
 
 
-@pytest.mark.parametrize("override, key", [
-    ("model.cod_size=3", "model.cod_size"),
-    ("modle.code_size=3", "modle"),
-    ("training.epochs=3", "training.epochs"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.cod_size=3", "model.cod_size"),
+        ("modle.code_size=3", "modle"),
+        ("training.epochs=3", "training.epochs"),
+    ],
+)
 def test_unknown_key_is_a_config_error_naming_the_key(override, key):
     with pytest.raises(ConfigError) as exc:
         build_config(overrides=[override])
@@ -110,11 +124,15 @@ def test_malformed_overrides_raise_config_error(bad):
 
 def test_load_config_from_yaml_file_then_overrides(tmp_path):
     path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump({
-        "run_dir": str(tmp_path / "run"),
-        "model": {"code_size": 12, "n_layers": 2, "nodes_per_layer": [32, 16]},
-        "index": {"metric": "cosine"},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "run_dir": str(tmp_path / "run"),
+                "model": {"code_size": 12, "n_layers": 2, "nodes_per_layer": [32, 16]},
+                "index": {"metric": "cosine"},
+            }
+        )
+    )
     cfg = load_config(path, ["model.code_size=5"])
     assert cfg.run_dir == str(tmp_path / "run")
     assert cfg.model.code_size == 5  # override beats the file
@@ -123,7 +141,7 @@ def test_load_config_from_yaml_file_then_overrides(tmp_path):
 
 
 def test_dumped_config_loads_back_identical(tmp_path):
-    cfg = build_config(overrides=["model.code_size=7", "features.image_size=[9, 11]", "index.factory=HNSW16"])
+    cfg = build_config(overrides=["model.code_size=7", "features.image.size=[9, 11]", "index.factory=HNSW16"])
     path = tmp_path / "dump.yaml"
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg
@@ -159,10 +177,40 @@ def test_empty_run_dir_is_rejected():
 
 def test_config_objects_validate_assignment():
     cfg = build_config()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.model.code_size = 0
 
 
 def test_example_yaml_lists_every_key_with_its_default():
     example = yaml.safe_load((Path(__file__).resolve().parents[1] / "data" / "example.yaml").read_text())
     assert example == PipelineConfig().model_dump(mode="json")  # regenerate it with dump_config when a key changes
+
+
+def test_keys_that_moved_into_sections_are_still_read(caplog):
+    cfg = build_config(
+        {"corpus": {"max_pixels": 1234, "text_column": "body"}, "features": {"image_size": [5, 6], "channels": 1}}
+    )
+    assert cfg.corpus.images.max_pixels == 1234 and cfg.corpus.documents.text_column == "body"
+    assert cfg.features.image.size == (5, 6) and cfg.features.image.channels == 1
+    assert "corpus.max_pixels is now corpus.images.max_pixels" in caplog.text
+
+
+def test_presets_are_named_readable_and_optional():
+    from aepipe.config import load_preset
+
+    docs = load_preset("documents")
+    assert docs["model"]["loss"] == "softmax" and docs["index"]["metric"] == "cosine"
+    assert build_config(overrides=["corpus.kind=documents"]).model.loss == "softmax"  # preset auto
+    plain = build_config(overrides=["corpus.kind=documents", "preset=none"])
+    assert plain.model.loss == PipelineConfig().model.loss and plain.index.metric == "l2"
+    with pytest.raises(ConfigError, match="preset"):
+        build_config(overrides=["preset=nonsense"])
+
+
+def test_config_show_prints_a_preset_and_the_resolved_config(capsys):
+    from aepipe.cli import main
+
+    assert main(["config", "show", "--preset", "documents"]) == 0
+    assert "loss: softmax" in capsys.readouterr().out
+    assert main(["config", "show", "--set", "model.code_size=7"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["code_size"] == 7

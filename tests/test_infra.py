@@ -27,8 +27,13 @@ def _deployments() -> list[dict]:
 
 def test_prefect_yaml_declares_one_deployment_per_flow():
     entries = {d["entrypoint"] for d in _deployments()}
-    assert entries == {"flows/pipeline.py:pipeline_flow", "flows/update.py:update_flow", "flows/stages.py:train_flow",
-                       "flows/stages.py:encode_flow", "flows/stages.py:index_flow"}
+    assert entries == {
+        "flows/pipeline.py:pipeline_flow",
+        "flows/update.py:update_flow",
+        "flows/stages.py:train_flow",
+        "flows/stages.py:encode_flow",
+        "flows/stages.py:index_flow",
+    }
 
 
 @pytest.mark.parametrize("deployment", _deployments(), ids=lambda d: d["entrypoint"].split(":")[1])
@@ -49,8 +54,13 @@ def test_prefect_yaml_deployment_is_valid(deployment):
 
 def test_only_the_pipeline_schedule_is_on_by_default():
     active = {d["entrypoint"].split(":")[1]: [s.get("active", True) for s in d["schedules"]] for d in _deployments()}
-    assert active == {"pipeline_flow": [True], "update_flow": [False], "train_flow": [False], "encode_flow": [False],
-                      "index_flow": [False]}
+    assert active == {
+        "pipeline_flow": [True],
+        "update_flow": [False],
+        "train_flow": [False],
+        "encode_flow": [False],
+        "index_flow": [False],
+    }
 
 
 def test_kubernetes_base_job_template_defines_every_variable_it_uses():
@@ -72,12 +82,32 @@ def test_dockerfile_copies_files_that_exist():
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
 def test_compose_file_validates():
-    proc = subprocess.run(["docker-compose", "-f", str(INFRA / "docker-compose.yml"), "--profile", "dask",
-                           "--profile", "tools", "config"], capture_output=True, text=True, timeout=60,
-                          env={"PATH": "/usr/local/bin:/usr/bin:/bin"})
+    proc = subprocess.run(
+        [
+            "docker-compose",
+            "-f",
+            str(INFRA / "docker-compose.yml"),
+            "--profile",
+            "dask",
+            "--profile",
+            "tools",
+            "config",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
+    )
     assert proc.returncode == 0, proc.stderr
     config = yaml.safe_load(proc.stdout)
-    assert set(config["services"]) == {"postgres", "prefect-server", "worker", "deploy", "dask-scheduler", "dask-worker"}
+    assert set(config["services"]) == {
+        "postgres",
+        "prefect-server",
+        "worker",
+        "deploy",
+        "dask-scheduler",
+        "dask-worker",
+    }
     server = config["services"]["prefect-server"]["environment"]
     assert server["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
     assert config["services"]["worker"]["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"

@@ -16,20 +16,27 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from aepipe.codes.encode import encode_corpus
+from aepipe.codes.store import open_store
 from aepipe.config import build_config
-from aepipe.encode import encode_corpus
-from aepipe.index import build_index
-from aepipe.io import read_json
+from aepipe.files import read_json
+from aepipe.index.build import build_index
+from aepipe.index.search import Searcher
 from aepipe.layout import RunLayout
-from aepipe.search import Searcher
-from aepipe.store import open_store
-from aepipe.train import train_model
+from aepipe.model.train import train_model
 from aepipe.update import update_run
-
 from tests.conftest import png_bytes
 
-MODEL = ["model.n_layers=1", "model.nodes_per_layer=[32]", "model.code_size=6", "training.max_epochs=10",
-         "training.batch_size=32", "training.lr=0.01", "encode.rows_per_part=40", "index.n_eval_queries=50"]
+MODEL = [
+    "model.n_layers=1",
+    "model.nodes_per_layer=[32]",
+    "model.code_size=6",
+    "training.max_epochs=10",
+    "training.batch_size=32",
+    "training.lr=0.01",
+    "encode.rows_per_part=40",
+    "index.n_eval_queries=50",
+]
 
 
 def _digit_png(x: np.ndarray) -> bytes:
@@ -66,8 +73,9 @@ def folder_run(tmp_path_factory, digits):
 @pytest.fixture
 def folder_copy(folder_run, tmp_path):
     shutil.copytree(folder_run, tmp_path, dirs_exist_ok=True)
-    return tmp_path, lambda *extra: build_config(overrides=[*MODEL, f"corpus.source={tmp_path / 'corpus'}",
-                                                            f"run_dir={tmp_path / 'run'}", *extra])
+    return tmp_path, lambda *extra: build_config(
+        overrides=[*MODEL, f"corpus.source={tmp_path / 'corpus'}", f"run_dir={tmp_path / 'run'}", *extra]
+    )
 
 
 def _corpus_ids(root: Path) -> set[str]:
@@ -88,8 +96,12 @@ def _check_consistent(run_dir: Path, expected_ids: set[str]) -> Searcher:
 
 
 def _tree_digest(*dirs: Path) -> dict[str, tuple[str, int]]:
-    return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for d in dirs for p in sorted(d.rglob("*")) if p.is_file()}
+    return {
+        str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for d in dirs
+        for p in sorted(d.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_update_adds_changes_and_removes_items(folder_copy, digits):
@@ -152,6 +164,7 @@ u.update_run(build_config(overrides=overrides))
 """
 
 
+@pytest.mark.slow  # kill -9 of a real update subprocess
 @pytest.mark.parametrize("where", ["before-commit", "between-swaps"])
 def test_update_killed_half_way_is_completed_by_the_next_run(folder_copy, digits, where):
     root, cfg = folder_copy
@@ -161,8 +174,13 @@ def test_update_killed_half_way_is_completed_by_the_next_run(folder_copy, digits
     (corpus / "d1" / "0001.png").unlink()
     c = cfg()
     overrides = [*MODEL, f"corpus.source={c.corpus.source}", f"run_dir={c.run_dir}"]
-    proc = subprocess.run([sys.executable, "-c", CRASH, where, *overrides], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASH, where, *overrides],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=120,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     staging = RunLayout.at(run).staging("update")
     if where == "before-commit":
@@ -196,7 +214,9 @@ def test_update_index_types(folder_copy, digits, factory, how):
     new = f"d{digits[1][300]}/0300.png"
     assert searcher.search_vectors(searcher.vectors_for_ids([new]), k=1)[0][0].id == new
     probe = searcher.vectors_for_ids(searcher.ids[::50])  # the array path maps explicit labels the same way
-    assert searcher.search_arrays(probe, k=5).ids.tolist() == [[h.id for h in r] for r in searcher.search_vectors(probe, k=5)]
+    assert searcher.search_arrays(probe, k=5).ids.tolist() == [
+        [h.id for h in r] for r in searcher.search_vectors(probe, k=5)
+    ]
     assert searcher.id_of(-1) is None
     if how == "incremental":
         assert pq.read_table(RunLayout.at(root / "run").index.ids).column_names == ["id", "label"]
@@ -207,8 +227,15 @@ def test_update_index_types(folder_copy, digits, factory, how):
 def array_run(tmp_path_factory, digits):
     base = tmp_path_factory.mktemp("drift")
     np.save(base / "x.npy", (digits[0][:300] * 255).astype(np.uint8))
-    cfg = build_config(overrides=[*MODEL, "training.val_fraction=0.1", "training.test_fraction=0.1",
-                                  f"corpus.source={base / 'x.npy'}", f"run_dir={base / 'run'}"])
+    cfg = build_config(
+        overrides=[
+            *MODEL,
+            "training.val_fraction=0.1",
+            "training.test_fraction=0.1",
+            f"corpus.source={base / 'x.npy'}",
+            f"run_dir={base / 'run'}",
+        ]
+    )
     train_model(cfg)
     encode_corpus(cfg)
     build_index(cfg)
@@ -244,8 +271,9 @@ def test_drift_action_retrain_retrains_reencodes_and_reindexes(array_run, digits
     np.save(tmp_path / "x.npy", np.concatenate([x[:300], 255 - x[1000:1060]]))
     run = tmp_path / "run"
     old_model = read_json(RunLayout.at(run).model.info)["model_id"]
-    cfg = build_config(overrides=[*MODEL, f"corpus.source={tmp_path / 'x.npy'}", f"run_dir={run}",
-                                  "drift.action=retrain"])
+    cfg = build_config(
+        overrides=[*MODEL, f"corpus.source={tmp_path / 'x.npy'}", f"run_dir={run}", "drift.action=retrain"]
+    )
 
     result = update_run(cfg)
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import queue
-import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,7 +13,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from aepipe.io import atomic_write_table
+from aepipe.errors import BadItem, CorpusError  # noqa: F401  (re-exported: readers mark bad items)
+from aepipe.files import atomic_write_table
 
 
 @dataclass(frozen=True)
@@ -44,14 +43,6 @@ class RawItem:
     source: str
     label: str | None
     payload: Any  # bytes (encoded file) or np.ndarray
-
-
-class BadItem(Exception):
-    """Raised by a preprocessor for one item that cannot be used; carries the reason."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass
@@ -101,13 +92,20 @@ class Quarantine:
 
 def make_shards(n_items: int, rows_per_shard: int, files: list[str] | None = None) -> list[Shard]:
     """Consecutive position ranges of ``rows_per_shard`` items (with their files, for folders)."""
-    return [Shard(index=i, start=start, stop=min(start + rows_per_shard, n_items),
-                  files=tuple(files[start : start + rows_per_shard]) if files is not None else ())
-            for i, start in enumerate(range(0, n_items, rows_per_shard))]
+    return [
+        Shard(
+            index=i,
+            start=start,
+            stop=min(start + rows_per_shard, n_items),
+            files=tuple(files[start : start + rows_per_shard]) if files is not None else (),
+        )
+        for i, start in enumerate(range(0, n_items, rows_per_shard))
+    ]
 
 
-def iter_folder(root: Path, shard: Shard, what: str, extensions: list[str], ext_key: str,
-                max_bytes: int, size_key: str) -> Iterator[RawItem]:
+def iter_folder(
+    root: Path, shard: Shard, what: str, extensions: list[str], ext_key: str, max_bytes: int, size_key: str
+) -> Iterator[RawItem]:
     """Raw items of a folder shard: bytes of each file, id = relative path, label = parent
     folder name. Files of other extensions, too large or unreadable carry a BadItem."""
     exts = {e.lower() for e in extensions}
@@ -129,8 +127,9 @@ def iter_folder(root: Path, shard: Shard, what: str, extensions: list[str], ext_
         yield item
 
 
-def iter_row_slices(dataset: pads.Dataset, columns: list[str], shard: Shard,
-                    batch_size: int = 4096) -> Iterator[tuple[int, dict[str, list[Any]]]]:
+def iter_row_slices(
+    dataset: pads.Dataset, columns: list[str], shard: Shard, batch_size: int = 4096
+) -> Iterator[tuple[int, dict[str, Any]]]:  # {column: pyarrow array}
     """The rows [shard.start, shard.stop) of a Parquet dataset, as (position of the first row,
     {column: values}) slices, streamed batch by batch. Only the row groups that overlap the shard
     are read (their sizes come from the file footers), so shard k costs its own rows, not the k
@@ -140,11 +139,12 @@ def iter_row_slices(dataset: pads.Dataset, columns: list[str], shard: Shard,
         with dataset.filesystem.open_input_file(fragment.path) as f:
             meta = pq.ParquetFile(f).metadata
             sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-            wanted, first = [], None
+            wanted: list[int] = []
+            first = -1  # position of the first wanted row group's first row
             for i, n in enumerate(sizes):
                 if pos + n > shard.start and pos < shard.stop:
                     wanted.append(i)
-                    first = pos if first is None else first
+                    first = pos if first < 0 else first
                 pos += n
             if not wanted:
                 if pos >= shard.stop:
@@ -161,47 +161,16 @@ def iter_row_slices(dataset: pads.Dataset, columns: list[str], shard: Shard,
             return
 
 
-def prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
-    """Yield ``items`` in order while a background thread produces up to ``depth`` ahead (what
-    DataLoader workers do for a map-style dataset): reading and decoding the next batch overlaps the
-    model's forward pass, which releases the GIL. Exceptions reach the consumer; closing the
-    generator early stops the thread. ``depth`` 0: no thread."""
-    if depth <= 0:
-        yield from items
-        return
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put((done, None))
-        except BaseException as exc:  # handed to the consumer, raised there
-            q.put((done, exc))
-
-    thread = threading.Thread(target=produce, name="aepipe-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, exc = q.get()
-            if item is done:
-                if exc is not None:
-                    raise exc
-                return
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(0.05)
+def list_files(root: Path) -> list[str]:
+    """Every file under ``root`` (recursive, hidden files and folders skipped) as sorted relative
+    POSIX paths: the ids of a folder corpus."""
+    if not root.is_dir():
+        raise CorpusError(f"{root} is not a folder")
+    files = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    if not files:
+        raise CorpusError(f"folder {root} holds no files")
+    return files

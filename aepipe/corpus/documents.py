@@ -25,9 +25,20 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from aepipe.config import CorpusConfig, FeaturesConfig
-from aepipe.corpus.base import BadItem, ItemBatch, Quarantine, RawItem, Shard, iter_folder, iter_row_slices, make_shards
-from aepipe.corpus.text import DecodedText, TextPreprocessor, check_text, decode_text, fit_text_preprocessor, snippet
+from aepipe.corpus.base import (
+    BadItem,
+    ItemBatch,
+    Quarantine,
+    RawItem,
+    Shard,
+    iter_folder,
+    iter_row_slices,
+    list_files,
+    make_shards,
+)
+from aepipe.corpus.text import DecodedText, check_text, decode_text, snippet
 from aepipe.errors import CorpusError
+from aepipe.features.text import TextPreprocessor, fit_text_preprocessor
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +59,7 @@ class DocumentCorpus:
         self._records: list[tuple[str, Any, str | None, str]] | None = None  # (id, text or BadItem, label, source)
         self._dataset: pads.Dataset | None = None
         if self.format == "folder":
-            self._files = _list_files(Path(cfg.source))
+            self._files = list_files(Path(cfg.source))
         elif self.format == "python_docs":
             self._records = python_docs_records()
         elif self.format == "csv":
@@ -87,9 +98,12 @@ class DocumentCorpus:
         if self._files is not None:
             items = self._iter_folder(shard)
         elif self._records is not None:
-            items = (RawItem(pos=p, id=rid, source=source, label=label, payload=text)
-                     for p, (rid, text, label, source) in zip(range(shard.start, shard.stop),
-                                                              self._records[shard.start:shard.stop]))
+            items = (
+                RawItem(pos=p, id=rid, source=source, label=label, payload=text)
+                for p, (rid, text, label, source) in zip(
+                    range(shard.start, shard.stop), self._records[shard.start : shard.stop]
+                )
+            )
         elif self._dataset is not None:
             items = self._iter_parquet(shard)
         else:
@@ -103,31 +117,41 @@ class DocumentCorpus:
             if isinstance(payload, BadItem):
                 return payload
             if payload is None:
-                raise BadItem(f"missing text in column '{self.cfg.text_column}'")
+                raise BadItem(f"missing text in column '{self.cfg.documents.text_column}'")
             if isinstance(payload, (bytes, bytearray, memoryview)):
-                return decode_text(bytes(payload), self.cfg.encoding, self.cfg.max_doc_bytes)
+                return decode_text(bytes(payload), self.cfg.documents.encoding, self.cfg.documents.max_doc_bytes)
             if isinstance(payload, DecodedText):
                 doc = payload
             elif isinstance(payload, str):
                 doc = DecodedText(payload, "utf-8")
             else:
                 raise BadItem(f"text column holds a {type(payload).__name__}, not text")
-            if len(doc.text) > self.cfg.max_doc_bytes:
-                raise BadItem(f"document of {len(doc.text)} characters exceeds corpus.max_doc_bytes {self.cfg.max_doc_bytes}")
+            if len(doc.text) > self.cfg.documents.max_doc_bytes:
+                limit = self.cfg.documents.max_doc_bytes
+                raise BadItem(f"document of {len(doc.text)} characters exceeds corpus.documents.max_doc_bytes {limit}")
             return check_text(doc)
         except BadItem as bad:
             return bad
 
     def _iter_folder(self, shard: Shard) -> Iterator[RawItem]:
-        return iter_folder(Path(self.cfg.source), shard, "a text", self.cfg.text_extensions, "corpus.text_extensions",
-                           self.cfg.max_doc_bytes, "corpus.max_doc_bytes")
+        return iter_folder(
+            Path(self.cfg.source),
+            shard,
+            "a text",
+            self.cfg.documents.extensions,
+            "corpus.documents.extensions",
+            self.cfg.documents.max_doc_bytes,
+            "corpus.documents.max_doc_bytes",
+        )
 
     def _iter_parquet(self, shard: Shard) -> Iterator[RawItem]:
         names = self._dataset.schema.names  # type: ignore[union-attr]
-        cols = [self.cfg.text_column] + [c for c in (self.cfg.id_column, self.cfg.label_column) if c and c in names]
+        cols = [self.cfg.documents.text_column] + [
+            c for c in (self.cfg.id_column, self.cfg.label_column) if c and c in names
+        ]
         has_id = self.cfg.id_column in names
-        for first, rows in iter_row_slices(self._dataset, cols, shard):  # type: ignore[arg-type]
-            texts = rows[self.cfg.text_column].to_pylist()
+        for first, rows in iter_row_slices(self._dataset, cols, shard):
+            texts = rows[self.cfg.documents.text_column].to_pylist()
             ids = rows[self.cfg.id_column].to_pylist() if has_id else [None] * len(texts)
             labels = rows[self.cfg.label_column].to_pylist() if self.cfg.label_column in rows else [None] * len(texts)
             for p, item_id, text, label in zip(range(first, first + len(texts)), ids, texts, labels):
@@ -135,7 +159,13 @@ class DocumentCorpus:
 
     def _row_item(self, p: int, item_id: Any, text: Any, label: Any, has_id: bool) -> RawItem:
         rid = str(item_id) if item_id is not None else f"row-{p}"
-        raw = RawItem(pos=p, id=rid, source=f"{self.cfg.source}#row={p}", label=None if label is None else str(label), payload=text)
+        raw = RawItem(
+            pos=p,
+            id=rid,
+            source=f"{self.cfg.source}#row={p}",
+            label=None if label is None else str(label),
+            payload=text,
+        )
         if has_id and item_id is None:
             raw.payload = BadItem(f"missing id in column '{self.cfg.id_column}'")
         return raw
@@ -151,9 +181,11 @@ class DocumentCorpus:
                     continue
                 if pos >= shard.stop:
                     break
-                item = RawItem(pos=pos, id=f"line-{line_no}", source=f"{self.cfg.source}#line={line_no}", label=None, payload=None)
+                item = RawItem(
+                    pos=pos, id=f"line-{line_no}", source=f"{self.cfg.source}#line={line_no}", label=None, payload=None
+                )
                 try:
-                    row = json.loads(decode_text(line, self.cfg.encoding).text)
+                    row = json.loads(decode_text(line, self.cfg.documents.encoding).text)
                     if not isinstance(row, dict):
                         raise BadItem(f"line {line_no} is not a JSON object")
                 except BadItem as bad:
@@ -163,7 +195,9 @@ class DocumentCorpus:
                 else:
                     label = row.get(self.cfg.label_column) if self.cfg.label_column else None
                     has_id = self.cfg.id_column in row
-                    item = self._row_item(pos, row.get(self.cfg.id_column), row.get(self.cfg.text_column), label, has_id)
+                    item = self._row_item(
+                        pos, row.get(self.cfg.id_column), row.get(self.cfg.documents.text_column), label, has_id
+                    )
                     item.source = f"{self.cfg.source}#line={line_no}"
                     if not has_id:
                         item.id = f"line-{line_no}"
@@ -182,8 +216,14 @@ class DocumentCorpus:
             raise CorpusError(f"corpus {self.cfg.source} holds no readable document")
         return fit_text_preprocessor(texts, features.text)
 
-    def iter_batches(self, prep: TextPreprocessor, batch_size: int, quarantine: Quarantine, shard: Shard | None = None,
-                     keep: set[int] | None = None) -> Iterator[ItemBatch]:
+    def iter_batches(
+        self,
+        prep: TextPreprocessor,
+        batch_size: int,
+        quarantine: Quarantine,
+        shard: Shard | None = None,
+        keep: set[int] | None = None,
+    ) -> Iterator[ItemBatch]:
         """Vectorised batches (x: (B, V) float32) with ``snippet`` and ``text_encoding`` metadata;
         bad documents, and documents without a term of the vocabulary, go to ``quarantine``."""
         pending: list[RawItem] = []
@@ -217,10 +257,18 @@ class DocumentCorpus:
         for it in kept:
             if it.payload.encoding.endswith("(fallback)"):
                 log.warning("%s: not UTF-8 nor a declared or detected encoding; decoded as Latin-1", it.source)
-        meta = {"snippet": [snippet(it.payload.text, self.cfg.snippet_chars) for it in kept],
-                "text_encoding": [it.payload.encoding for it in kept]}
-        return ItemBatch([it.id for it in kept], x, [it.label for it in kept], [it.source for it in kept],
-                         [it.pos for it in kept], meta)
+        meta = {
+            "snippet": [snippet(it.payload.text, self.cfg.documents.snippet_chars) for it in kept],
+            "text_encoding": [it.payload.encoding for it in kept],
+        }
+        return ItemBatch(
+            [it.id for it in kept],
+            x,
+            [it.label for it in kept],
+            [it.source for it in kept],
+            [it.pos for it in kept],
+            meta,
+        )
 
 
 def _detect_format(cfg: CorpusConfig) -> str:
@@ -231,8 +279,9 @@ def _detect_format(cfg: CorpusConfig) -> str:
     else:
         p = Path(cfg.source)
         if not p.exists():
-            raise CorpusError(f"corpus source {cfg.source} does not exist (give a folder, .parquet, .jsonl, .csv "
-                              f"or '{PYTHON_DOCS}')")
+            raise CorpusError(
+                f"corpus source {cfg.source} does not exist (give a folder, .parquet, .jsonl, .csv or '{PYTHON_DOCS}')"
+            )
         suffix = p.suffix.lower()
         if suffix in (".jsonl", ".ndjson"):
             fmt = "jsonl"
@@ -243,22 +292,16 @@ def _detect_format(cfg: CorpusConfig) -> str:
         elif p.is_dir():
             fmt = "folder"
         else:
-            raise CorpusError(f"cannot tell the format of {cfg.source}; set corpus.format (folder, parquet, jsonl, csv)")
+            raise CorpusError(
+                f"cannot tell the format of {cfg.source}; set corpus.format (folder, parquet, jsonl, csv)"
+            )
     if fmt not in ("folder", "parquet", "jsonl", "csv", "python_docs"):
-        raise CorpusError(f"corpus.format {fmt} is for images; documents are folder, parquet, jsonl, csv or python_docs")
+        raise CorpusError(
+            f"corpus.format {fmt} is for images; documents are folder, parquet, jsonl, csv or python_docs"
+        )
     if fmt != "python_docs" and not Path(cfg.source).exists():
         raise CorpusError(f"corpus source {cfg.source} does not exist")
     return fmt
-
-
-def _list_files(root: Path) -> list[str]:
-    if not root.is_dir():
-        raise CorpusError(f"{root} is not a folder")
-    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
-    if not files:
-        raise CorpusError(f"folder {root} holds no files")
-    return files
 
 
 def _open_parquet(cfg: CorpusConfig) -> pads.Dataset:
@@ -266,9 +309,11 @@ def _open_parquet(cfg: CorpusConfig) -> pads.Dataset:
         ds = pads.dataset(cfg.source, format="parquet")
     except (pa.ArrowInvalid, OSError) as exc:
         raise CorpusError(f"cannot open Parquet corpus {cfg.source}: {exc}") from None
-    if cfg.text_column not in ds.schema.names:
-        raise CorpusError(f"Parquet corpus {cfg.source} has no column '{cfg.text_column}' "
-                          f"(columns: {', '.join(ds.schema.names)}); set corpus.text_column")
+    if cfg.documents.text_column not in ds.schema.names:
+        raise CorpusError(
+            f"Parquet corpus {cfg.source} has no column '{cfg.documents.text_column}' "
+            f"(columns: {', '.join(ds.schema.names)}); set corpus.documents.text_column"
+        )
     return ds
 
 
@@ -277,20 +322,22 @@ def _read_csv(cfg: CorpusConfig) -> list[tuple[str, Any, str | None, str]]:
     path = Path(cfg.source)
     data = path.read_bytes()
     try:
-        doc = decode_text(data, cfg.encoding)
+        doc = decode_text(data, cfg.documents.encoding)
     except BadItem as bad:
         raise CorpusError(f"cannot read CSV corpus {path}: {bad.reason}") from None
     if doc.encoding.endswith("(fallback)"):
         log.warning("%s: not UTF-8 nor a declared or detected encoding; decoded as Latin-1", path)
     reader = csv.DictReader(io.StringIO(doc.text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-    if not reader.fieldnames or cfg.text_column not in reader.fieldnames:
-        raise CorpusError(f"CSV corpus {path} has no column '{cfg.text_column}' "
-                          f"(columns: {', '.join(reader.fieldnames or [])}); set corpus.text_column")
+    if not reader.fieldnames or cfg.documents.text_column not in reader.fieldnames:
+        raise CorpusError(
+            f"CSV corpus {path} has no column '{cfg.documents.text_column}' "
+            f"(columns: {', '.join(reader.fieldnames or [])}); set corpus.documents.text_column"
+        )
     records = []
     for row_no, row in enumerate(reader, 1):
         item_id = row.get(cfg.id_column) or f"row-{row_no}"
         label = row.get(cfg.label_column) if cfg.label_column else None
-        text: Any = row.get(cfg.text_column)
+        text: Any = row.get(cfg.documents.text_column)
         text = DecodedText(text, doc.encoding) if text else BadItem("empty document")
         records.append((item_id, text, label or None, f"{path}#row={row_no}"))
     return records

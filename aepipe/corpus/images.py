@@ -5,121 +5,32 @@ values to [0, 1]; the preprocessor converts channels and resizes.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
-import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
-from PIL import Image, UnidentifiedImageError
 
 from aepipe.config import CorpusConfig, FeaturesConfig
-from aepipe.corpus.base import BadItem, ItemBatch, Quarantine, RawItem, Shard, iter_folder, iter_row_slices, make_shards
+from aepipe.corpus.base import (
+    BadItem,
+    ItemBatch,
+    Quarantine,
+    RawItem,
+    Shard,
+    iter_folder,
+    iter_row_slices,
+    list_files,
+    make_shards,
+)
 from aepipe.errors import CorpusError
+from aepipe.features.images import ImagePreprocessor, is_gray_mode, open_image_bytes
 
 log = logging.getLogger(__name__)
-
-_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
-
-
-@dataclass(frozen=True)
-class ImagePreprocessor:
-    """Model input spec, saved as ``preprocess.json`` beside the model."""
-
-    height: int
-    width: int
-    channels: int
-    kind: str = "image"
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.channels, self.height, self.width)
-
-    @property
-    def dim(self) -> int:
-        return self.channels * self.height * self.width
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ImagePreprocessor:
-        return cls(height=int(d["height"]), width=int(d["width"]), channels=int(d["channels"]))
-
-    def __call__(self, payload: Any, max_pixels: int = 40_000_000) -> np.ndarray:
-        """Raw payload (encoded bytes or array in [0, 1]) -> (C, H, W) float32 in [0, 1]."""
-        if isinstance(payload, (bytes, bytearray, memoryview)):
-            return self._from_bytes(bytes(payload), max_pixels)
-        return self._from_array(np.asarray(payload))
-
-    def _from_bytes(self, data: bytes, max_pixels: int) -> np.ndarray:
-        img = open_image_bytes(data, max_pixels)
-        img = img.convert("L" if self.channels == 1 else "RGB")
-        if img.size != (self.width, self.height):
-            img = img.resize((self.width, self.height), Image.Resampling.BILINEAR)
-        arr = np.asarray(img, dtype=np.float32) / 255.0
-        return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-
-    def _from_array(self, arr: np.ndarray) -> np.ndarray:
-        # arr: (H, W) or (H, W, C) in [0, 1]
-        arr = np.asarray(arr, dtype=np.float32)
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
-            raise BadItem(f"array of shape {tuple(arr.shape)} is not an image")
-        if not np.isfinite(arr).all():
-            raise BadItem("array holds NaN or infinite values")
-        if arr.min() < 0.0 or arr.max() > 1.0:
-            raise BadItem(f"values outside [0, 1] after scaling (min {arr.min():.3g}, max {arr.max():.3g})")
-        arr = arr[:, :, :3]
-        if self.channels == 1 and arr.shape[2] == 3:
-            arr = arr @ np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None]  # same weights as Pillow's "L"
-        elif self.channels == 3 and arr.shape[2] == 1:
-            arr = np.repeat(arr, 3, axis=2)
-        if arr.shape[:2] != (self.height, self.width):
-            arr = np.stack(
-                [
-                    np.asarray(Image.fromarray(arr[:, :, c], mode="F").resize((self.width, self.height), Image.Resampling.BILINEAR))
-                    for c in range(arr.shape[2])
-                ],
-                axis=2,
-            )
-        return np.clip(arr, 0.0, 1.0).transpose(2, 0, 1).copy()
-
-
-def open_image_bytes(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode fully, or raise BadItem with the reason (empty, not an image, too large, truncated)."""
-    if not data:
-        raise BadItem("empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w <= 0 or h <= 0:
-                raise BadItem(f"invalid dimensions {w}x{h}")
-            if w * h > max_pixels:
-                raise BadItem(f"too large: {w}x{h} = {w * h} pixels > max_pixels {max_pixels} (decompression bomb guard)")
-            img.load()
-    except BadItem:
-        raise
-    except UnidentifiedImageError:
-        raise BadItem("not an image (Pillow cannot identify the format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadItem(f"too large: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise BadItem(f"truncated or corrupt image: {exc}") from None
-    return img
-
-
-def _gray_mode(mode: str) -> bool:
-    return mode in _GRAY_MODES
 
 
 class ImageCorpus:
@@ -131,7 +42,7 @@ class ImageCorpus:
         self._files: list[str] | None = None
         self._arrays: tuple[np.ndarray, np.ndarray | None, float] | None = None
         if self.format == "folder":
-            self._files = _list_files(Path(cfg.source))
+            self._files = list_files(Path(cfg.source))
         elif self.format in ("numpy", "digits"):
             self._arrays = _load_arrays(cfg) if self.format == "numpy" else _load_digits()
         elif self.format == "parquet":
@@ -167,8 +78,15 @@ class ImageCorpus:
             yield from self._iter_parquet(shard)
 
     def _iter_folder(self, shard: Shard) -> Iterator[RawItem]:
-        return iter_folder(Path(self.cfg.source), shard, "an image", self.cfg.extensions, "corpus.extensions",
-                           self.cfg.max_file_bytes, "corpus.max_file_bytes")
+        return iter_folder(
+            Path(self.cfg.source),
+            shard,
+            "an image",
+            self.cfg.images.extensions,
+            "corpus.images.extensions",
+            self.cfg.images.max_file_bytes,
+            "corpus.images.max_file_bytes",
+        )
 
     def _iter_arrays(self, shard: Shard) -> Iterator[RawItem]:
         images, labels, scale = self._arrays  # type: ignore[misc]
@@ -180,15 +98,21 @@ class ImageCorpus:
             yield RawItem(pos=pos, id=f"{pos:0{width}d}", source=f"{name}[{pos}]", label=label, payload=payload)
 
     def _iter_parquet(self, shard: Shard) -> Iterator[RawItem]:
-        id_col, img_col, label_col = self.cfg.id_column, self.cfg.image_column, self.cfg.label_column
-        cols = [id_col, img_col] + ([label_col] if self.has_labels else [])  # type: ignore[list-item]
+        id_col, img_col, label_col = self.cfg.id_column, self.cfg.images.column, self.cfg.label_column
+        cols = [id_col, img_col] + ([label_col] if label_col and self.has_labels else [])
         for first, rows in iter_row_slices(self._dataset, cols, shard):
             ids = rows[id_col].to_pylist()
             payloads = _binary_values(rows[img_col])
-            labels = rows[label_col].to_pylist() if label_col in rows else [None] * len(ids)  # type: ignore[operator]
+            labels = rows[label_col].to_pylist() if label_col and label_col in rows else [None] * len(ids)
             for p, item_id, payload, label in zip(range(first, first + len(ids)), ids, payloads, labels):
                 rid = str(item_id) if item_id is not None else f"row-{p}"
-                raw = RawItem(pos=p, id=rid, source=f"{self.cfg.source}#row={p}", label=None if label is None else str(label), payload=payload)
+                raw = RawItem(
+                    pos=p,
+                    id=rid,
+                    source=f"{self.cfg.source}#row={p}",
+                    label=None if label is None else str(label),
+                    payload=payload,
+                )
                 if item_id is None:
                     raw.payload = BadItem(f"missing id in column '{id_col}'")
                 elif payload is None:
@@ -198,17 +122,17 @@ class ImageCorpus:
     def infer_preprocessor(self, features: FeaturesConfig, keep: set[int] | None = None) -> ImagePreprocessor:
         """Input spec from the config, filling unset size/channels from the first good item
         (``keep`` is accepted for the interface of DocumentCorpus; any good item tells the size)."""
-        if features.image_size and features.channels:
-            return ImagePreprocessor(features.image_size[0], features.image_size[1], features.channels)
+        if features.image.size and features.image.channels:
+            return ImagePreprocessor(features.image.size[0], features.image.size[1], features.image.channels)
         for raw in self.iter_raw():
             if isinstance(raw.payload, BadItem):
                 continue
             try:
-                h, w, c = _native_shape(raw.payload, self.cfg.max_pixels)
+                h, w, c = _native_shape(raw.payload, self.cfg.images.max_pixels)
             except BadItem:
                 continue
-            size = features.image_size or (h, w)
-            channels = features.channels or c
+            size = features.image.size or (h, w)
+            channels = features.image.channels or c
             return ImagePreprocessor(size[0], size[1], channels)
         raise CorpusError(f"corpus {self.cfg.source} holds no readable image")
 
@@ -235,7 +159,7 @@ class ImageCorpus:
             try:
                 if isinstance(raw.payload, BadItem):
                     raise raw.payload
-                x = prep(raw.payload, self.cfg.max_pixels)
+                x = prep(raw.payload, self.cfg.images.max_pixels)
             except BadItem as bad:
                 quarantine.add(raw.id, raw.source, bad.reason)
                 continue
@@ -258,7 +182,9 @@ class ImageCorpus:
         channels = shape[2] if len(shape) == 3 else 1
         return tuple(shape[:2]) == (prep.height, prep.width) and channels == prep.channels
 
-    def array_payloads(self, shard: Shard | None, batch_size: int) -> Iterator[tuple[np.ndarray, list[str], np.ndarray]]:
+    def array_payloads(
+        self, shard: Shard | None, batch_size: int
+    ) -> Iterator[tuple[np.ndarray, list[str], np.ndarray]]:
         """Array corpora, a batch at a time: (positions, ids, payloads) where ``payloads[j]`` holds
         exactly what ``iter_raw`` gives as item j's payload (float32 / scale, the array's own layout)."""
         images, _, scale = self._arrays  # type: ignore[misc]
@@ -266,11 +192,15 @@ class ImageCorpus:
         width = len(str(max(self._count() - 1, 0)))  # of the whole array: ids must not depend on corpus.limit
         for start in range(shard.start, shard.stop, batch_size):
             stop = min(start + batch_size, shard.stop)
-            yield np.arange(start, stop), [f"{p:0{width}d}" for p in range(start, stop)], \
-                np.asarray(images[start:stop], dtype=np.float32) / scale
+            yield (
+                np.arange(start, stop),
+                [f"{p:0{width}d}" for p in range(start, stop)],
+                np.asarray(images[start:stop], dtype=np.float32) / scale,
+            )
 
-    def _iter_array_batches(self, prep: ImagePreprocessor, batch_size: int, quarantine: Quarantine,
-                            shard: Shard | None) -> Iterator[ItemBatch]:
+    def _iter_array_batches(
+        self, prep: ImagePreprocessor, batch_size: int, quarantine: Quarantine, shard: Shard | None
+    ) -> Iterator[ItemBatch]:
         """The array path a whole batch at a time (per item it costs ~50 us of Python, as much as
         the model's forward pass). Same values, ids and quarantine reasons as ``iter_raw`` + ``prep``."""
         labels = self._arrays[1]  # type: ignore[index]
@@ -288,15 +218,22 @@ class ImageCorpus:
             keep = np.flatnonzero(good)
             if not len(keep):
                 continue
-            batch_labels = [None] * len(keep) if labels is None else [str(v) for v in labels[pos[keep]]]
-            yield ItemBatch([ids[j] for j in keep], np.ascontiguousarray(x if len(keep) == len(x) else x[keep]), batch_labels,
-                            [sources[j] for j in keep], pos[keep].tolist())
+            batch_labels: list[str | None] = (
+                [None] * len(keep) if labels is None else [str(v) for v in labels[pos[keep]]]
+            )
+            yield ItemBatch(
+                [ids[j] for j in keep],
+                np.ascontiguousarray(x if len(keep) == len(x) else x[keep]),
+                batch_labels,
+                [sources[j] for j in keep],
+                pos[keep].tolist(),
+            )
 
 
 def _native_shape(payload: Any, max_pixels: int) -> tuple[int, int, int]:
     if isinstance(payload, (bytes, bytearray, memoryview)):
         img = open_image_bytes(bytes(payload), max_pixels)
-        return img.height, img.width, 1 if _gray_mode(img.mode) else 3
+        return img.height, img.width, 1 if is_gray_mode(img.mode) else 3
     arr = np.asarray(payload)
     if arr.ndim == 2:
         return arr.shape[0], arr.shape[1], 1
@@ -321,7 +258,9 @@ def _detect_format(cfg: CorpusConfig) -> str:
     else:
         p = Path(cfg.source)
         if not p.exists():
-            raise CorpusError(f"corpus source {cfg.source} does not exist (give a folder, .parquet, .npy/.npz, or 'digits')")
+            raise CorpusError(
+                f"corpus source {cfg.source} does not exist (give a folder, .parquet, .npy/.npz, or 'digits')"
+            )
         if p.suffix.lower() in (".npy", ".npz"):
             fmt = "numpy"
         elif p.suffix.lower() == ".parquet" or (p.is_dir() and any(p.rglob("*.parquet"))):
@@ -337,19 +276,6 @@ def _detect_format(cfg: CorpusConfig) -> str:
     if fmt != "digits" and not Path(cfg.source).exists():
         raise CorpusError(f"corpus source {cfg.source} does not exist")
     return fmt
-
-
-def _list_files(root: Path) -> list[str]:
-    if not root.is_dir():
-        raise CorpusError(f"{root} is not a folder")
-    files = sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
-    if not files:
-        raise CorpusError(f"folder {root} holds no files")
-    return files
 
 
 def _scale_for(dtype: np.dtype, sample: np.ndarray) -> float:
@@ -373,11 +299,11 @@ def _load_arrays(cfg: CorpusConfig) -> tuple[np.ndarray, np.ndarray | None, floa
         else:
             with np.load(path, allow_pickle=False) as npz:
                 keys = list(npz.keys())
-                key = cfg.array_key or next((k for k in keys if npz[k].ndim in (3, 4)), None)
+                key = cfg.images.array_key or next((k for k in keys if npz[k].ndim in (3, 4)), None)
                 if key is None or key not in keys:
-                    raise CorpusError(f"{path}: no image array (keys: {', '.join(keys)}); set corpus.array_key")
+                    raise CorpusError(f"{path}: no image array (keys: {', '.join(keys)}); set corpus.images.array_key")
                 images = npz[key]
-                lkey = cfg.labels_key or _guess_labels_key(key, keys)
+                lkey = cfg.images.labels_key or _guess_labels_key(key, keys)
                 labels = npz[lkey] if lkey in keys else None
                 if labels is not None and len(labels) != len(images):
                     raise CorpusError(f"{path}: {lkey} has {len(labels)} labels for {len(images)} images")
@@ -408,11 +334,11 @@ def _open_parquet(cfg: CorpusConfig) -> pads.Dataset:
         ds = pads.dataset(cfg.source, format="parquet")
     except (pa.ArrowInvalid, OSError) as exc:
         raise CorpusError(f"cannot open Parquet corpus {cfg.source}: {exc}") from None
-    for col in (cfg.id_column, cfg.image_column):
+    for col in (cfg.id_column, cfg.images.column):
         if col not in ds.schema.names:
             raise CorpusError(
                 f"Parquet corpus {cfg.source} has no column '{col}' (columns: {', '.join(ds.schema.names)}); "
-                "set corpus.id_column / corpus.image_column"
+                "set corpus.id_column / corpus.images.column"
             )
     return ds
 

@@ -1,0 +1,63 @@
+"""``aepipe`` command line: one subcommand per stage, plus ``run``, ``demo``, ``serve``, ``search``,
+``topics``, ``config`` and ``info``.
+
+Stage commands call the library directly; ``run`` and ``demo`` run the Prefect pipeline flow
+(ephemeral local server, nothing to start by hand). Each module of this package registers its
+commands (``register(sub)``); a new command is a new module listed in ``COMMAND_MODULES``.
+Failures the user can fix are AepipeErrors: one line on stderr, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from aepipe import __version__
+from aepipe.cli import inspect, pipeline, search, stages
+from aepipe.errors import AepipeError
+from aepipe.logs import setup_logging
+
+COMMAND_MODULES = (stages, pipeline, search, inspect)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aepipe", description="Autoencoder compression and similarity search.")
+    parser.add_argument("--version", action="version", version=f"aepipe {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def _setup_logging(verbose: int) -> None:
+    setup_logging(verbose)
+    if verbose < 2:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING" if not verbose else "INFO")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "format", None) is None and args.command == "search":
+        args.format = "table" if sys.stdout.isatty() else "json"
+    if getattr(args, "format", None) is None and args.command == "topics":
+        args.format = "text" if sys.stdout.isatty() else "json"
+    if getattr(args, "k", 1) < 1:
+        parser.error("-k must be at least 1")
+    if args.command == "serve":  # flow-run logs at INFO in the Prefect UI, whatever the terminal
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except AepipeError as exc:
+        print(f"aepipe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aepipe: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

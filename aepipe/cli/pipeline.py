@@ -1,0 +1,145 @@
+"""Pipeline commands: run (the Prefect pipeline flow), demo, serve (scheduled deployments)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from aepipe.cli.common import add_config_args, config_from_args
+from aepipe.config import PipelineConfig
+
+log = logging.getLogger("aepipe")
+
+DEMO_OVERRIDES = [
+    "corpus.source=digits",
+    "model.architecture=dense",
+    "model.code_size=10",
+    "model.n_layers=2",
+    "model.nodes_per_layer=[256, 128]",
+    "training.max_epochs=100",
+    "training.batch_size=64",
+    "training.lr=0.003",
+]
+
+
+# The documents demo: docstrings of Python's standard library, labelled by package (no download).
+DOC_DEMO_OVERRIDES = [
+    "corpus.kind=documents",
+    "corpus.source=python-docs",
+    "model.code_size=16",
+    "training.max_epochs=60",
+]
+
+
+def _run_flow(cfg: PipelineConfig, use_prefect: bool) -> dict[str, Any]:
+    if not use_prefect:
+        from aepipe.pipeline import run_pipeline
+
+        return run_pipeline(cfg)
+    from aepipe_flows.pipeline import (
+        pipeline_flow,  # imports Prefect (env defaults set in flows/__init__)
+    )
+
+    _quiet_prefect_shutdown()
+    return pipeline_flow(cfg)
+
+
+def _quiet_prefect_shutdown() -> None:
+    """Prefect's ephemeral server can log event-flush tracebacks while it shuts down after a
+    successful run; keep them out of the user's terminal unless asked for (-vv)."""
+    if not log.isEnabledFor(logging.DEBUG):
+        for name in ("prefect.events.clients", "prefect._internal.concurrency", "prefect.server"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from aepipe.report.summary import format_report
+
+    cfg = config_from_args(args)
+    report = _run_flow(cfg, not args.no_prefect)
+    print(format_report(report) if sys.stdout.isatty() else json.dumps(report))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from aepipe.report.summary import format_report
+
+    out = Path(args.out).resolve()
+    args.run_dir, args.corpus = str(out), None
+    cfg = config_from_args(args, DOC_DEMO_OVERRIDES if args.documents else DEMO_OVERRIDES)
+    what = "Python standard-library docstrings" if args.documents else "scikit-learn's digits"
+    print(f"aepipe demo: training a {cfg.model.code_size}-d autoencoder on {what}; output in {out}", file=sys.stderr)
+    report = _run_flow(cfg, not args.no_prefect)
+    print(format_report(report))
+    if args.documents:
+        from aepipe.cluster.topics import format_topics
+        from aepipe.files import read_json
+        from aepipe.layout import RunLayout
+
+        topics = read_json(RunLayout.at(cfg.run_dir).clusters.topics)
+        topics["topics"] = topics["topics"][:5]
+        print("\nlargest topics:\n" + format_topics(topics))
+    print(f"report: {out / 'report.json'}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """Serve every flow as a deployment (flow/NAME) with cron schedules; no work pool. Runs until
+    interrupted; flow runs execute in subprocesses of this one."""
+    cfg = config_from_args(args)
+    from aepipe_flows.deployments import (  # imports Prefect (env defaults in flows/)
+        parse_schedules,
+        serve_deployments,
+    )
+
+    schedules = parse_schedules(args.cron)
+    if not os.environ.get("PREFECT_API_URL"):
+        print(
+            "aepipe serve: PREFECT_API_URL is not set, so runs and schedules live in a temporary local server "
+            "that stops with this process; start `prefect server start` and set PREFECT_API_URL for a lasting one",
+            file=sys.stderr,
+        )
+    planned = ", ".join(f"{k} '{v}'" for k, v in schedules.items() if v) or "none"
+    print(
+        f"aepipe serve: deployments <flow>/{args.name} for {cfg.run_dir}; schedules ({args.timezone}): {planned}",
+        file=sys.stderr,
+    )
+    serve_deployments(cfg, schedules, args.name, args.timezone, args.limit)
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("run", help="all stages through the Prefect pipeline flow")
+    add_config_args(p)
+    p.add_argument("--no-prefect", action="store_true", help="call the stage functions directly")
+    p.set_defaults(func=_cmd_run)
+    p = sub.add_parser("demo", help="the pipeline on scikit-learn's bundled digits (no download)")
+    p.add_argument("--out", default="aepipe-demo", help="output directory (default: ./aepipe-demo)")
+    p.add_argument("-c", "--config", help=argparse.SUPPRESS)
+    p.add_argument("-s", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--no-prefect", action="store_true", help="call the stage functions directly")
+    p.add_argument(
+        "--documents",
+        action="store_true",
+        help="documents demo: docstrings of Python's standard library, labelled by package",
+    )
+    p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("serve", help="serve the flows as scheduled Prefect deployments (no work pool)")
+    add_config_args(p)
+    p.add_argument("--name", default="default", help="deployment name: runs are <flow>/NAME (default: default)")
+    p.add_argument(
+        "--cron",
+        action="append",
+        default=[],
+        metavar="FLOW=CRON",
+        help="schedule of pipeline, update, train, encode, index or cluster, e.g. --cron 'train=0 3 * * 0'; "
+        "FLOW=none for none (default: pipeline=0 2 * * *, the rest on demand)",
+    )
+    p.add_argument("--timezone", default="UTC", help="time zone of the cron schedules (IANA name, default UTC)")
+    p.add_argument("--limit", type=int, help="at most this many flow runs at once")
+    p.set_defaults(func=_cmd_serve)

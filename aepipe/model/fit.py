@@ -1,0 +1,328 @@
+"""Fit an autoencoder in this process with the Lightning Trainer and write the model directory
+(the training stage is aepipe.model.train.train_model, which also launches DDP jobs)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pyarrow as pa
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+from aepipe.config import CorpusConfig, FeaturesConfig, PipelineConfig, TransferConfig
+from aepipe.corpus import Quarantine, open_corpus
+from aepipe.errors import ConfigError, CorpusError
+from aepipe.features import Preprocessor, TextPreprocessor
+from aepipe.files import atomic_write_json, atomic_write_table, fresh_dir, replace_dir
+from aepipe.layout import ModelFiles, RunLayout
+from aepipe.logs import timed
+from aepipe.model.module import AutoencoderModule
+from aepipe.model.networks import Autoencoder, build_autoencoder
+from aepipe.model.saved import encode_array, load_model, save_model
+from aepipe.quality.metrics import pca_baseline, reconstruction_scores
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    model_dir: str
+    model_id: str
+    metrics: dict
+    n_items: int
+    n_quarantined: int
+    seconds: float
+
+
+@dataclass
+class Dataset:
+    x: np.ndarray  # (N, C, H, W) float32 images or (N, V) documents
+    ids: list[str]
+    labels: list[str | None]
+
+
+def read_items(
+    corpus_cfg: CorpusConfig,
+    prep: Preprocessor | None,
+    max_items: int | None,
+    seed: int,
+    quarantine: Quarantine,
+    features: FeaturesConfig | None = None,
+    max_memory_mb: float | None = None,
+) -> tuple[Dataset, Preprocessor]:
+    """Read (a seeded random sample of at most ``max_items`` of) a corpus into memory. Without
+    ``prep``, the preprocessor is inferred (images) or fitted (documents' vocabulary) on that sample.
+    ``max_memory_mb`` caps the array read (float32 inputs): a larger sample is subsampled, with a
+    warning, rather than running the machine out of memory."""
+    corpus = open_corpus(corpus_cfg)
+    keep = None
+    rng = np.random.default_rng(seed)
+    if max_items and max_items < corpus.n_items:
+        keep = set(rng.choice(corpus.n_items, max_items, replace=False).tolist())
+    prep = prep or corpus.infer_preprocessor(features or FeaturesConfig(), keep=keep)
+    n_wanted = len(keep) if keep is not None else corpus.n_items
+    cap = int(max_memory_mb * 2**20 // (prep.dim * 4)) if max_memory_mb else n_wanted
+    if n_wanted > cap:
+        log.warning(
+            "training on %d of %d items: %d inputs of %d floats exceed training.max_memory_mb=%g",
+            cap,
+            n_wanted,
+            n_wanted,
+            prep.dim,
+            max_memory_mb,
+        )
+        pool = np.array(sorted(keep)) if keep is not None else np.arange(corpus.n_items)
+        keep = set(rng.choice(pool, max(cap, 1), replace=False).tolist())
+    xs, ids, labels = [], [], []
+    for batch in corpus.iter_batches(prep, 4096, quarantine, keep=keep):  # type: ignore[arg-type]  # kinds match
+        xs.append(batch.x)
+        ids += batch.ids
+        labels += batch.labels
+    if not ids:
+        raise CorpusError(f"no readable items in {corpus_cfg.source}")
+    return Dataset(np.concatenate(xs), ids, labels), prep
+
+
+def load_training_data(cfg: PipelineConfig, quarantine: Quarantine) -> tuple[Dataset, Preprocessor]:
+    data, prep = read_items(
+        cfg.corpus,
+        None,
+        cfg.training.max_items,
+        cfg.training.seed,
+        quarantine,
+        cfg.features,
+        cfg.training.max_memory_mb,
+    )
+    if len(data.ids) < 10:
+        raise CorpusError(f"only {len(data.ids)} readable items in {cfg.corpus.source}; need at least 10 to train")
+    return data, prep
+
+
+def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val, n_test = int(round(n * val_fraction)), int(round(n * test_fraction))
+    return {
+        "test": np.sort(perm[:n_test]),
+        "val": np.sort(perm[n_test : n_test + n_val]),
+        "train": np.sort(perm[n_test + n_val :]),
+    }
+
+
+def resolve_loss(cfg: PipelineConfig, x: np.ndarray) -> str:
+    """The config's loss, or for ``auto``: softmax for documents, BCE when all inputs lie in [0, 1], else MSE."""
+    if cfg.model.loss != "auto":
+        return cfg.model.loss
+    if cfg.corpus.kind == "documents":
+        return "softmax"
+    return "bce" if float(x.min()) >= 0.0 and float(x.max()) <= 1.0 else "mse"
+
+
+def output_activation(loss: str, x: np.ndarray) -> str:
+    if loss == "softmax":
+        return "softmax"
+    return "sigmoid" if loss == "bce" or x.max() <= 1.0 else "identity"
+
+
+def training_target(
+    cfg: PipelineConfig, prep: Preprocessor, loss: str, x: np.ndarray, train_idx: np.ndarray
+) -> np.ndarray | None:
+    """What the decoder reconstructs, when not the input itself (None): for the softmax loss each
+    document's word distribution; with ``training.knn_target`` the average of an item's target and
+    the mean target of its k nearest training items (cosine on the inputs)."""
+    knn = cfg.training.knn_target
+    if loss != "softmax" and knn is None:
+        return None
+    target = prep.word_distribution(x) if loss == "softmax" and isinstance(prep, TextPreprocessor) else x.copy()
+    if knn is not None:
+        with timed(f"knn target: {knn.k} nearest training items of each of {len(train_idx)}"):
+            flat = target.reshape(len(target), -1)
+            flat[train_idx] = smooth_over_neighbours(x.reshape(len(x), -1)[train_idx], flat[train_idx], knn.k)
+            target = flat.reshape(target.shape)
+    return target
+
+
+def nearest_neighbours(v: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k nearest other rows of ``v`` by cosine (exact, faiss). (N, D) -> (N, k)"""
+    import faiss
+
+    v = np.ascontiguousarray(v, dtype=np.float32).copy()
+    faiss.normalize_L2(v)
+    k = min(k, len(v) - 1)
+    _, idx = faiss.knn(v, v, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    own = idx == np.arange(len(v))[:, None]
+    own[~own.any(1), -1] = True  # the item itself tied out of the list: drop the farthest instead
+    return idx[~own].reshape(len(v), k)
+
+
+def smooth_over_neighbours(inputs: np.ndarray, target: np.ndarray, k: int) -> np.ndarray:
+    """(target + mean target of the k nearest neighbours by input) / 2, as a sparse average. (N, D) -> (N, D)"""
+    import scipy.sparse as sp
+
+    idx = nearest_neighbours(inputs, k)
+    n, k = idx.shape
+    avg = sp.csr_matrix((np.full(n * k, 1.0 / k, np.float32), idx.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n))
+    return ((target + avg @ target) / 2).astype(np.float32)
+
+
+def _loader(
+    x: np.ndarray, batch_size: int, shuffle: bool, num_workers: int, target: np.ndarray | None = None
+) -> DataLoader:
+    tensors = [torch.from_numpy(x)] + ([torch.from_numpy(target)] if target is not None else [])
+    return DataLoader(
+        TensorDataset(*tensors),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def fit_model(cfg: PipelineConfig) -> TrainResult:
+    """Train in this process (and, under DDP, in the ranks Lightning starts from it). Every rank
+    computes the same paths; only global rank 0 touches the staging directory and the model."""
+    t0 = time.perf_counter()
+    layout = RunLayout.at(cfg.run_dir)
+    L.seed_everything(cfg.training.seed, workers=True, verbose=False)
+    quarantine = Quarantine("train")
+    with timed("read training data"):
+        data, prep = load_training_data(cfg, quarantine)
+    split = split_indices(len(data.ids), cfg.training.val_fraction, cfg.training.test_fraction, cfg.training.seed)
+    loss = resolve_loss(cfg, data.x)
+    net = build_autoencoder(cfg.model, prep.shape, output_activation(loss, data.x))
+    target = training_target(cfg, prep, loss, data.x, split["train"])  # None: reconstruct the input
+    transferred = init_from_model(net, cfg.model.transfer) if cfg.model.transfer else 0
+    module = AutoencoderModule(
+        net, loss, cfg.training.lr, cfg.training.weight_decay, cfg.training.lr_schedule, cfg.model
+    )
+
+    staging = layout.staging("model")  # created below, by rank 0 only
+    files = ModelFiles(staging)
+    has_val = len(split["val"]) > 0
+    monitor = "val_loss" if has_val else "train_loss"
+    checkpoint = ModelCheckpoint(dirpath=files.checkpoints, filename="best", monitor=monitor, save_top_k=1)
+    tc = cfg.training
+    try:
+        trainer = L.Trainer(
+            accelerator=tc.accelerator,
+            devices=tc.devices,
+            num_nodes=tc.num_nodes,
+            strategy=tc.strategy,
+            precision=tc.precision,  # type: ignore[arg-type]  # Lightning validates it
+            max_epochs=tc.max_epochs,
+            max_time=timedelta(minutes=tc.max_time_minutes) if tc.max_time_minutes else None,
+            callbacks=[EarlyStopping(monitor=monitor, patience=tc.early_stopping_patience), checkpoint],
+            logger=CSVLogger(save_dir=files.logs, name="", version=""),
+            enable_progress_bar=sys.stderr.isatty(),
+            enable_model_summary=False,
+            log_every_n_steps=10,
+            default_root_dir=staging,
+        )
+    except (ValueError, RuntimeError, MisconfigurationException) as exc:
+        raise ConfigError(
+            f"training.accelerator/devices/strategy/precision rejected by Lightning: {str(exc).splitlines()[0]}"
+        ) from None
+    if trainer.is_global_zero:  # other ranks start later (Lightning's launcher) or never write
+        fresh_dir(staging)
+    x = data.x
+    with timed(f"fit {cfg.model.architecture} autoencoder on {len(split['train'])} items"):
+        trainer.fit(
+            module,
+            _loader(x[split["train"]], tc.batch_size, True, tc.num_workers, _rows(target, split["train"])),
+            _loader(x[split["val"]], tc.batch_size * 4, False, tc.num_workers, _rows(target, split["val"]))
+            if has_val
+            else None,
+        )
+    if not trainer.is_global_zero:
+        return TrainResult(str(layout.model.root), "", {}, len(data.ids), len(quarantine), time.perf_counter() - t0)
+    # Our own checkpoint, but still read without unpickling arbitrary objects.
+    best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(best)
+    net = module.net.cpu().eval()
+
+    with timed("evaluate held-out reconstruction"):
+        metrics = evaluate_reconstruction(net, x, split, cfg)
+    metrics.update(
+        kinds=cfg.model.kinds,
+        transferred_layers=transferred,
+        loss=loss,
+        epochs=int(trainer.current_epoch),
+        best_val_loss=float(checkpoint.best_model_score or np.nan),
+        n_train=len(split["train"]),
+        n_val=len(split["val"]),
+        n_test=len(split["test"]),
+        train_seconds=round(time.perf_counter() - t0, 2),
+    )
+    atomic_write_json(files.metrics, metrics)
+    _write_split(files.split, data.ids, split)
+    model_id = save_model(files, net, cfg, prep, {"epochs": metrics["epochs"], "n_train": metrics["n_train"]})
+    if len(quarantine):
+        quarantine.write(files.root / "quarantine.parquet")
+    replace_dir(staging, layout.model.root)
+    log.info(
+        "model %s: AE SSE/item %.3f vs PCA %.3f on %d held-out items",
+        model_id,
+        metrics["ae"]["sse_per_item"],
+        metrics["pca"]["sse_per_item"],
+        metrics["n_test"],
+    )
+    return TrainResult(
+        str(layout.model.root), model_id, metrics, len(data.ids), len(quarantine), time.perf_counter() - t0
+    )
+
+
+def _rows(a: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
+    return None if a is None else a[idx]
+
+
+def init_from_model(net: Autoencoder, transfer: TransferConfig) -> int:
+    """Copy encoder layers from a saved model (all, or the first ``transfer.n_layers``);
+    optionally freeze them. Returns the number of layers copied."""
+    source = load_model(transfer.init_from).net
+    src, dst = source.encoder_layers(), net.encoder_layers()
+    n = transfer.n_layers or len(dst)
+    if n > min(len(src), len(dst)):
+        raise ConfigError(f"transfer.n_layers={n} but the models have {len(src)} and {len(dst)} encoder layers")
+    for i, (a, b) in enumerate(zip(src[:n], dst[:n])):
+        if a.weight.shape != b.weight.shape:
+            raise ConfigError(
+                f"cannot transfer encoder layer {i} from {transfer.init_from}: weight shape "
+                f"{a.weight.shape} != {b.weight.shape}; match the architecture or set transfer.n_layers"
+            )
+        b.load_state_dict(a.state_dict())
+        if transfer.freeze:
+            b.requires_grad_(False)
+    log.info("initialised %d encoder layer(s) from %s%s", n, transfer.init_from, " (frozen)" if transfer.freeze else "")
+    return n
+
+
+def evaluate_reconstruction(net, x: np.ndarray, split: dict[str, np.ndarray], cfg: PipelineConfig) -> dict:
+    """AE vs PCA at the same code size, on the test split (or val, or train when tiny)."""
+    held = next((split[s] for s in ("test", "val", "train") if len(split[s])), split["train"])
+    xt = x[held]
+    sse = np.concatenate(
+        [encode_array(net, torch.from_numpy(xt[i : i + 4096]))[1].numpy() for i in range(0, len(xt), 4096)]
+    )
+    dim = int(np.prod(xt.shape[1:]))
+    ae = reconstruction_scores(sse, dim)
+    xtrain = x[split["train"]]
+    if net.output_activation == "softmax":  # as encode_array: both reconstruct the inputs normalised to sum 1
+        xtrain, xt = (a / np.maximum(a.sum(1, keepdims=True), 1e-12) for a in (xtrain, xt))
+    pca = pca_baseline(xtrain, xt, cfg.model.code_size, cfg.training.seed)
+    return {"ae": ae, "pca": pca, "code_size": cfg.model.code_size, "input_dim": dim}
+
+
+def _write_split(path: Path, ids: list[str], split: dict[str, np.ndarray]) -> None:
+    names = np.empty(len(ids), dtype=object)
+    for name, idx in split.items():
+        names[idx] = name
+    atomic_write_table(path, pa.table({"id": ids, "split": names.tolist()}))

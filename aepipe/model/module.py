@@ -1,0 +1,106 @@
+"""LightningModule around a pure autoencoder network: one shared ``_step`` for
+train / val / test."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from aepipe.config import ModelConfig
+from aepipe.model.networks import Autoencoder
+from aepipe.model.regularizers import (
+    contractive_penalty,
+    corrupt,
+    gaussian_kl,
+    sparsity_penalty,
+)
+
+
+def reconstruction_loss(out: torch.Tensor, x: torch.Tensor, loss: str, net: Autoencoder) -> torch.Tensor:
+    """Mean over items of the per-element loss (BCE on logits, or MSE on activated outputs), or for
+    ``softmax`` the multinomial cross-entropy -sum_v x_v log softmax(out)_v per item (x: a distribution)."""
+    if loss == "softmax":
+        return -(x * F.log_softmax(out, dim=-1)).sum(-1).mean()  # (B, V) -> scalar
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(out, x)
+    return F.mse_loss(net.activate(out), x)
+
+
+class AutoencoderModule(L.LightningModule):
+    def __init__(
+        self,
+        net: Autoencoder,
+        loss: str,
+        lr: float,
+        weight_decay: float,
+        lr_schedule: str,
+        model_cfg: ModelConfig | None = None,
+    ):
+        super().__init__()
+        self.net = net
+        self.kind = model_cfg or ModelConfig()
+        contractive = self.kind.contractive
+        self.exact_contractive = contractive is not None and (
+            contractive.method == "exact" or (contractive.method == "auto" and self.kind.exact_contractive_possible())
+        )
+        self.loss = loss
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.save_hyperparameters(ignore=["net", "model_cfg"])
+
+    def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
+        x_in = batch[0]  # (B, C, H, W) images or (B, V) documents
+        x = batch[1] if len(batch) > 1 else x_in  # the clean target: the input, or e.g. a word distribution
+        kind = self.kind
+        if kind.denoising and stage == "train":
+            x_in = corrupt(x_in, kind.denoising)
+        z, out, mu, logvar = self.net(x_in)
+        recon = reconstruction_loss(out, x, self.loss, self.net)
+        loss = recon
+        if logvar is not None:  # VAE: KL per item, scaled like the per-element reconstruction loss
+            kl = gaussian_kl(mu, logvar).mean() / x[0].numel()
+            loss = loss + kind.kl_weight * kl
+            self.log(f"{stage}_kl", kl, on_epoch=True, on_step=False, batch_size=len(x), sync_dist=True)
+        if kind.sparsity:
+            loss = loss + sparsity_penalty(z, kind.sparsity)
+        if kind.contractive and stage == "train":
+            loss = loss + contractive_penalty(self.net, x_in, kind.contractive, self.exact_contractive)
+        with torch.no_grad():
+            sse = (self.net.activate(out) - x).pow(2).flatten(1).sum(1).mean()  # summed squared error per item
+        self.log(
+            f"{stage}_loss",
+            loss,
+            prog_bar=stage != "test",
+            on_epoch=True,
+            on_step=False,
+            batch_size=len(x),
+            sync_dist=True,
+        )
+        self.log(f"{stage}_recon", recon, on_epoch=True, on_step=False, batch_size=len(x), sync_dist=True)
+        self.log(f"{stage}_sse", sse, on_epoch=True, on_step=False, batch_size=len(x), sync_dist=True)
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if self.lr_schedule == "constant":
+            return opt
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        sched: torch.optim.lr_scheduler.LRScheduler
+        if self.lr_schedule == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=total, pct_start=0.15)
+        else:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

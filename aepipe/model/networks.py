@@ -1,0 +1,221 @@
+"""Encoder -> code -> decoder networks, built from the classic hyperparameters:
+code size, number of layers, nodes per layer (the decoder mirrors the encoder)."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from aepipe.config import ModelConfig
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "leaky_relu": nn.LeakyReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+}
+
+
+class TrainPass(NamedTuple):
+    code: torch.Tensor  # (B, code): sampled for a VAE in training mode, else the mean
+    out: torch.Tensor  # (B, *input_shape) decoder output before the output activation
+    mu: torch.Tensor  # (B, code) deterministic code / posterior mean
+    logvar: torch.Tensor | None  # (B, code) for a VAE
+
+
+CODE_ACTIVATIONS: dict[str, type[nn.Module]] = {"linear": nn.Identity, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
+
+
+class Autoencoder(nn.Module):
+    """Common interface. Subclasses build ``body`` (input -> features), ``code_head``
+    (features -> code, or mean and log-variance for a VAE) and ``decode``.
+    ``decode`` returns pre-activation outputs (logits when the output activation is a
+    sigmoid, so BCE can use the numerically stable form)."""
+
+    input_shape: tuple[int, ...]
+    code_size: int
+    output_activation: str  # "sigmoid", "softmax" (over the last dimension: word distributions) or "identity"
+    variational: bool
+    body: nn.Module  # (B, *input_shape) -> (B, features)
+
+    def _init_code(self, d_features: int, code_size: int, code_activation: str, variational: bool) -> None:
+        self.code_size = code_size
+        self.variational = variational
+        self.code_head = nn.Linear(d_features, code_size * (2 if variational else 1))
+        self.code_act = CODE_ACTIVATIONS[code_activation]()
+
+    def encode_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, *input_shape) -> code (B, code) [posterior mean for a VAE], log-variance or None."""
+        h = self.code_head(self.body(x))
+        if self.variational:
+            mu, logvar = h.chunk(2, dim=1)
+            return mu, logvar.clamp(-12, 12)
+        return self.code_act(h), None
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic code (the posterior mean for a VAE). (B, *input_shape) -> (B, code)"""
+        return self.encode_stats(x)[0]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:  # (B, code) -> (B, *input_shape)
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> TrainPass:
+        mu, logvar = self.encode_stats(x)
+        z = mu
+        if logvar is not None and self.training:
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterisation
+        return TrainPass(z, self.decode(z), mu, logvar)
+
+    def encoder_layers(self) -> list[nn.Module]:
+        """Encoder layers with weights, outermost first (for transfer learning)."""
+        layers: list[nn.Module] = [m for m in self.body.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        return layers + [self.code_head]
+
+    def activate(self, out: torch.Tensor) -> torch.Tensor:
+        if self.output_activation == "softmax":
+            return torch.softmax(out, dim=-1)
+        return torch.sigmoid(out) if self.output_activation == "sigmoid" else out
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activate(self.decode(self.encode(x)))
+
+
+def _dense_block(d_in: int, d_out: int, act: str, batch_norm: bool) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Linear(d_in, d_out)]
+    if batch_norm:
+        layers.append(nn.BatchNorm1d(d_out))
+    layers.append(ACTIVATIONS[act]())
+    return layers
+
+
+class DenseAutoencoder(Autoencoder):
+    """Stacked fully connected layers, e.g. 784-512-256-128-code-128-256-512-784."""
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        widths: list[int],
+        code_size: int,
+        activation: str = "gelu",
+        batch_norm: bool = False,
+        output_activation: str = "sigmoid",
+        code_activation: str = "linear",
+        variational: bool = False,
+        decoder: str = "mirror",
+    ):
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.output_activation = output_activation
+        d_in = math.prod(self.input_shape)
+        dims = [d_in, *widths]
+        body: list[nn.Module] = [nn.Flatten()]
+        for a, b in zip(dims[:-1], dims[1:]):
+            body += _dense_block(a, b, activation, batch_norm)
+        self.body = nn.Sequential(*body)  # (B, C, H, W) -> (B, widths[-1])
+        self._init_code(dims[-1], code_size, code_activation, variational)
+        # A linear decoder maps the code straight to output logits (for documents: word logits, so
+        # each code unit is a topic-like direction in vocabulary space).
+        rdims = [code_size] if decoder == "linear" else [code_size, *reversed(widths)]
+        dec: list[nn.Module] = []
+        for a, b in zip(rdims[:-1], rdims[1:]):
+            dec += _dense_block(a, b, activation, batch_norm)
+        dec.append(nn.Linear(rdims[-1], d_in))
+        self.decoder = nn.Sequential(*dec)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z).view(-1, *self.input_shape)  # (B, code) -> (B, C, H, W)
+
+
+class ConvAutoencoder(Autoencoder):
+    """Strided 3x3 convolutions (each halves H and W), a dense code layer, and a
+    mirrored transposed-convolution decoder that restores the exact input size."""
+
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int],
+        channels: list[int],
+        code_size: int,
+        activation: str = "gelu",
+        batch_norm: bool = True,
+        output_activation: str = "sigmoid",
+        code_activation: str = "linear",
+        variational: bool = False,
+    ):
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.output_activation = output_activation
+        c, h, w = input_shape
+        self.sizes = [(h, w)]
+        convs = []
+        for c_out in channels:
+            convs.append(
+                nn.Sequential(
+                    nn.Conv2d(c, c_out, 3, stride=2, padding=1),
+                    nn.BatchNorm2d(c_out) if batch_norm else nn.Identity(),
+                    ACTIVATIONS[activation](),
+                )
+            )
+            h, w = (h + 1) // 2, (w + 1) // 2
+            self.sizes.append((h, w))
+            c = c_out
+        self.body = nn.Sequential(*convs, nn.Flatten())  # (B, C, H, W) -> (B, C' * h * w)
+        self.flat_shape = (c, h, w)
+        self._init_code(c * h * w, code_size, code_activation, variational)
+        self.from_code = nn.Sequential(nn.Linear(code_size, c * h * w), ACTIVATIONS[activation]())
+        deconvs = []
+        outs = [*reversed(channels[:-1]), input_shape[0]]
+        for i, c_out in enumerate(outs):
+            last = i == len(outs) - 1
+            deconvs.append(
+                nn.ModuleDict(
+                    {
+                        "conv": nn.ConvTranspose2d(c, c_out, 3, stride=2, padding=1),
+                        "post": nn.Identity()
+                        if last
+                        else nn.Sequential(
+                            nn.BatchNorm2d(c_out) if batch_norm else nn.Identity(), ACTIVATIONS[activation]()
+                        ),
+                    }
+                )
+            )
+            c = c_out
+        self.deconvs = nn.ModuleList(deconvs)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.from_code(z).view(-1, *self.flat_shape)  # (B, code) -> (B, C, h, w)
+        for block, size in zip(self.deconvs, reversed(self.sizes[:-1])):
+            assert isinstance(block, nn.ModuleDict)  # for the type checker: deconvs holds ModuleDicts
+            x = block["post"](block["conv"](x, output_size=list(size)))  # doubles H, W back to ``size``
+        return x  # (B, C_in, H, W)
+
+
+def build_autoencoder(
+    cfg: ModelConfig, input_shape: tuple[int, ...], output_activation: str = "sigmoid"
+) -> Autoencoder:
+    if cfg.architecture == "dense":
+        return DenseAutoencoder(
+            input_shape,
+            cfg.widths(),
+            cfg.code_size,
+            cfg.activation,
+            cfg.batch_norm,
+            output_activation,
+            cfg.code_activation,
+            cfg.variational,
+            cfg.decoder,
+        )
+    c, h, w = input_shape  # conv: (C, H, W)
+    return ConvAutoencoder(
+        (c, h, w),
+        cfg.widths(),
+        cfg.code_size,
+        cfg.activation,
+        cfg.batch_norm,
+        output_activation,
+        cfg.code_activation,
+        cfg.variational,
+    )

@@ -1,0 +1,131 @@
+"""The model directory: safetensors weights (no pickle), the resolved config,
+the preprocessing spec and a content-hash model id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from aepipe import __version__
+from aepipe.config import PipelineConfig
+from aepipe.errors import ConfigError, MissingArtifact
+from aepipe.features import Preprocessor, preprocessor_from_dict
+from aepipe.files import atomic_write_json, read_json
+from aepipe.layout import ModelFiles
+from aepipe.model.networks import Autoencoder, build_autoencoder
+
+
+@dataclass
+class LoadedModel:
+    net: Autoencoder
+    prep: Preprocessor
+    config: PipelineConfig
+    info: dict[str, Any]
+
+    @property
+    def model_id(self) -> str:
+        return self.info["model_id"]
+
+    @property
+    def code_size(self) -> int:
+        return self.net.code_size
+
+
+def model_id_for(weights_path: Path, config: PipelineConfig, prep: Preprocessor) -> str:
+    h = hashlib.sha256()
+    h.update(Path(weights_path).read_bytes())
+    h.update(json.dumps(config.model.model_dump(mode="json"), sort_keys=True).encode())
+    h.update(json.dumps(prep.to_dict(), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def save_model(
+    files: ModelFiles,
+    net: Autoencoder,
+    config: PipelineConfig,
+    prep: Preprocessor,
+    extra_info: dict[str, Any] | None = None,
+) -> str:
+    """Write weights, config, preprocessing spec and model.json into ``files.root``; return the model id."""
+    files.root.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(files.weights))
+    atomic_write_json(files.config, config.model_dump(mode="json"))
+    atomic_write_json(files.preprocess, prep.to_dict())
+    model_id = model_id_for(files.weights, config, prep)
+    info = {
+        "model_id": model_id,
+        "architecture": config.model.architecture,
+        "input_shape": list(prep.shape),
+        "code_size": config.model.code_size,
+        "output_activation": net.output_activation,
+        "aepipe_version": __version__,
+        **(extra_info or {}),
+    }
+    atomic_write_json(files.info, info)
+    return model_id
+
+
+def load_model(files: ModelFiles | str | Path) -> LoadedModel:
+    """Rebuild a model from its directory alone (no unpickling)."""
+    if not isinstance(files, ModelFiles):
+        files = ModelFiles(Path(files))
+    if not files.weights.is_file() or not files.info.is_file():
+        raise MissingArtifact(f"no trained model in {files.root}; run `aepipe train` first")
+    config = PipelineConfig.model_validate(read_json(files.config))
+    prep = preprocessor_from_dict(read_json(files.preprocess))
+    info = read_json(files.info)
+    net = build_autoencoder(config.model, prep.shape, info.get("output_activation", "sigmoid"))
+    try:
+        net.load_state_dict(load_file(str(files.weights)))
+    except RuntimeError:
+        raise MissingArtifact(
+            f"weights in {files.weights} do not match the model described by {files.config} "
+            "(made by another aepipe version?); retrain with `aepipe train`"
+        ) from None
+    net.eval()
+    return LoadedModel(net=net, prep=prep, config=config, info=info)
+
+
+@torch.inference_mode()
+def encode_array(net: Autoencoder, x: torch.Tensor, autocast: str = "off") -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes and per-item summed squared reconstruction error. (B, C, H, W) -> (B, code), (B,)
+    For a softmax output (documents) the error is measured against the input normalised to sum 1.
+    Runs on the device of ``net`` (``x`` is moved there); results come back as float32 on the CPU.
+    ``autocast``: "bf16" / "fp16" run the forward pass in that precision (torch.autocast)."""
+    device = next(net.parameters()).device
+    x = x.to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=AUTOCAST_DTYPES[autocast], enabled=autocast != "off"):
+        z = net.encode(x)
+        recon = net.activate(net.decode(z))
+    z, recon = z.float(), recon.float()
+    if net.output_activation == "softmax":
+        x = x / x.sum(-1, keepdim=True).clamp_min(1e-12)
+    return z.cpu(), (recon - x).pow(2).flatten(1).sum(1).cpu()
+
+
+AUTOCAST_DTYPES = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def inference_settings(device: str, autocast: str) -> tuple[torch.device, str]:
+    """Resolve ``encode.device`` / ``encode.autocast`` ("auto": CUDA when present; bf16 where the GPU
+    supports it, else fp16; full precision on the CPU, where bf16 autocast is slower on most chips)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"encode.device={device} but torch sees no CUDA device (torch {torch.__version__}); "
+            "use encode.device=cpu or auto"
+        )
+    if autocast == "auto":
+        if device.startswith("cuda"):
+            autocast = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            autocast = "off"
+    return torch.device(device), autocast

@@ -1,0 +1,1 @@
+"""Named config presets (YAML), applied by ``preset`` under the keys a user sets."""

@@ -1,0 +1,188 @@
+"""The run report: what a person wants to know after a pipeline run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from aepipe.cluster.kmeans import ClusterResult
+from aepipe.codes.encode import EncodeResult
+from aepipe.config import PipelineConfig
+from aepipe.files import atomic_write_json, read_json
+from aepipe.index.build import IndexResult
+from aepipe.index.search import Searcher
+from aepipe.layout import RunLayout
+from aepipe.model.train import TrainResult
+from aepipe.quality.metrics import precision_at_k
+
+
+def heldout_precision(cfg: PipelineConfig, k: int = 10) -> dict[str, Any]:
+    """Items held out from training query the index (leaving themselves out); P@k by label."""
+    layout = RunLayout.at(cfg.run_dir)
+    split = pq.read_table(layout.model.root / "split.parquet").to_pydict()
+    heldout = [i for i, s in zip(split["id"], split["split"]) if s == "test"] or list(split["id"])
+    searcher = Searcher(cfg.run_dir)
+    meta = searcher.metadata()
+    heldout = [i for i in heldout if i in meta and meta[i][0] is not None][:2000]
+    if not heldout:
+        return {"precision_at_10": None, "n_queries": 0, "note": "no labels: precision needs labels"}
+    results = searcher.search_ids(heldout, k)
+    neighbor_labels = np.array([[h.label for h in hits] + [None] * (k - len(hits)) for hits in results], dtype=object)
+    query_labels = np.array([meta[i][0] for i in heldout], dtype=object)
+    return {
+        "precision_at_10": precision_at_k(neighbor_labels, query_labels),
+        "n_queries": len(heldout),
+        "protocol": "held-out items (test split) query the index, themselves excluded",
+    }
+
+
+def build_report(
+    cfg: PipelineConfig,
+    train: TrainResult,
+    encode: EncodeResult,
+    index: IndexResult,
+    cluster: ClusterResult,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    layout = RunLayout.at(cfg.run_dir)
+    m = train.metrics
+    infos = read_json(layout.index.infos)
+    bytes_per_code = cfg.model.code_size * (2 if cfg.encode.code_dtype == "float16" else 4)
+    report = {
+        "run_dir": str(layout.root),
+        "model_id": train.model_id,
+        "corpus": cfg.corpus.source,
+        "reconstruction": {
+            "ae_sse_per_item": m["ae"]["sse_per_item"],
+            "pca_sse_per_item": m["pca"]["sse_per_item"],
+            "ae_mse": m["ae"]["mse"],
+            "pca_mse": m["pca"]["mse"],
+            "ae_psnr": m["ae"]["psnr"],
+            "pca_psnr": m["pca"]["psnr"],
+            "code_size": m["code_size"],
+            "n_heldout": m["n_test"],
+            "bytes_per_code": bytes_per_code,
+            "raw_bytes_per_item_float32": m["input_dim"] * 4,
+        },
+        "retrieval": heldout_precision(cfg),
+        "index": {
+            "type": index.index_string,
+            "recall_at_10": index.recall_at_10,
+            "params": index.params,
+            "latency_ms_per_query": infos["latency_ms_per_query"],
+            "n_items": index.n_items,
+        },
+        "clusters": {"acc": cluster.acc, "nmi": cluster.nmi, "n_clusters": cluster.n_clusters, "sizes": cluster.sizes},
+        "counts": {
+            "n_items": encode.n_items,
+            "n_quarantined": encode.n_quarantined,
+            "n_quarantined_train": train.n_quarantined,
+        },
+        "epochs": m["epochs"],
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+    }
+    atomic_write_json(layout.report, report)
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    r, ret, ix, cl = report["reconstruction"], report["retrieval"], report["index"], report["clusters"]
+    p10 = (
+        "n/a (no labels)"
+        if ret["precision_at_10"] is None
+        else f"{ret['precision_at_10']:.3f} ({ret['n_queries']} held-out queries)"
+    )
+    acc = "n/a" if cl["acc"] is None else f"{cl['acc']:.3f}"
+    nmi = "n/a" if cl["nmi"] is None else f"{cl['nmi']:.3f}"
+    times = ", ".join(f"{k} {v:.1f}s" for k, v in report["timings_s"].items())
+    return "\n".join(
+        [
+            f"run {report['run_dir']}  model {report['model_id']}  items {report['counts']['n_items']}"
+            f"  quarantined {report['counts']['n_quarantined']}",
+            f"reconstruction (held-out, {r['code_size']}-d code): AE SSE/item {r['ae_sse_per_item']:.3f}"
+            f"  vs PCA {r['pca_sse_per_item']:.3f}  (PSNR {r['ae_psnr']:.1f} vs {r['pca_psnr']:.1f} dB)",
+            f"retrieval precision@10: {p10}",
+            f"index {ix['type']} {ix['params'] or ''}: recall@10 {ix['recall_at_10']:.3f},"
+            f" {ix['latency_ms_per_query']:.3f} ms/query",
+            f"clusters k={cl['n_clusters']}: ACC {acc}  NMI {nmi}",
+            f"time: {times}",
+        ]
+    )
+
+
+def report_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's numbers as (metric, value) rows: one table, e.g. a Prefect table artifact."""
+    r, ret, ix, cl, counts = (report[k] for k in ("reconstruction", "retrieval", "index", "clusters", "counts"))
+    rows = [
+        ("ae_sse_per_item", r["ae_sse_per_item"]),
+        ("pca_sse_per_item", r["pca_sse_per_item"]),
+        ("ae_psnr_db", r["ae_psnr"]),
+        ("pca_psnr_db", r["pca_psnr"]),
+        ("code_size", r["code_size"]),
+        ("bytes_per_code", r["bytes_per_code"]),
+        ("precision_at_10", ret["precision_at_10"]),
+        ("index_recall_at_10", ix["recall_at_10"]),
+        ("index_latency_ms_per_query", ix["latency_ms_per_query"]),
+        ("cluster_acc", cl["acc"]),
+        ("cluster_nmi", cl["nmi"]),
+        ("n_items", counts["n_items"]),
+        ("n_quarantined", counts["n_quarantined"]),
+        ("n_quarantined_train", counts["n_quarantined_train"]),
+        ("epochs", report["epochs"]),
+        *((f"seconds_{stage}", s) for stage, s in report["timings_s"].items()),
+    ]
+    return [{"metric": k, "value": None if v is None else round(v, 6) if isinstance(v, float) else v} for k, v in rows]
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: a Prefect report artifact, or a page in a wiki."""
+    layout = RunLayout.at(report["run_dir"])
+    r, ix, counts = report["reconstruction"], report["index"], report["counts"]
+
+    def cell(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = [
+        "# aepipe run report",
+        "",
+        f"Run `{report['run_dir']}`, model `{report['model_id']}`, corpus `{report['corpus']}`.",
+        "",
+        "## Counts",
+        "",
+        "| items encoded | quarantined (encode) | quarantined (train) |",
+        "|---:|---:|---:|",
+        f"| {counts['n_items']} | {counts['n_quarantined']} | {counts['n_quarantined_train']} |",
+        "",
+        f"## Reconstruction (held-out, {r['code_size']}-d code, {r['n_heldout']} items)",
+        "",
+        "| | SSE/item | MSE | PSNR (dB) |",
+        "|---|---:|---:|---:|",
+        f"| autoencoder | {cell(r['ae_sse_per_item'])} | {cell(r['ae_mse'])} | {cell(r['ae_psnr'])} |",
+        f"| PCA | {cell(r['pca_sse_per_item'])} | {cell(r['pca_mse'])} | {cell(r['pca_psnr'])} |",
+        "",
+        "## Search and clusters",
+        "",
+        "| metric | value |",
+        "|---|---:|",
+        f"| precision@10 (held-out queries) | {cell(report['retrieval']['precision_at_10'])} |",
+        f"| index | {ix['type']} {ix['params'] or ''} |",
+        f"| index recall@10 | {cell(ix['recall_at_10'])} |",
+        f"| latency (ms/query) | {cell(ix['latency_ms_per_query'])} |",
+        f"| clusters k | {report['clusters']['n_clusters']} |",
+        f"| cluster ACC / NMI | {cell(report['clusters']['acc'])} / {cell(report['clusters']['nmi'])} |",
+        "",
+        "## Time per stage",
+        "",
+        "| stage | seconds |",
+        "|---|---:|",
+        *(f"| {stage} | {s:.1f} |" for stage, s in report["timings_s"].items()),
+        "",
+        "## Files",
+        "",
+        f"- cluster prototypes (decoded centroids): `{layout.clusters.prototypes}`",
+        f"- model metrics: `{layout.model.metrics}`, training curve: `{layout.model.logs / 'metrics.csv'}`",
+        f"- report: `{layout.report}`",
+    ]
+    return "\n".join(lines) + "\n"

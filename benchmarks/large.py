@@ -1,0 +1,330 @@
+"""The two large runs of issue #5: a million images end to end, ten million codes indexed.
+
+    python -m benchmarks.large images    # 1,000,000 28x28 PNGs: encode + index + 1,000 image queries
+    python -m benchmarks.large codes     # 10,000,000 stored 32-d codes: index build + search
+    python -m benchmarks.large images --items 20000 --tiny   # digits-sized check (CI)
+
+| run | measured | target |
+|---|---|---|
+| images | encode (Parquet of PNG bytes -> decode -> encode -> store) + index (auto, tuned) + 1,000 queries by image file | <= 10 minutes on 2 cores; peak RSS reported |
+| codes | build_index over a store of 10M 32-d codes (on disk by default) + 1,000 queries | peak RSS <= 8 GiB; time and recall reported |
+
+Data are made once and reused, never timed: augmented copies of MNIST's training images
+(seeded rotations and shifts, see ``stages.augment``), stored as a Parquet corpus of PNG bytes
+(the decode path a real image corpus takes); codes are 32-d PCA projections of augmented images.
+Query images are augmentations of MNIST's *test* images, so neither they nor their sources are
+in the index. The model (the MNIST recipe, 784-1000-500-250-30) is trained before the run on
+20,000 items, apart. The measured part runs in a child process, whose ``ru_maxrss`` is the
+peak RSS reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aepipe.logs import setup_logging
+from benchmarks import write_results
+from benchmarks.stages import (
+    RECIPE,
+    TINY_RECIPE,
+    augment,
+    machine,
+    pca_vectors,
+    peak_rss_mb,
+    vector_store,
+)
+
+MINUTES_TARGET = 10.0
+RSS_TARGET_GIB = 8.0
+
+
+# ---------------------------------------------------------------- data (made once, not timed)
+
+
+def _png(img: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img, "L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _sources(args: argparse.Namespace, split: str) -> tuple[np.ndarray, np.ndarray]:
+    if args.tiny:
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        images = (d.images * (255 / 16)).round().astype(np.uint8)
+        half = len(images) // 2  # first half indexed, second half only as queries
+        return (images[:half], d.target[:half]) if split == "train" else (images[half:], d.target[half:])
+    with np.load(args.data) as npz:
+        return npz[f"x_{split}"], npz[f"y_{split}"]
+
+
+def image_corpus(args: argparse.Namespace) -> Path:
+    """A Parquet dataset (id, image = PNG bytes, label) of ``args.items`` augmented training images,
+    100,000 rows per file, made once per size."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = Path(args.out) / "data" / f"png-{args.items}{'-tiny' if args.tiny else ''}"
+    if (root / "_complete").is_file():
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    images, labels = _sources(args, "train")
+    rows = 100_000
+    for part, start in enumerate(range(0, args.items, rows)):
+        n = min(rows, args.items - start)
+        x, y = augment(images, labels, n, seed=10_000 + part)
+        table = pa.table(
+            {
+                "id": [f"img-{start + i:07d}" for i in range(n)],
+                "image": [_png(img) for img in x],
+                "label": [str(v) for v in y],
+            }
+        )
+        pq.write_table(table, root / f"part-{part:03d}.parquet", compression="none")  # PNG is compressed already
+    (root / "_complete").touch()
+    return root
+
+
+def query_files(args: argparse.Namespace) -> list[Path]:
+    """``args.queries`` PNG files: augmentations of held-out images (MNIST's test set)."""
+    root = Path(args.out) / "data" / f"queries-{args.queries}{'-tiny' if args.tiny else ''}"
+    if not (root / "_complete").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        x, y = augment(*_sources(args, "test"), args.queries, seed=20_000)
+        for i, (img, label) in enumerate(zip(x, y)):
+            (root / f"q{i:05d}-{label}.png").write_bytes(_png(img))
+        (root / "_complete").touch()
+    return sorted(root.glob("q*.png"))
+
+
+def code_store(args: argparse.Namespace, run_dir: Path) -> None:
+    """A store of ``args.codes`` 32-d codes (PCA of augmented images), written as encode writes one,
+    1,000,000 per part; made once."""
+    from aepipe.layout import RunLayout
+
+    done = RunLayout.at(run_dir).store / "_complete"
+    if not done.is_file():
+        vector_store(run_dir, pca_vectors(args, args.codes, seed=2, dim=32), rows_per_part=1_000_000)
+        done.touch()
+
+
+# ---------------------------------------------------------------- the measured runs (child process)
+
+
+def run_images(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
+    from aepipe.codes.encode import encode_corpus
+    from aepipe.index.build import build_index
+    from aepipe.index.search import Searcher
+
+    queries = query_files(args)
+    t0 = time.perf_counter()
+    encoded = encode_corpus(cfg)
+    t1 = time.perf_counter()
+    indexed = build_index(cfg)
+    t2 = time.perf_counter()
+    searcher = Searcher(cfg.run_dir)
+    results = searcher.search_images(queries, k=10)  # read, decode and encode the files, then search
+    t3 = time.perf_counter()
+    truth = [p.stem.split("-")[1] for p in queries]
+    precision = float(np.mean([np.mean([h.label == t for h in hits]) for hits, t in zip(results, truth)]))
+    infos = searcher.infos
+    return {
+        "n_items": encoded.n_items,
+        "n_quarantined": encoded.n_quarantined,
+        "n_queries": len(queries),
+        "encode_s": t1 - t0,
+        "index_s": t2 - t1,
+        "query_s": t3 - t2,
+        "total_s": t3 - t0,
+        "encode_items_per_s": encoded.n_items / (t1 - t0),
+        "index_string": indexed.index_string,
+        "on_disk": infos.get("on_disk"),
+        "params": indexed.params,
+        "recall_at_10": indexed.recall_at_10,
+        "index_seconds": infos["seconds"],
+        "precision_at_10": precision,
+    }
+
+
+def run_codes(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
+    import faiss
+
+    from aepipe.index.build import build_index
+    from aepipe.index.search import Searcher
+
+    t0 = time.perf_counter()
+    indexed = build_index(cfg)
+    t1 = time.perf_counter()
+    rss_after_build = peak_rss_mb()
+    queries = pca_vectors(args, args.queries, seed=3, dim=32)  # other augmentations: not in the store
+    searcher = Searcher(cfg.run_dir)
+    t2 = time.perf_counter()
+    found = searcher.search_arrays(queries, k=10)
+    t3 = time.perf_counter()
+    # recall of these new queries against exact search over all codes (streamed, a part at a time)
+    from aepipe.codes.store import open_store
+
+    store = open_store(Path(cfg.run_dir) / "store")
+    heap, offset = faiss.ResultHeap(len(queries), 10), 0
+    for _, codes in store.iter_codes(1_000_000):
+        d, i = faiss.knn(queries, codes, 10)
+        heap.add_result(d, i + offset)
+        offset += len(codes)
+    heap.finalize()
+    recall = float(np.mean([len(set(f) & set(t)) for f, t in zip(found.rows, heap.I)]) / 10)
+    infos = searcher.infos
+    return {
+        "n_codes": indexed.n_items,
+        "n_queries": len(queries),
+        "index_s": t1 - t0,
+        "search_s": t3 - t2,
+        "qps": len(queries) / (t3 - t2),
+        "index_string": indexed.index_string,
+        "on_disk": infos.get("on_disk"),
+        "params": indexed.params,
+        "recall_at_10_eval": indexed.recall_at_10,
+        "recall_at_10_new_queries": recall,
+        "index_seconds": infos["seconds"],
+        "index_bytes": infos["bytes"],
+        "peak_rss_mb_build": rss_after_build,
+    }
+
+
+# ---------------------------------------------------------------- driver
+
+
+def overrides(args: argparse.Namespace, run_dir: Path) -> list[str]:
+    base = (TINY_RECIPE if args.tiny else RECIPE) + [f"run_dir={run_dir}"]
+    if args.run == "images":
+        base += [
+            f"corpus.source={image_corpus(args)}",
+            "corpus.images.column=image",
+            "corpus.id_column=id",
+            "corpus.label_column=label",
+            f"features.image.size={[8, 8] if args.tiny else [28, 28]}",
+            "features.image.channels=1",
+            "training.max_epochs=2",
+            "training.max_items=20000",
+            f"encode.batch_size={args.batch_size}",
+        ]
+    else:
+        base += [f"index.on_disk={args.on_disk}"]
+    return base + [f"index.factory={args.factory}"] + args.set
+
+
+def child(args: argparse.Namespace) -> int:
+    import torch
+
+    from aepipe.config import build_config
+
+    torch.set_num_threads(args.threads)
+    run_dir = Path(args.out) / "runs" / args.run
+    cfg = build_config(overrides=overrides(args, run_dir))
+    row = (run_images if args.run == "images" else run_codes)(args, cfg)
+    print(json.dumps({**row, "peak_rss_mb": peak_rss_mb()}, default=str), flush=True)
+    return 0
+
+
+def prepare(args: argparse.Namespace) -> None:
+    """Data and, for images, the trained model: made before the measured child runs."""
+    run_dir = Path(args.out) / "runs" / args.run
+    if args.run == "codes":
+        code_store(args, run_dir)
+        return
+    query_files(args)
+    from aepipe.config import build_config
+    from aepipe.layout import RunLayout
+    from aepipe.model.train import train_model
+
+    if not RunLayout.at(run_dir).model.info.is_file():
+        train_model(build_config(overrides=overrides(args, run_dir)))
+
+
+def table(row: dict[str, Any], args: argparse.Namespace, argv: list[str]) -> str:
+    rss_gib = row["peak_rss_mb"] / 1024
+    lines = [
+        f"Command: `python -m benchmarks.large {' '.join(argv)}`  ",
+        f"Machine: {machine(args.threads)}  ",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+    ]
+    if args.run == "images":
+        minutes = row["total_s"] / 60
+        lines += [
+            "| run | items | encode | index | 1,000 image queries | total | target | verdict | peak RSS |",
+            "|---|---|---|---|---|---|---|---|---|",
+            f"| images | {row['n_items']:,} PNGs ({row['n_quarantined']} quarantined) | {row['encode_s']:.0f} s "
+            f"({row['encode_items_per_s']:,.0f} items/s) | {row['index_s']:.0f} s (`{row['index_string']}`, "
+            f"{row['params']}, recall@10 {row['recall_at_10']}) | {row['query_s']:.1f} s "
+            f"(P@10 by label {row['precision_at_10']:.3f}) | {minutes:.1f} min | <= {MINUTES_TARGET:.0f} min | "
+            f"{'met' if minutes <= MINUTES_TARGET else f'missed by {minutes - MINUTES_TARGET:.1f} min'} | "
+            f"{row['peak_rss_mb']:,.0f} MiB |",
+        ]
+    else:
+        lines += [
+            "| run | codes | index build | search | recall@10 | target | verdict | peak RSS |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| codes | {row['n_codes']:,} × 32-d | {row['index_s']:.0f} s (`{row['index_string']}`, on disk: "
+            f"{row['on_disk']}, {row['index_bytes'] / 2**30:.2f} GiB; {row['index_seconds']}) | "
+            f"{row['qps']:,.0f} queries/s ({row['n_queries']:,} new queries, {row['params']}) | "
+            f"{row['recall_at_10_new_queries']:.3f} new queries, {row['recall_at_10_eval']} held-out stored | "
+            f"<= {RSS_TARGET_GIB:.0f} GiB | {'met' if rss_gib <= RSS_TARGET_GIB else 'missed'} | "
+            f"{rss_gib:.2f} GiB ({row['peak_rss_mb_build'] / 1024:.2f} after the build) |",
+        ]
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run", choices=["images", "codes"])
+    p.add_argument("--data", default="../shared/datasets/mnist.npz")
+    p.add_argument("--items", type=int, default=1_000_000, help="images: corpus size")
+    p.add_argument("--codes", type=int, default=10_000_000, help="codes: store size")
+    p.add_argument("--queries", type=int, default=1_000)
+    p.add_argument("--factory", default="auto", help="index.factory")
+    p.add_argument("--on-disk", default="always", choices=["auto", "always", "never"], help="codes: index.on_disk")
+    p.add_argument("--batch-size", type=int, default=1024, help="images: encode.batch_size")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch / faiss threads in the run")
+    p.add_argument("--set", action="append", default=[], help="extra config override (repeatable)")
+    p.add_argument("--tiny", action="store_true", help="scikit-learn digits, seconds (CI)")
+    p.add_argument("--out", default="bench-out/large")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    setup_logging(0, stream_is_tty=False)  # warnings only: the results table is the output
+    if not args.tiny and not Path(args.data).is_file():
+        parser().error(f"{args.data} not found (see ../shared/datasets/README.md)")
+    if args.child:
+        return child(args)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the measured child's faiss / torch threads (and the table's)
+    prepare(args)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.large", *argv, "--child"], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        return 1
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    write_results(Path(args.out) / args.run, [row], table(row, args, argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Every autoencoder kind on MNIST with the published protocol.
+
+    python -m benchmarks.mnist_kinds --data ../shared/datasets/mnist.npz
+
+Trains each kind on the 60,000 training images (5 % of them held out for early
+stopping), then evaluates on the 10,000 test images: test SSE per image, and the
+test images as queries against the 60,000 training codes (precision@10, mAP@100),
+k-means on the test codes (ACC, NMI). PCA at the same code size is measured in the
+same run. ``--tiny`` runs the same code on scikit-learn's digits in seconds (CI).
+The same defaults serve any 28x28-ish grayscale corpus: nothing here is MNIST-specific
+beyond the file path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from aepipe.config import build_config
+from aepipe.logs import setup_logging
+from aepipe.model.train import train_model
+from aepipe.report.evaluate import evaluate_run
+from benchmarks import write_results
+
+KINDS: dict[str, list[str]] = {
+    "dense": [],
+    "conv": ["model.architecture=conv", "model.n_layers=3", "model.nodes_per_layer=[32, 64, 128]"],
+    "sparse": ["model.sparsity={l1: 0.0001}"],
+    "denoising": ["model.denoising={noise: masking, level: 0.2}"],
+    "contractive": ["model.contractive={weight: 0.0001, method: projections}"],
+    "variational": ["model.variational=true", "model.kl_weight=0.05"],
+}
+
+# Hinton & Salakhutdinov's 784-1000-500-250-30 shape, with batch norm, GELU, BCE, AdamW and a one-cycle schedule.
+RECIPE = [
+    "model.code_size=30",
+    "model.n_layers=3",
+    "model.nodes_per_layer=[1000, 500, 250]",
+    "model.batch_norm=true",
+    "model.activation=gelu",
+    "model.loss=bce",
+    "training.batch_size=256",
+    "training.lr=0.003",
+    "training.weight_decay=0.0001",
+    "training.val_fraction=0.05",
+    "training.test_fraction=0.0",
+    "training.early_stopping_patience=5",
+]
+
+TARGETS = {"sse": 3.00, "p10": 0.97, "acc": 0.90, "nmi": 0.85}
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, {platform.system()} {platform.release()}, torch {torch.__version__}"
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for kind in args.kinds:
+        run_dir = Path(args.out) / "runs" / kind
+        if args.tiny:
+            data = [
+                "corpus.source=digits",
+                "corpus.limit=600",
+                "model.code_size=10",
+                "model.n_layers=2",
+                "model.nodes_per_layer=[64, 32]",
+                "training.max_epochs=2",
+                "training.test_fraction=0.2",
+                "evaluation.map_k=20",
+            ]
+            if kind == "conv":
+                data.append("model.nodes_per_layer=[8, 16]")
+        else:
+            data = [
+                f"corpus.source={args.data}",
+                "corpus.images.array_key=x_train",
+                f"evaluation.queries={args.data}",
+                "evaluation.queries_array_key=x_test",
+                f"training.max_epochs={args.epochs}",
+                f"training.max_time_minutes={args.minutes}",
+                f"evaluation.umap={str(args.umap).lower()}",
+            ]
+        cfg = build_config(
+            overrides=RECIPE
+            + KINDS[kind]
+            + data
+            + [f"run_dir={run_dir}"]
+            + (["model.n_layers=2"] if args.tiny else [])
+            + list(args.set)
+        )
+        t = time.perf_counter()
+        trained = train_model(cfg)
+        train_s = time.perf_counter() - t
+        report = evaluate_run(cfg)
+        row = {
+            "kind": kind,
+            "kinds": cfg.model.kinds,
+            "epochs": trained.metrics["epochs"],
+            "train_s": round(train_s, 1),
+            "sse": report["reconstruction"]["ae"]["sse_per_item"],
+            "pca_sse": report["reconstruction"]["pca"]["sse_per_item"],
+        }
+        if "retrieval" in report:
+            row.update(
+                p10=report["retrieval"]["ae"]["precision_at_10"],
+                pca_p10=report["retrieval"]["pca"]["precision_at_10"],
+                map100=report["retrieval"]["ae"][f"map_at_{cfg.evaluation.map_k}"],
+                acc=report["clustering"]["ae"]["acc"],
+                nmi=report["clustering"]["ae"]["nmi"],
+                pca_acc=report["clustering"]["pca"]["acc"],
+                pca_nmi=report["clustering"]["pca"]["nmi"],
+            )
+            if "ae_umap" in report["clustering"]:
+                row.update(
+                    umap_acc=report["clustering"]["ae_umap"]["acc"], umap_nmi=report["clustering"]["ae_umap"]["nmi"]
+                )
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def _mark(value: float | None, target: float, higher: bool) -> str:
+    if value is None:
+        return "–"
+    ok = value >= target if higher else value <= target
+    return f"{value:.3f}" + ("" if ok else " ✗")
+
+
+def table(rows: list[dict], command: str) -> str:
+    lines = [
+        f"Command: `{command}`  ",
+        f"Machine: {machine()}  ",
+        f"Targets: SSE ≤ {TARGETS['sse']}, P@10 ≥ {TARGETS['p10']}, k-means ACC ≥ {TARGETS['acc']}, NMI ≥ {TARGETS['nmi']} (✗ = missed)",
+        "",
+        "| kind | epochs | train s | test SSE/img (PCA) | P@10 (PCA) | mAP@100 | k-means ACC (PCA) | NMI (PCA) | UMAP+k-means ACC / NMI |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        umap = f"{r['umap_acc']:.3f} / {r['umap_nmi']:.3f}" if "umap_acc" in r else "–"
+        lines.append(
+            f"| {'+'.join(r['kinds'])} | {r['epochs']} | {r['train_s']} | {_mark(r['sse'], TARGETS['sse'], False)} ({r['pca_sse']:.2f})"
+            f" | {_mark(r.get('p10'), TARGETS['p10'], True)} ({r.get('pca_p10', float('nan')):.3f}) | {r.get('map100', float('nan')):.3f}"
+            f" | {_mark(r.get('acc'), TARGETS['acc'], True)} ({r.get('pca_acc', float('nan')):.3f})"
+            f" | {_mark(r.get('nmi'), TARGETS['nmi'], True)} ({r.get('pca_nmi', float('nan')):.3f}) | {umap} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="../shared/datasets/mnist.npz")
+    p.add_argument("--kinds", default=",".join(KINDS), type=lambda s: s.split(","))
+    p.add_argument("--epochs", type=int, default=25)
+    p.add_argument("--minutes", type=float, default=15.0, help="training budget per model")
+    p.add_argument("--umap", action="store_true", help="also k-means after UMAP (needs umap-learn)")
+    p.add_argument("--out", default="bench-out/mnist")
+    p.add_argument("--tiny", action="store_true", help="digits, 2 epochs: checks the benchmark runs (CI)")
+    p.add_argument("-s", "--set", action="append", default=[], help="extra config override")
+    args = p.parse_args(argv)
+    bad = [k for k in args.kinds if k not in KINDS]
+    if bad:
+        p.error(f"unknown kind(s) {', '.join(bad)}; choose from {', '.join(KINDS)}")
+    if not args.tiny and not Path(args.data).is_file():
+        p.error(f"{args.data} not found (see ../shared/datasets/README.md)")
+    setup_logging(0, stream_is_tty=False)  # warnings only: the results table is the output
+    rows = run(args)
+    md = table(rows, "python -m benchmarks.mnist_kinds " + " ".join(argv if argv is not None else sys.argv[1:]))
+    write_results(args.out, rows, md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
