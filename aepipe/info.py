@@ -39,11 +39,11 @@ def _index(root: Path) -> dict[str, Any]:
 def describe(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise MissingArtifact(f"{path} does not exist")
-    if (path / "model.json").is_file():
+    if ModelFiles(path).info.is_file():
         return _model(path)
     if any(path.glob(PART_GLOB)):
         return _store(path)
-    if (path / "index_infos.json").is_file():
+    if IndexFiles(path).infos.is_file():
         return _index(path)
     layout = RunLayout.at(path)
     parts: dict[str, Any] = {"kind": "run", "path": str(path)}

@@ -51,12 +51,55 @@ class ModelFiles:
         return self.root / "split.parquet"
 
     @property
+    def quarantine(self) -> Path:
+        """Items training could not read (id, source, reason)."""
+        return self.root / "quarantine.parquet"
+
+    @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+
+@dataclass(frozen=True)
+class StoreFiles:
+    """A code store (``RUN/store``) or one being built (a staging directory of encode or update)."""
+
+    root: Path
+
+    PART_GLOB = "part-*.parquet"
+
+    def part(self, number: int) -> Path:
+        return self.root / f"part-{number:05d}.parquet"
+
+    @property
+    def manifest(self) -> Path:
+        """Which shards are committed, the encode key and model id, the last update."""
+        return self.root / "_manifest.json"
+
+    @property
+    def items(self) -> Path:
+        """(id, fingerprint, position) of every corpus item the store reflects (aepipe update)."""
+        return self.root / "_items.parquet"
+
+    def shard_marker(self, shard: int) -> Path:
+        """Staging only: written last, when shard ``shard``'s part is complete (the commit point)."""
+        return self.root / "_shards" / f"{shard:05d}.json"
+
+    def shard_fingerprints(self, shard: int) -> Path:
+        return self.root / "_fingerprints" / f"shard-{shard:05d}.parquet"
+
+    def shard_quarantine(self, shard: int) -> Path:
+        return self.root / "_quarantine" / f"shard-{shard:05d}.parquet"
+
+    def all_shard_fingerprints(self) -> list[Path]:
+        return sorted((self.root / "_fingerprints").glob("shard-*.parquet"))
+
+    def all_shard_quarantines(self) -> list[Path]:
+        return sorted((self.root / "_quarantine").glob("shard-*.parquet"))
 
 
 @dataclass(frozen=True)
@@ -75,6 +118,11 @@ class IndexFiles:
     @property
     def ids(self) -> Path:
         return self.root / "ids.parquet"
+
+    @property
+    def partial_indexes(self) -> Path:
+        """On-disk builds: partial indexes held here until merged into index.ivfdata."""
+        return self.root / ".shards"
 
     @property
     def infos(self) -> Path:
@@ -150,6 +198,15 @@ class RunLayout:
     @property
     def clusters(self) -> ClusterFiles:
         return ClusterFiles(self.root / "clusters")
+
+    @property
+    def eval_json(self) -> Path:
+        """``aepipe eval``'s report (and eval.md beside it)."""
+        return self.root / "eval" / "eval.json"
+
+    @property
+    def eval_markdown(self) -> Path:
+        return self.root / "eval" / "eval.md"
 
     def quarantine(self, stage: str) -> Path:
         return self.root / "quarantine" / f"{stage}.parquet"

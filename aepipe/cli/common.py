@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict, is_dataclass
-from pathlib import Path
 from typing import Any
 
 from aepipe.config import PipelineConfig, load_config
+from aepipe.layout import RunLayout
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -40,8 +40,8 @@ def config_from_args(args: argparse.Namespace, base: list[str] | None = None) ->
     if getattr(args, "corpus", None):
         overrides.append(f"corpus.source={args.corpus}")
     path = args.config
-    if path is None and args.run_dir and (Path(args.run_dir) / "config.yaml").is_file():
-        path = Path(args.run_dir) / "config.yaml"
+    if path is None and args.run_dir and RunLayout.at(args.run_dir).config.is_file():
+        path = RunLayout.at(args.run_dir).config
     return load_config(path, overrides)
 
 

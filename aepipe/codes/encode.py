@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from aepipe.codes.store import ITEMS, PartWriter, filter_part, store_schema
+from aepipe.codes.store import PartWriter, filter_part, store_schema
 from aepipe.config import CorpusConfig, EncodeConfig, PipelineConfig
 from aepipe.corpus import Corpus, ItemBatch, Quarantine, Shard, open_corpus
 from aepipe.corpus.base import QUARANTINE_SCHEMA
@@ -43,14 +43,14 @@ from aepipe.files import (
     recover_dir,
     replace_dir,
 )
-from aepipe.layout import RunLayout
+from aepipe.layout import RunLayout, StoreFiles
 from aepipe.logs import timed
 from aepipe.model.saved import LoadedModel, encode_array, inference_settings, load_model
 from aepipe.prefetch import prefetch
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "_manifest.json"
+MANIFEST = StoreFiles(Path()).manifest.name
 DOCUMENT_COLUMNS = ("snippet", "text_encoding")  # extra store columns of document corpora
 
 
@@ -100,7 +100,7 @@ class EncodePlan:
 
 
 def _marker(staging: Path, index: int) -> Path:
-    return staging / "_shards" / f"{index:05d}.json"
+    return StoreFiles(staging).shard_marker(index)
 
 
 def plan_encode(cfg: PipelineConfig) -> EncodePlan:
@@ -113,7 +113,7 @@ def plan_encode(cfg: PipelineConfig) -> EncodePlan:
     corpus = _corpus(cfg.corpus.model_dump_json())
     key = encode_key(cfg, model.model_id)
     staging = layout.staging(f"store-{key}")
-    (staging / "_shards").mkdir(parents=True, exist_ok=True)
+    _marker(staging, 0).parent.mkdir(parents=True, exist_ok=True)
     shards = corpus.shards(cfg.encode.rows_per_part)
     done = [s.index for s in shards if _marker(staging, s.index).is_file()]
     if done:
@@ -156,7 +156,7 @@ def encode_shard(
         ec.code_layout,
     )
     quarantine = Quarantine("encode")
-    part = staging / f"part-{shard.index:05d}.parquet"
+    part = StoreFiles(staging).part(shard.index)
     # Fingerprints (for `aepipe update`) are taken in a thread beside the encoding (hashlib and
     # torch release the GIL); the thread runs ahead of the encoder, so an item changed while this
     # shard runs mostly looks changed to the next update.
@@ -169,13 +169,13 @@ def encode_shard(
             writer.write_batch(batch, codes, errors)
             if progress is not None:
                 progress(len(batch))
-        atomic_write_table(staging / "_fingerprints" / f"shard-{shard.index:05d}.parquet", prints.result())
+        atomic_write_table(StoreFiles(staging).shard_fingerprints(shard.index), prints.result())
         writer.close()
     except BaseException:
         writer.abort()
         prints.cancel()
         raise
-    atomic_write_table(staging / "_quarantine" / f"shard-{shard.index:05d}.parquet", quarantine.to_table())
+    atomic_write_table(StoreFiles(staging).shard_quarantine(shard.index), quarantine.to_table())
     result = ShardResult(shard.index, writer.n_rows, len(quarantine), part.name)
     atomic_write_json(_marker(staging, shard.index), asdict(result))  # the commit point
     return result
@@ -220,7 +220,7 @@ def _drop_duplicate_ids(staging: Path, n_shards: int) -> pa.Table:
     """Keep the first item of each id in corpus order; rewrite parts that hold later ones.
     Done once at the end, so shards can be encoded in any order and in parallel. The ids of all
     parts are held as one Arrow column (compact), never as Python strings."""
-    parts = [p for p in (staging / f"part-{i:05d}.parquet" for i in range(n_shards)) if p.is_file()]
+    parts = [p for p in (StoreFiles(staging).part(i) for i in range(n_shards)) if p.is_file()]
     columns = [pq.read_table(p, columns=["id"]).column("id") for p in parts]
     keep = first_occurrences(pa.chunked_array([c for col in columns for c in col.chunks], pa.string()))
     dropped: list[dict] = []
@@ -248,16 +248,17 @@ def finalize_store(cfg: PipelineConfig, plan: EncodePlan, seconds: float = 0.0) 
         raise MissingArtifact(f"{len(missing)} shard(s) not encoded yet (e.g. {missing[:3]}); rerun encode to finish")
     t0 = time.perf_counter()
     dups = _drop_duplicate_ids(staging, len(plan.shards))
-    tables = [pq.read_table(p) for p in sorted((staging / "_quarantine").glob("shard-*.parquet"))] + [dups]
+    tables = [pq.read_table(p) for p in StoreFiles(staging).all_shard_quarantines()] + [dups]
     quarantine = pa.concat_tables(tables)
     atomic_write_table(layout.quarantine("encode"), quarantine)
-    prints = [pq.read_table(p) for p in sorted((staging / "_fingerprints").glob("shard-*.parquet"))]
+    prints = [pq.read_table(p) for p in StoreFiles(staging).all_shard_fingerprints()]
     atomic_write_table(
-        staging / ITEMS, first_per_id(pa.concat_tables(prints) if prints else FINGERPRINT_SCHEMA.empty_table())
+        StoreFiles(staging).items,
+        first_per_id(pa.concat_tables(prints) if prints else FINGERPRINT_SCHEMA.empty_table()),
     )
     results = [read_json(_marker(staging, s.index)) for s in plan.shards]
     atomic_write_json(
-        staging / MANIFEST,
+        StoreFiles(staging).manifest,
         {"key": plan.key, "model_id": plan.model_id, "complete": True, "shards": {str(r["shard"]): r for r in results}},
     )
     replace_dir(staging, layout.store)

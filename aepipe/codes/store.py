@@ -25,10 +25,11 @@ import pyarrow.parquet as pq
 from aepipe import __version__
 from aepipe.errors import MissingArtifact
 from aepipe.files import atomic_write_table, tmp_path_for
+from aepipe.layout import StoreFiles
 
 META_KEY = b"aepipe"
-PART_GLOB = "part-*.parquet"
-ITEMS = "_items.parquet"  # (id, fingerprint, position) of every corpus item the store reflects (aepipe update)
+PART_GLOB = StoreFiles.PART_GLOB
+ITEMS = StoreFiles(Path()).items.name  # (id, fingerprint, position) of every corpus item the store reflects
 
 
 CODE_LAYOUTS = ("binary", "list")

@@ -12,12 +12,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from aepipe.codes.encode import MANIFEST, encode_batches
-from aepipe.codes.store import ITEMS, CodeStore, PartWriter, filter_part
+from aepipe.codes.encode import encode_batches
+from aepipe.codes.store import CodeStore, PartWriter, filter_part
 from aepipe.config import PipelineConfig
 from aepipe.corpus import Corpus, Quarantine, Shard
 from aepipe.corpus.fingerprint import first_per_id, shard_fingerprints
 from aepipe.files import atomic_write_json, atomic_write_table, link_or_copy, read_json
+from aepipe.layout import StoreFiles
 from aepipe.logs import timed
 from aepipe.model.saved import LoadedModel
 
@@ -105,8 +106,9 @@ def write_store_version(
             cfg, model, corpus, diff.todo, dest, next_part, pq.read_schema(store.parts[0]), quarantine
         )
         kept = diff.old.filter(pc.invert(pc.is_in(diff.old.column("id"), value_set=drop)))
-        _write_items(dest / ITEMS, kept, diff.todo)
-        manifest = read_json(store.root / MANIFEST) if (store.root / MANIFEST).is_file() else {}
+        _write_items(StoreFiles(dest).items, kept, diff.todo)
+        old_manifest = StoreFiles(store.root).manifest
+        manifest = read_json(old_manifest) if old_manifest.is_file() else {}
         manifest["last_update"] = {
             "added": diff.n_added,
             "changed": diff.n_changed,
@@ -114,7 +116,7 @@ def write_store_version(
             "parts_written": [p.name for p in new_parts],
             "parts_rewritten": rewritten,
         }
-        atomic_write_json(dest / MANIFEST, manifest)
+        atomic_write_json(StoreFiles(dest).manifest, manifest)
     return StoreVersion(dest, new_parts, rewritten, quarantine)
 
 
@@ -126,7 +128,7 @@ def part_column(parts: list[Path], name: str) -> np.ndarray:
 def _recorded_fingerprints(store, current: pa.Table) -> pa.Table:
     """(id, fingerprint) of what the store reflects. A store from before fingerprints were recorded
     is taken as up to date for the ids it holds (the corpus' fingerprints are adopted)."""
-    path = store.root / ITEMS
+    path = StoreFiles(store.root).items
     if path.is_file():
         return pq.read_table(path, columns=["id", "fingerprint"])
     log.warning(
@@ -201,7 +203,7 @@ def _encode_items(
         for batch, codes, errors in encode_batches(model, corpus, ec, quarantine, shard=shard, keep=keep):
             if writer is None:
                 writer = PartWriter(
-                    dest / f"part-{first + len(parts):05d}.parquet", schema, ec.compression, ec.row_group_size
+                    StoreFiles(dest).part(first + len(parts)), schema, ec.compression, ec.row_group_size
                 )
             writer.write_batch(batch, codes, errors)
             if writer.n_rows >= ec.rows_per_part:

@@ -20,7 +20,7 @@ def add_on_disk(index: faiss.Index, store, ic: IndexConfig, files: IndexFiles) -
     memory-mapped ``index.ivfdata`` (faiss.contrib.ondisk), then write the (small) index header."""
     from faiss.contrib.ondisk import merge_ondisk
 
-    shard_dir = files.root / ".shards"
+    shard_dir = files.partial_indexes
     shard_dir.mkdir(exist_ok=True)
     paths: list[str] = []
     part = None

@@ -266,7 +266,7 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     _write_split(files.split, data.ids, split)
     model_id = save_model(files, net, cfg, prep, {"epochs": metrics["epochs"], "n_train": metrics["n_train"]})
     if len(quarantine):
-        quarantine.write(files.root / "quarantine.parquet")
+        quarantine.write(files.quarantine)
     replace_dir(staging, layout.model.root)
     log.info(
         "model %s: AE SSE/item %.3f vs PCA %.3f on %d held-out items",

@@ -130,9 +130,8 @@ def evaluate_run(cfg: PipelineConfig) -> dict[str, Any]:
     else:
         report["note"] = "corpus has no labels: retrieval and clustering scores need labels"
     report["seconds"] = round(time.perf_counter() - t0, 2)
-    out = layout.root / "eval"
-    atomic_write_json(out / "eval.json", report)
-    atomic_write_bytes(out / "eval.md", (markdown_table(report) + "\n").encode())
+    atomic_write_json(layout.eval_json, report)
+    atomic_write_bytes(layout.eval_markdown, (markdown_table(report) + "\n").encode())
     return report
 
 

@@ -21,7 +21,7 @@ from aepipe.quality.metrics import precision_at_k
 def heldout_precision(cfg: PipelineConfig, k: int = 10) -> dict[str, Any]:
     """Items held out from training query the index (leaving themselves out); P@k by label."""
     layout = RunLayout.at(cfg.run_dir)
-    split = pq.read_table(layout.model.root / "split.parquet").to_pydict()
+    split = pq.read_table(layout.model.split).to_pydict()
     heldout = [i for i, s in zip(split["id"], split["split"]) if s == "test"] or list(split["id"])
     searcher = Searcher(cfg.run_dir)
     meta = searcher.metadata()
