@@ -1,6 +1,7 @@
 """The one place that names files under a run directory.
 
 run_dir/
+  .lock                  writer lock (aepipe.runlock): the holder's pid, host, command, since
   config.yaml            resolved config of the last run
   report.json            summary of the last pipeline run
   models/                <model_id>/ (published versions, as model/), current.json (the one queries use)
@@ -117,6 +118,12 @@ class RunLayout:
     @property
     def config(self) -> Path:
         return self.root / "config.yaml"
+
+    @property
+    def lock(self) -> Path:
+        """The writer lock (aepipe.runlock): flock'ed by the one process writing the run; holds
+        the holder's pid, host, command and start time while held."""
+        return self.root / ".lock"
 
     @property
     def report(self) -> Path:

@@ -17,6 +17,7 @@ from aepipe.layout import RunLayout
 from aepipe.model.registry import publish_model_version
 from aepipe.model.train import train_model
 from aepipe.report.summary import build_report
+from aepipe.runlock import writes_run
 
 R = TypeVar("R")
 
@@ -25,6 +26,7 @@ def save_run_config(cfg: PipelineConfig) -> None:
     atomic_write_bytes(RunLayout.at(cfg.run_dir).config, dump_config(cfg).encode())
 
 
+@writes_run("index")
 def index_stage(cfg: PipelineConfig) -> IndexResult:
     """Build the index, then publish the model version whose store and index are now complete
     (``RUN/models/current.json``), so queries switch to it."""
@@ -33,6 +35,7 @@ def index_stage(cfg: PipelineConfig) -> IndexResult:
     return result
 
 
+@writes_run("pipeline")
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     save_run_config(cfg)
     timings: dict[str, float] = {}
