@@ -18,23 +18,19 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import functools
 import json
 import os
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
 
 from aepipe.errors import RunLocked
 from aepipe.layout import RunLayout
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 _POLL_SECONDS = 0.1
 _guard = threading.Lock()
@@ -137,18 +133,3 @@ def command_line() -> str:
     argv = [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else ["python"]
     text = " ".join(argv)
     return text if len(text) <= 200 else text[:197] + "..."
-
-
-def writes_run(stage: str) -> Callable[[F], F]:
-    """Decorate a stage function whose first argument is a config with ``run_dir``: it runs under
-    the run's writer lock (failing at once if another process holds it)."""
-
-    def decorate(func: F) -> F:
-        @functools.wraps(func)
-        def wrapper(cfg: Any, *args: Any, **kwargs: Any) -> Any:
-            with run_lock(cfg.run_dir, f"{stage}: {command_line()}"):
-                return func(cfg, *args, **kwargs)
-
-        return wrapper  # type: ignore[return-value]
-
-    return decorate

@@ -25,9 +25,7 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 def _run_stage(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     if args.command == "train":
         from aepipe.model.train import train_model
-        from aepipe.pipeline import save_run_config
 
-        save_run_config(cfg)
         emit(train_model(cfg))
     elif args.command == "encode":
         from aepipe.codes.encode import encode_corpus

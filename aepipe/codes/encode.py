@@ -47,7 +47,7 @@ from aepipe.layout import RunLayout
 from aepipe.logs import timed
 from aepipe.model.saved import LoadedModel, encode_array, inference_settings, load_model
 from aepipe.prefetch import prefetch
-from aepipe.runlock import writes_run
+from aepipe.runconfig import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def encode_batches(
         yield batch, codes.numpy(), errors.numpy()
 
 
-@writes_run("encode")
+@run_stage("encode")
 def encode_corpus(cfg: PipelineConfig) -> EncodeResult:
     """Encode ``cfg.corpus`` with the run's model into ``run_dir/store``, shard by shard."""
     t0 = time.perf_counter()

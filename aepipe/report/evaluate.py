@@ -33,7 +33,7 @@ from aepipe.quality.metrics import (
     reconstruction_scores,
     sse_per_item,
 )
-from aepipe.runlock import writes_run
+from aepipe.runconfig import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def _umap(codes: np.ndarray, dim: int, seed: int) -> np.ndarray:
     return umap.UMAP(n_components=dim, n_neighbors=20, min_dist=0.0, random_state=seed).fit_transform(codes)
 
 
-@writes_run("eval")
+@run_stage("eval")
 def evaluate_run(cfg: PipelineConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     layout = RunLayout.at(cfg.run_dir)
