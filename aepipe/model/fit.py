@@ -23,6 +23,7 @@ from aepipe.config import CorpusConfig, FeaturesConfig, PipelineConfig, Transfer
 from aepipe.corpus import Quarantine, open_corpus
 from aepipe.errors import ConfigError, CorpusError
 from aepipe.features import Preprocessor, TextPreprocessor
+from aepipe.features.text import fit_text_preprocessor
 from aepipe.files import atomic_write_json, atomic_write_table, fresh_dir, replace_dir
 from aepipe.layout import ModelFiles, RunLayout
 from aepipe.logs import timed
@@ -187,6 +188,30 @@ def _loader(
     )
 
 
+def fit_vocabulary_on_training_items(
+    cfg: PipelineConfig, data: Dataset, split: dict[str, np.ndarray]
+) -> tuple[Dataset, TextPreprocessor, dict[str, np.ndarray]]:
+    """Documents: refit the vocabulary and idf on the training split alone and re-vectorise every
+    item with them, so validation and test documents do not shape the features they are scored
+    on. A held-out document left with no training term is dropped (encode would quarantine it)."""
+    wanted = set(data.ids)
+    texts: dict[str, str] = {}
+    for raw in open_corpus(cfg.corpus).iter_raw():
+        text = getattr(raw.payload, "text", None)
+        if raw.id in wanted and raw.id not in texts and isinstance(text, str):
+            texts[raw.id] = text
+    prep = fit_text_preprocessor([texts[data.ids[i]] for i in split["train"]], cfg.features.text)
+    x = prep.transform([texts[i] for i in data.ids])  # (N, V) with the training vocabulary
+    keep = x.sum(axis=1) > 0  # (N,)
+    keep[split["train"]] = True  # (a training document without a kept term still trains, as before)
+    new_pos = np.cumsum(keep) - 1  # old row -> new row
+    if not keep.all():
+        log.info("%d held-out document(s) have no term of the training vocabulary; left out", int((~keep).sum()))
+    split = {name: new_pos[idx[keep[idx]]] for name, idx in split.items()}
+    labels = [lb for lb, k in zip(data.labels, keep) if k]
+    return Dataset(x[keep], [i for i, k in zip(data.ids, keep) if k], labels), prep, split
+
+
 def fit_model(cfg: PipelineConfig) -> TrainResult:
     """Train in this process (and, under DDP, in the ranks Lightning starts from it). Every rank
     computes the same paths; only global rank 0 touches the staging directory and the model."""
@@ -197,6 +222,9 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     with timed("read training data"):
         data, prep = load_training_data(cfg, quarantine)
     split = split_indices(len(data.ids), cfg.training.val_fraction, cfg.training.test_fraction, cfg.training.seed)
+    if isinstance(prep, TextPreprocessor):
+        with timed("fit the vocabulary and idf on the training split"):
+            data, prep, split = fit_vocabulary_on_training_items(cfg, data, split)
     loss = resolve_loss(cfg, data.x)
     net = build_autoencoder(cfg.model, prep.shape, output_activation(loss, data.x))
     target = training_target(cfg, prep, loss, data.x, split["train"])  # None: reconstruct the input
