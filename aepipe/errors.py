@@ -34,6 +34,10 @@ def missing_extra(package: str, extra: str, what: str) -> MissingExtra:
     return MissingExtra(f"{what} needs {package}: pip install 'aepipe[{extra}]'")
 
 
+class RunLocked(AepipeError):
+    """Another process is writing the run (it holds ``RUN/.lock``)."""
+
+
 class TrainingError(AepipeError):
     """Training failed as a whole (e.g. a DDP training process exited with an error)."""
 

@@ -23,6 +23,34 @@ def tmp_path_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
+def fsync_file(path: Path) -> None:
+    """Flush ``path``'s data to disk (before it is renamed into place: a rename that survives a
+    power cut must not point at data that did not)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (renames, new files) to disk: the commit point of a rename."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and directory under ``root`` (deepest first), then ``root``."""
+    root = Path(root)
+    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            fsync_file(Path(dirpath) / name)
+        fsync_dir(Path(dirpath))
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,6 +60,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -56,7 +85,9 @@ def atomic_write_table(path: Path, table: pa.Table, **kwargs: Any) -> None:
     tmp = tmp_path_for(path)
     try:
         pq.write_table(table, tmp, **kwargs)
+        fsync_file(tmp)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -74,11 +105,15 @@ def replace_dir(staging: Path, final: Path) -> None:
     """
     staging, final = Path(staging), Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    fsync_tree(staging)  # files written in place (faiss indexes, Parquet writers) reach the disk first
     old = None
     if final.exists():
         old = final.with_name(f"{final.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(final, old)
     os.replace(staging, final)
+    fsync_dir(final.parent)  # the commit point: both renames on disk before the old copy goes
+    if staging.parent != final.parent:
+        fsync_dir(staging.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

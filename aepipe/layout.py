@@ -1,7 +1,9 @@
 """The one place that names files under a run directory.
 
 run_dir/
-  config.yaml            resolved config of the last run
+  .lock                  writer lock (aepipe.runlock): the holder's pid, host, command, since
+  config.yaml            the run's config: each section as the stage that owns it last ran (aepipe.runconfig)
+  configs/               <stage>.yaml: the full config of each stage's last successful run
   report.json            summary of the last pipeline run
   models/                <model_id>/ (published versions, as model/), current.json (the one queries use)
   model/                 weights.safetensors, model.json, config.json, preprocess.json, metrics.json,
@@ -165,6 +167,16 @@ class RunLayout:
     @property
     def config(self) -> Path:
         return self.root / "config.yaml"
+
+    @property
+    def lock(self) -> Path:
+        """The writer lock (aepipe.runlock): flock'ed by the one process writing the run; holds
+        the holder's pid, host, command and start time while held."""
+        return self.root / ".lock"
+
+    def stage_config(self, stage: str) -> Path:
+        """The full config of ``stage``'s last successful run (aepipe.runconfig)."""
+        return self.root / "configs" / f"{stage}.yaml"
 
     @property
     def report(self) -> Path:

@@ -10,21 +10,18 @@ from typing import Any, TypeVar
 
 from aepipe.cluster.kmeans import cluster_codes
 from aepipe.codes.encode import encode_corpus
-from aepipe.config import PipelineConfig, dump_config
-from aepipe.files import atomic_write_bytes
+from aepipe.config import PipelineConfig
 from aepipe.index.build import IndexResult, build_index
 from aepipe.layout import RunLayout
 from aepipe.model.registry import publish_model_version
 from aepipe.model.train import train_model
 from aepipe.report.summary import build_report
+from aepipe.runconfig import run_stage, save_run_config
 
 R = TypeVar("R")
 
 
-def save_run_config(cfg: PipelineConfig) -> None:
-    atomic_write_bytes(RunLayout.at(cfg.run_dir).config, dump_config(cfg).encode())
-
-
+@run_stage("index")
 def index_stage(cfg: PipelineConfig) -> IndexResult:
     """Build the index, then publish the model version whose store and index are now complete
     (``RUN/models/current.json``), so queries switch to it."""
@@ -33,6 +30,7 @@ def index_stage(cfg: PipelineConfig) -> IndexResult:
     return result
 
 
+@run_stage("pipeline")
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     save_run_config(cfg)
     timings: dict[str, float] = {}

@@ -47,6 +47,7 @@ from aepipe.logs import timed
 from aepipe.model.registry import publish_model_version
 from aepipe.model.saved import load_model
 from aepipe.quality.drift import measure_drift
+from aepipe.runconfig import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class UpdateResult:
     parts_rewritten: list[str] = field(default_factory=list)
 
 
+@run_stage("update")
 def update_run(cfg: PipelineConfig) -> UpdateResult:
     """Encode what is new or changed in ``cfg.corpus``, drop what is gone, update store and index."""
     t0 = time.perf_counter()

@@ -20,6 +20,7 @@ from aepipe.codes.encode import (
 from aepipe.config import EncodeConfig, PipelineConfig
 from aepipe.corpus import Shard
 from aepipe.errors import ConfigError
+from aepipe.runlock import command_line, run_lock
 
 
 @task(name="plan-encode")
@@ -67,6 +68,12 @@ def task_runner(cfg: EncodeConfig) -> TaskRunner:
 
 @flow(name="aepipe-encode-sharded")
 def _encode_sharded(config: PipelineConfig) -> EncodeResult:
+    # the flow's process holds the writer lock; shard tasks (threads or worker processes) run under it
+    with run_lock(config.run_dir, f"flow aepipe-encode-sharded: {command_line()}"):
+        return _encode_shards(config)
+
+
+def _encode_shards(config: PipelineConfig) -> EncodeResult:
     plan = plan_task(config)
     n_shards = max(len(plan.shards), 1)
     progress = create_progress_artifact(

@@ -11,12 +11,19 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from aepipe.config import PipelineConfig
 from aepipe.pipeline import save_run_config
 from aepipe.report.summary import build_report, report_markdown, report_rows
+from aepipe.runlock import command_line, run_lock
 from aepipe_flows.encode import encode_sharded_flow
 from aepipe_flows.stages import cluster_task, index_task, train_task
 
 
 @flow(name="aepipe-pipeline", log_prints=True)
 def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict:
+    # one writer for the whole flow: no other writer slips in between two stages
+    with run_lock(config.run_dir, f"flow aepipe-pipeline: {command_line()}"):
+        return _pipeline(config)
+
+
+def _pipeline(config: PipelineConfig) -> dict:
     save_run_config(config)
     timings: dict[str, float] = {}
     results = []

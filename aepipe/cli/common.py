@@ -31,6 +31,17 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_wait_arg(p: argparse.ArgumentParser) -> None:
+    """Writing commands: how long to wait for another writer of the run (default: fail at once)."""
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="if another process is writing the run, wait up to SECONDS for it (default: fail at once)",
+    )
+
+
 def config_from_args(args: argparse.Namespace, base: list[str] | None = None) -> PipelineConfig:
     """Config file (default: the run directory's saved config.yaml, so later stages reuse the
     settings of earlier ones), then the built-in base, then command-line overrides."""

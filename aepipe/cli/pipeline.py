@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aepipe.cli.common import add_config_args, config_from_args
+from aepipe.cli.common import add_config_args, add_wait_arg, config_from_args
 from aepipe.config import PipelineConfig
+from aepipe.runlock import command_line, run_lock
 
 log = logging.getLogger("aepipe")
 
@@ -61,7 +62,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from aepipe.report.summary import format_report
 
     cfg = config_from_args(args)
-    report = _run_flow(cfg, not args.no_prefect)
+    with run_lock(cfg.run_dir, command_line(), wait=args.wait):
+        report = _run_flow(cfg, not args.no_prefect)
     print(format_report(report) if sys.stdout.isatty() else json.dumps(report))
     return 0
 
@@ -74,7 +76,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, DOC_DEMO_OVERRIDES if args.documents else DEMO_OVERRIDES)
     what = "Python standard-library docstrings" if args.documents else "scikit-learn's digits"
     print(f"aepipe demo: training a {cfg.model.code_size}-d autoencoder on {what}; output in {out}", file=sys.stderr)
-    report = _run_flow(cfg, not args.no_prefect)
+    with run_lock(cfg.run_dir, command_line(), wait=args.wait):
+        report = _run_flow(cfg, not args.no_prefect)
     print(format_report(report))
     if args.documents:
         from aepipe.cluster.topics import format_topics
@@ -117,6 +120,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("run", help="all stages through the Prefect pipeline flow")
     add_config_args(p)
     p.add_argument("--no-prefect", action="store_true", help="call the stage functions directly")
+    add_wait_arg(p)
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser("demo", help="the pipeline on scikit-learn's bundled digits (no download)")
     p.add_argument("--out", default="aepipe-demo", help="output directory (default: ./aepipe-demo)")
@@ -128,6 +132,7 @@ def register(sub: Any) -> None:
         action="store_true",
         help="documents demo: docstrings of Python's standard library, labelled by package",
     )
+    add_wait_arg(p)
     p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("serve", help="serve the flows as scheduled Prefect deployments (no work pool)")
     add_config_args(p)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from aepipe.cli.common import add_config_args, config_from_args
-from aepipe.errors import ConfigError
+from aepipe.errors import ConfigError, MissingArtifact
 
 log = logging.getLogger("aepipe")
 
@@ -84,11 +84,22 @@ def _cmd_topics(args: argparse.Namespace) -> int:
     from aepipe.cluster.kmeans import cluster_codes
     from aepipe.cluster.topics import format_topics
     from aepipe.files import read_json
-    from aepipe.layout import RunLayout
+    from aepipe.layout import ModelFiles, RunLayout
+    from aepipe.model.registry import current_model_dir
 
     cfg = config_from_args(args)
+    layout = RunLayout.at(cfg.run_dir)
+    model_config = ModelFiles(current_model_dir(layout)).config
+    if not model_config.is_file():
+        raise MissingArtifact(f"no trained model in {model_config.parent}; run `aepipe train` first")
+    # decide before clustering: an image run's clusters/ must not be overwritten by a command that fails
+    if read_json(model_config).get("corpus", {}).get("kind") != "documents":
+        raise ConfigError(
+            f"no topics for {cfg.run_dir}: topics need a document run (corpus.kind=documents); "
+            "for an image run use `aepipe cluster`"
+        )
     cluster_codes(cfg)
-    path = RunLayout.at(cfg.run_dir).clusters.topics
+    path = layout.clusters.topics
     if not path.is_file():
         raise ConfigError(
             f"no topics for {cfg.run_dir}: topics need a document run (corpus.kind=documents) "

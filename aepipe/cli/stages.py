@@ -8,18 +8,24 @@ import logging
 import sys
 from typing import Any
 
-from aepipe.cli.common import add_config_args, config_from_args, emit
+from aepipe.cli.common import add_config_args, add_wait_arg, config_from_args, emit
+from aepipe.config import PipelineConfig
+from aepipe.runlock import command_line, run_lock
 
 log = logging.getLogger("aepipe")
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    # the whole command under the run's writer lock (the stage functions re-enter it)
+    with run_lock(cfg.run_dir, command_line(), wait=args.wait):
+        return _run_stage(args, cfg)
+
+
+def _run_stage(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     if args.command == "train":
         from aepipe.model.train import train_model
-        from aepipe.pipeline import save_run_config
 
-        save_run_config(cfg)
         emit(train_model(cfg))
     elif args.command == "encode":
         from aepipe.codes.encode import encode_corpus
@@ -57,4 +63,5 @@ def register(sub: Any) -> None:
     ):
         p = sub.add_parser(name, help=help_)
         add_config_args(p)
+        add_wait_arg(p)
         p.set_defaults(func=_cmd_stage)

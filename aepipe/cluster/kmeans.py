@@ -35,6 +35,7 @@ from aepipe.layout import ClusterFiles, RunLayout
 from aepipe.logs import timed
 from aepipe.model.saved import load_model
 from aepipe.quality.metrics import cluster_scores
+from aepipe.runconfig import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class _Assigned:
     )  # each cluster's n_exemplars nearest items: cluster, distance, position, id, label, snippet
 
 
+@run_stage("cluster")
 def cluster_codes(cfg: PipelineConfig) -> ClusterResult:
     """k-means in memory that does not grow with the store (beyond two ints per item): train on a
     seeded sample of at most ``cluster.max_train_items`` codes, then assign every item in one

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ from aepipe.corpus import Corpus, ItemBatch, Quarantine, Shard, open_corpus
 from aepipe.corpus.base import QUARANTINE_SCHEMA
 from aepipe.corpus.fingerprint import (
     FINGERPRINT_SCHEMA,
+    corpus_signature,
     first_occurrences,
     first_per_id,
     shard_fingerprints,
@@ -47,6 +49,7 @@ from aepipe.layout import RunLayout, StoreFiles
 from aepipe.logs import timed
 from aepipe.model.saved import LoadedModel, encode_array, inference_settings, load_model
 from aepipe.prefetch import prefetch
+from aepipe.runconfig import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,8 @@ def encode_key(cfg: PipelineConfig, model_id: str) -> str:
     payload = {
         "model": model_id,
         "corpus": cfg.corpus.model_dump(mode="json"),
+        # the corpus's contents too: shards committed from files that changed since must not be reused
+        "contents": corpus_signature(cfg.corpus.source),
         "encode": cfg.encode.model_dump(mode="json"),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -113,12 +118,22 @@ def plan_encode(cfg: PipelineConfig) -> EncodePlan:
     corpus = _corpus(cfg.corpus.model_dump_json())
     key = encode_key(cfg, model.model_id)
     staging = layout.staging(f"store-{key}")
+    _remove_stale_stagings(layout, staging)
     _marker(staging, 0).parent.mkdir(parents=True, exist_ok=True)
     shards = corpus.shards(cfg.encode.rows_per_part)
     done = [s.index for s in shards if _marker(staging, s.index).is_file()]
     if done:
         log.info("resuming: %d of %d shard(s) already committed in %s", len(done), len(shards), staging)
     return EncodePlan(str(staging), key, model.model_id, shards, done)
+
+
+def _remove_stale_stagings(layout: RunLayout, keep: Path) -> None:
+    """Encodes of another model, config or corpus contents can never resume: remove them. Safe
+    because the caller holds the run's writer lock (no other encode is writing one)."""
+    for stale in layout.staging("").glob("store-*"):
+        if stale != keep and stale.is_dir():
+            log.info("removing an abandoned encode in %s (another model, config or corpus)", stale)
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 # Per-process caches, so a worker that encodes several shards loads the model and lists the corpus once.
@@ -202,6 +217,7 @@ def encode_batches(
         yield batch, codes.numpy(), errors.numpy()
 
 
+@run_stage("encode")
 def encode_corpus(cfg: PipelineConfig) -> EncodeResult:
     """Encode ``cfg.corpus`` with the run's model into ``run_dir/store``, shard by shard."""
     t0 = time.perf_counter()

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from aepipe import __version__
 from aepipe.errors import MissingArtifact
-from aepipe.files import atomic_write_table, tmp_path_for
+from aepipe.files import atomic_write_table, fsync_dir, fsync_file, tmp_path_for
 from aepipe.layout import StoreFiles
 
 META_KEY = b"aepipe"
@@ -162,7 +162,9 @@ class PartWriter:
     def close(self) -> None:
         self._flush()
         self._writer.close()
+        fsync_file(self.tmp)  # the shard's commit marker follows: the part must be on disk first
         os.replace(self.tmp, self.path)
+        fsync_dir(self.path.parent)
 
     def abort(self) -> None:
         self._writer.close()

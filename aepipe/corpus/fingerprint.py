@@ -79,3 +79,26 @@ def first_occurrences(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def first_per_id(table: pa.Table) -> pa.Table:
     """Keep the first row of each id (corpus order): later duplicates are quarantined when encoded."""
     return table.filter(pa.array(first_occurrences(table.column("id")), pa.bool_()))
+
+
+def corpus_signature(source: str) -> str:
+    """What the corpus at ``source`` holds, cheaply: (path, size, mtime) of every file under a
+    folder or dataset directory, of the file itself otherwise; the name of a built-in corpus (with
+    the Python version for ``python-docs``). Equal signatures: an interrupted encode may resume."""
+    import sys
+
+    h = hashlib.blake2b(digest_size=16)
+    path = Path(source).expanduser()
+    if not path.exists():
+        h.update(f"builtin:{source}:{sys.version}".encode())
+    elif path.is_dir():
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames.sort()
+            for name in sorted(filenames):
+                st = os.stat(os.path.join(dirpath, name))
+                rel = os.path.relpath(os.path.join(dirpath, name), path)
+                h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    else:
+        st = path.stat()
+        h.update(f"{path.name}\0{st.st_size}\0{st.st_mtime_ns}".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()

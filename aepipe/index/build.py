@@ -33,6 +33,7 @@ from aepipe.index.tune import exact_neighbours, load_eval_queries, tune_search
 from aepipe.index.vectors import add_all
 from aepipe.layout import IndexFiles, RunLayout
 from aepipe.logs import timed
+from aepipe.runconfig import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class IndexResult:
     model_id: str = ""
 
 
+@run_stage("index")
 def build_index(cfg: PipelineConfig) -> IndexResult:
     """Build and tune an index over ``RUN/store`` and swap it into ``RUN/index`` when complete.
     Indexing only: publishing the model version that now matches the index is the caller's

@@ -23,6 +23,7 @@ from aepipe.config import CorpusConfig, FeaturesConfig, PipelineConfig, Transfer
 from aepipe.corpus import Quarantine, open_corpus
 from aepipe.errors import ConfigError, CorpusError
 from aepipe.features import Preprocessor, TextPreprocessor
+from aepipe.features.text import fit_text_preprocessor
 from aepipe.files import atomic_write_json, atomic_write_table, fresh_dir, replace_dir
 from aepipe.layout import ModelFiles, RunLayout
 from aepipe.logs import timed
@@ -187,6 +188,30 @@ def _loader(
     )
 
 
+def fit_vocabulary_on_training_items(
+    cfg: PipelineConfig, data: Dataset, split: dict[str, np.ndarray]
+) -> tuple[Dataset, TextPreprocessor, dict[str, np.ndarray]]:
+    """Documents: refit the vocabulary and idf on the training split alone and re-vectorise every
+    item with them, so validation and test documents do not shape the features they are scored
+    on. A held-out document left with no training term is dropped (encode would quarantine it)."""
+    wanted = set(data.ids)
+    texts: dict[str, str] = {}
+    for raw in open_corpus(cfg.corpus).iter_raw():
+        text = getattr(raw.payload, "text", None)
+        if raw.id in wanted and raw.id not in texts and isinstance(text, str):
+            texts[raw.id] = text
+    prep = fit_text_preprocessor([texts[data.ids[i]] for i in split["train"]], cfg.features.text)
+    x = prep.transform([texts[i] for i in data.ids])  # (N, V) with the training vocabulary
+    keep = x.sum(axis=1) > 0  # (N,)
+    keep[split["train"]] = True  # (a training document without a kept term still trains, as before)
+    new_pos = np.cumsum(keep) - 1  # old row -> new row
+    if not keep.all():
+        log.info("%d held-out document(s) have no term of the training vocabulary; left out", int((~keep).sum()))
+    split = {name: new_pos[idx[keep[idx]]] for name, idx in split.items()}
+    labels = [lb for lb, k in zip(data.labels, keep) if k]
+    return Dataset(x[keep], [i for i, k in zip(data.ids, keep) if k], labels), prep, split
+
+
 def fit_model(cfg: PipelineConfig) -> TrainResult:
     """Train in this process (and, under DDP, in the ranks Lightning starts from it). Every rank
     computes the same paths; only global rank 0 touches the staging directory and the model."""
@@ -197,6 +222,9 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     with timed("read training data"):
         data, prep = load_training_data(cfg, quarantine)
     split = split_indices(len(data.ids), cfg.training.val_fraction, cfg.training.test_fraction, cfg.training.seed)
+    if isinstance(prep, TextPreprocessor):
+        with timed("fit the vocabulary and idf on the training split"):
+            data, prep, split = fit_vocabulary_on_training_items(cfg, data, split)
     loss = resolve_loss(cfg, data.x)
     net = build_autoencoder(cfg.model, prep.shape, output_activation(loss, data.x))
     target = training_target(cfg, prep, loss, data.x, split["train"])  # None: reconstruct the input
@@ -269,11 +297,12 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
         quarantine.write(files.quarantine)
     replace_dir(staging, layout.model.root)
     log.info(
-        "model %s: AE SSE/item %.3f vs PCA %.3f on %d held-out items",
+        "model %s: AE SSE/item %.3f vs PCA %.3f on %d %s items",
         model_id,
         metrics["ae"]["sse_per_item"],
         metrics["pca"]["sse_per_item"],
-        metrics["n_test"],
+        metrics["n_evaluated"],
+        "held-out test" if metrics["evaluated_on"] == "test" else f"{metrics['evaluated_on']} (not held-out)",
     )
     return TrainResult(
         str(layout.model.root), model_id, metrics, len(data.ids), len(quarantine), time.perf_counter() - t0
@@ -306,9 +335,12 @@ def init_from_model(net: Autoencoder, transfer: TransferConfig) -> int:
 
 
 def evaluate_reconstruction(net, x: np.ndarray, split: dict[str, np.ndarray], cfg: PipelineConfig) -> dict:
-    """AE vs PCA at the same code size, on the test split (or val, or train when tiny)."""
-    held = next((split[s] for s in ("test", "val", "train") if len(split[s])), split["train"])
-    xt = x[held]
+    """AE vs PCA at the same code size, on the test split (or val, or train when tiny). Which one
+    is recorded as ``evaluated_on``: only "test" figures are held-out."""
+    name = next((s for s in ("test", "val", "train") if len(split[s])), "train")
+    if name != "test":
+        log.warning("no test split: reconstruction is measured on the %s items, which are not held out", name)
+    xt = x[split[name]]
     sse = np.concatenate(
         [encode_array(net, torch.from_numpy(xt[i : i + 4096]))[1].numpy() for i in range(0, len(xt), 4096)]
     )
@@ -318,7 +350,14 @@ def evaluate_reconstruction(net, x: np.ndarray, split: dict[str, np.ndarray], cf
     if net.output_activation == "softmax":  # as encode_array: both reconstruct the inputs normalised to sum 1
         xtrain, xt = (a / np.maximum(a.sum(1, keepdims=True), 1e-12) for a in (xtrain, xt))
     pca = pca_baseline(xtrain, xt, cfg.model.code_size, cfg.training.seed)
-    return {"ae": ae, "pca": pca, "code_size": cfg.model.code_size, "input_dim": dim}
+    return {
+        "ae": ae,
+        "pca": pca,
+        "code_size": cfg.model.code_size,
+        "input_dim": dim,
+        "evaluated_on": name,
+        "n_evaluated": len(xt),
+    }
 
 
 def _write_split(path: Path, ids: list[str], split: dict[str, np.ndarray]) -> None:

@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from aepipe.files import atomic_write_json, link_or_copy, read_json
+from aepipe.files import atomic_write_json, fsync_dir, link_or_copy, read_json
 from aepipe.layout import RunLayout
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ def publish_model_version(layout: RunLayout, model_id: str, keep: int) -> bool:
         # RUN/model is replaced as a whole, never modified in place: hard links are safe copies
         shutil.copytree(layout.model.root, tmp, copy_function=link_or_copy)
         os.replace(tmp, version)
+        fsync_dir(version.parent)
     if current_model_id(layout) != model_id:
         atomic_write_json(layout.current_model, {"model_id": model_id})
         log.info("current model version: %s", model_id)

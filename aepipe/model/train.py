@@ -10,10 +10,12 @@ from __future__ import annotations
 from aepipe.config import PipelineConfig
 from aepipe.model.ddp import inside_launched_job, needs_launcher, train_in_subprocess
 from aepipe.model.fit import TrainResult, fit_model
+from aepipe.runconfig import run_stage
 
 __all__ = ["TrainResult", "train_model"]
 
 
+@run_stage("train")
 def train_model(cfg: PipelineConfig) -> TrainResult:
     """Train on ``cfg.corpus``; write the model directory under ``cfg.run_dir`` atomically."""
     if needs_launcher(cfg.training) and not inside_launched_job():

@@ -10,8 +10,11 @@ from sklearn.metrics import normalized_mutual_info_score
 
 
 def sse_per_item(x: np.ndarray, recon: np.ndarray) -> np.ndarray:
-    """Summed squared error per item. (N, ...) -> (N,)"""
-    return ((x.reshape(len(x), -1) - recon.reshape(len(recon), -1)) ** 2).sum(axis=1)
+    """Summed squared error per item, in float64 (float32 sums over thousands of pixels lose the
+    digits that PSNR and AE-vs-PCA comparisons are read at). (N, ...) -> (N,)"""
+    a = np.asarray(x, dtype=np.float64).reshape(len(x), -1)  # (N, D)
+    b = np.asarray(recon, dtype=np.float64).reshape(len(recon), -1)  # (N, D)
+    return ((a - b) ** 2).sum(axis=1)
 
 
 def reconstruction_scores(sse: np.ndarray, dim: int) -> dict[str, float]:

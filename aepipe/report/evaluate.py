@@ -33,6 +33,7 @@ from aepipe.quality.metrics import (
     reconstruction_scores,
     sse_per_item,
 )
+from aepipe.runconfig import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def _umap(codes: np.ndarray, dim: int, seed: int) -> np.ndarray:
     return umap.UMAP(n_components=dim, n_neighbors=20, min_dist=0.0, random_state=seed).fit_transform(codes)
 
 
+@run_stage("eval")
 def evaluate_run(cfg: PipelineConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     layout = RunLayout.at(cfg.run_dir)
@@ -93,6 +95,13 @@ def evaluate_run(cfg: PipelineConfig) -> dict[str, Any]:
         db_codes, q_codes = codes_of(model, db.x), codes_of(model, queries.x)
         recon = _reconstruct(model, queries.x)
     flat_db, flat_q = db.x.reshape(len(db.x), -1), queries.x.reshape(len(queries.x), -1)
+    target = "input"
+    if model.net.output_activation == "softmax":
+        # documents: the decoder outputs the word distribution, so both the AE and PCA (LSA) are
+        # scored on reconstructing the inputs normalised to sum 1 (as training and encode measure
+        # it), never a distribution against raw TF-IDF weights
+        flat_db, flat_q = (a / np.maximum(a.sum(1, keepdims=True), 1e-12) for a in (flat_db, flat_q))
+        target = "word distribution (inputs normalised to sum 1)"
     with timed(f"PCA-{d} baseline"):
         pca = fit_pca(flat_db, d, ec.seed)
         pca_db, pca_q = pca.transform(flat_db), pca.transform(flat_q)
@@ -105,6 +114,7 @@ def evaluate_run(cfg: PipelineConfig) -> dict[str, Any]:
         "n_database": len(db.ids),
         "n_queries": len(queries.ids),
         "reconstruction": {
+            "target": target,
             "ae": reconstruction_scores(sse_per_item(flat_q, recon), dim),
             "pca": reconstruction_scores(sse_per_item(flat_q, pca_recon), dim),
         },

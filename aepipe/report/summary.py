@@ -22,7 +22,9 @@ def heldout_precision(cfg: PipelineConfig, k: int = 10) -> dict[str, Any]:
     """Items held out from training query the index (leaving themselves out); P@k by label."""
     layout = RunLayout.at(cfg.run_dir)
     split = pq.read_table(layout.model.split).to_pydict()
-    heldout = [i for i, s in zip(split["id"], split["split"]) if s == "test"] or list(split["id"])
+    heldout = [i for i, s in zip(split["id"], split["split"]) if s == "test"]
+    held_out = bool(heldout)  # without a test split every stored item queries: not held-out, and said so
+    heldout = heldout or list(split["id"])
     searcher = Searcher(cfg.run_dir)
     meta = searcher.metadata()
     heldout = [i for i in heldout if i in meta and meta[i][0] is not None][:2000]
@@ -34,7 +36,10 @@ def heldout_precision(cfg: PipelineConfig, k: int = 10) -> dict[str, Any]:
     return {
         "precision_at_10": precision_at_k(neighbor_labels, query_labels),
         "n_queries": len(heldout),
-        "protocol": "held-out items (test split) query the index, themselves excluded",
+        "held_out": held_out,
+        "protocol": "held-out items (test split) query the index, themselves excluded"
+        if held_out
+        else "no test split: training items query the index, themselves excluded (NOT held-out)",
     }
 
 
@@ -63,6 +68,8 @@ def build_report(
             "pca_psnr": m["pca"]["psnr"],
             "code_size": m["code_size"],
             "n_heldout": m["n_test"],
+            "evaluated_on": m.get("evaluated_on", "test"),  # test: held-out; val / train: not
+            "n_evaluated": m.get("n_evaluated", m["n_test"]),
             "bytes_per_code": bytes_per_code,
             "raw_bytes_per_item_float32": m["input_dim"] * 4,
         },
@@ -87,12 +94,21 @@ def build_report(
     return report
 
 
+def _split_label(r: dict[str, Any]) -> str:
+    on = r.get("evaluated_on", "test")
+    return "held-out" if on == "test" else f"{'validation' if on == 'val' else 'training'} items, not held-out"
+
+
+def _queries_label(ret: dict[str, Any]) -> str:
+    return "held-out queries" if ret.get("held_out", True) else "training-item queries, not held-out"
+
+
 def format_report(report: dict[str, Any]) -> str:
     r, ret, ix, cl = report["reconstruction"], report["retrieval"], report["index"], report["clusters"]
     p10 = (
         "n/a (no labels)"
         if ret["precision_at_10"] is None
-        else f"{ret['precision_at_10']:.3f} ({ret['n_queries']} held-out queries)"
+        else f"{ret['precision_at_10']:.3f} ({ret['n_queries']} {_queries_label(ret)})"
     )
     acc = "n/a" if cl["acc"] is None else f"{cl['acc']:.3f}"
     nmi = "n/a" if cl["nmi"] is None else f"{cl['nmi']:.3f}"
@@ -101,7 +117,7 @@ def format_report(report: dict[str, Any]) -> str:
         [
             f"run {report['run_dir']}  model {report['model_id']}  items {report['counts']['n_items']}"
             f"  quarantined {report['counts']['n_quarantined']}",
-            f"reconstruction (held-out, {r['code_size']}-d code): AE SSE/item {r['ae_sse_per_item']:.3f}"
+            f"reconstruction ({_split_label(r)}, {r['code_size']}-d code): AE SSE/item {r['ae_sse_per_item']:.3f}"
             f"  vs PCA {r['pca_sse_per_item']:.3f}  (PSNR {r['ae_psnr']:.1f} vs {r['pca_psnr']:.1f} dB)",
             f"retrieval precision@10: {p10}",
             f"index {ix['type']} {ix['params'] or ''}: recall@10 {ix['recall_at_10']:.3f},"
@@ -155,7 +171,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         "|---:|---:|---:|",
         f"| {counts['n_items']} | {counts['n_quarantined']} | {counts['n_quarantined_train']} |",
         "",
-        f"## Reconstruction (held-out, {r['code_size']}-d code, {r['n_heldout']} items)",
+        f"## Reconstruction ({_split_label(r)}, {r['code_size']}-d code, {r.get('n_evaluated', r['n_heldout'])} items)",
         "",
         "| | SSE/item | MSE | PSNR (dB) |",
         "|---|---:|---:|---:|",
@@ -166,7 +182,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         "",
         "| metric | value |",
         "|---|---:|",
-        f"| precision@10 (held-out queries) | {cell(report['retrieval']['precision_at_10'])} |",
+        f"| precision@10 ({_queries_label(report['retrieval'])}) | {cell(report['retrieval']['precision_at_10'])} |",
         f"| index | {ix['type']} {ix['params'] or ''} |",
         f"| index recall@10 | {cell(ix['recall_at_10'])} |",
         f"| latency (ms/query) | {cell(ix['latency_ms_per_query'])} |",

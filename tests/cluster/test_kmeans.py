@@ -11,6 +11,7 @@ from PIL import Image
 
 from aepipe.cluster.kmeans import cluster_codes
 from aepipe.codes.store import open_store
+from aepipe.index.build import build_index
 from aepipe.layout import RunLayout
 from aepipe.quality.metrics import cluster_accuracy, cluster_scores
 
@@ -80,7 +81,9 @@ def test_cluster_means_are_the_mean_code_of_each_cluster(clustered):
 
 
 def test_n_clusters_and_cosine_metric(run_copy):
-    result = cluster_codes(run_copy.config("cluster.n_clusters=4", "index.metric=cosine", "cluster.n_redo=1"))
+    # clusters follow the run's index metric (#11: cluster does not own index.*): index as cosine first
+    build_index(run_copy.config("index.metric=cosine"))
+    result = cluster_codes(run_copy.config("cluster.n_clusters=4", "cluster.n_redo=1"))
     assert result.n_clusters == 4 and sum(result.sizes) == 400 and len(result.sizes) == 4
     summary = json.loads(RunLayout.at(run_copy.run_dir).clusters.summary.read_text())
     assert summary["metric"] == "cosine"

@@ -1,0 +1,71 @@
+"""Documents: the vocabulary and idf come from the training split only, and eval scores the AE and
+PCA (LSA) on the same target, the normalised word distribution."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from aepipe.codes.encode import encode_corpus
+from aepipe.config import build_config
+from aepipe.files import read_json
+from aepipe.layout import RunLayout
+from aepipe.model.train import train_model
+from aepipe.report.evaluate import evaluate_run
+
+TOPICS = [
+    "ocean wave ship sail harbor anchor tide storm",
+    "guitar drum melody chord rhythm concert band song",
+    "wheat harvest tractor barn field farmer crop soil",
+]
+
+
+@pytest.fixture(scope="module")
+def doc_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("docs")
+    rng = np.random.default_rng(0)
+    for i in range(90):
+        words = TOPICS[i % 3].split()
+        body = " ".join(rng.choice(words, 12).tolist())
+        # one word only this document has: it must be in the vocabulary only if the document trains
+        (root / "corpus" / f"t{i % 3}").mkdir(parents=True, exist_ok=True)
+        (root / "corpus" / f"t{i % 3}" / f"{i:03d}.txt").write_text(f"{body} uniq{i:03d}x\n")
+    cfg = build_config(
+        overrides=[
+            "corpus.kind=documents",
+            f"corpus.source={root / 'corpus'}",
+            f"run_dir={root / 'run'}",
+            "features.text.min_df=1",
+            "features.text.max_df=1.0",
+            "model.n_layers=1",
+            "model.nodes_per_layer=[16]",
+            "model.code_size=4",
+            "training.max_epochs=2",
+            "training.batch_size=32",
+            "training.test_fraction=0.2",
+        ]
+    )
+    train_model(cfg)
+    encode_corpus(cfg)
+    return cfg
+
+
+def test_vocabulary_and_idf_come_from_training_documents_only(doc_run):
+    files = RunLayout.at(doc_run.run_dir).model
+    vocab = set(read_json(files.preprocess)["vocabulary"])
+    split = pq.read_table(files.split).to_pydict()
+    by_split: dict[str, set[str]] = {}
+    for item_id, name in zip(split["id"], split["split"]):
+        by_split.setdefault(name, set()).add(f"uniq{item_id.split('/')[-1][:3]}x")
+    assert by_split["test"] and by_split["train"]
+    assert not (by_split["test"] | by_split["val"]) & vocab  # before the fix: every document's word was in it
+    assert by_split["train"] <= vocab
+
+
+def test_document_eval_compares_word_distributions_for_both_methods(doc_run):
+    report = evaluate_run(doc_run)
+    rec = report["reconstruction"]
+    assert rec["target"].startswith("word distribution")
+    # two distributions differ by at most 2 in summed squared error; raw TF-IDF inputs are far larger
+    assert 0 < rec["ae"]["sse_per_item"] <= 2 and 0 < rec["pca"]["sse_per_item"] <= 2
