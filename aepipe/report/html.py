@@ -82,7 +82,8 @@ def write_html_report(run_dir: str | Path, path: str | Path | None = None) -> di
     return {"path": str(out), "bytes": len(page), "seconds": seconds}
 
 
-def _open_run(layout: RunLayout) -> _Run:
+def open_run(layout: RunLayout) -> _Run:
+    """The run's store, the model whose codes it holds, and its config, loaded once."""
     store = open_store(layout.store) if layout.store.is_dir() else None
     model = None
     # the model whose codes are in the store: RUN/model, or its published version after a retraining
@@ -118,7 +119,7 @@ SECTIONS: list[tuple[str, str]] = [
 
 
 def render_report(layout: RunLayout) -> str:
-    run = _open_run(layout)
+    run = open_run(layout)
     body = []
     for key, title in SECTIONS:
         section: Callable[[_Run], str | None] = globals()[f"_section_{key}"]
@@ -150,7 +151,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>" + "".join("<tr>" + "".join(map(cell, r)) + "</tr>" for r in rows) + "</table>"
 
 
-def _img(png: bytes, title: str = "", cls: str = "") -> str:
+def img_tag(png: bytes, title: str = "", cls: str = "") -> str:
     return f'<img src="{data_uri(png)}" title="{html.escape(title)}" alt="{html.escape(title)}" class="{cls}">'
 
 
@@ -195,7 +196,7 @@ def _section_curves(run: _Run) -> str:
     curves = read_training_curves(path)
     if not curves:
         return _note("the training log holds no loss values")
-    return _img(training_curves_png(curves), "training and validation loss per epoch")
+    return img_tag(training_curves_png(curves), "training and validation loss per epoch")
 
 
 def _split_ids(run: _Run) -> dict[str, list[str]]:
@@ -232,7 +233,7 @@ def _section_recon(run: _Run) -> str | None:
         lines.append((f"PCA-{code_size}", pca.inverse_transform(pca.transform(flat)).reshape(x.shape)))
     grid = "".join(
         f'<div class="row"><b>{name}</b>'
-        + "".join(_img(thumbnail_png(a), i) for (i, _), a in zip(x_held, imgs))
+        + "".join(img_tag(thumbnail_png(a), i) for (i, _), a in zip(x_held, imgs))
         + "</div>"
         for name, imgs in lines
     )
@@ -305,12 +306,12 @@ def _section_clusters(run: _Run) -> str | None:
             n, lb = max(labelled)
             head += f"; majority label {lb}, purity {n / max(sizes[c], 1):.2f}"
         thumbs = "".join(
-            _img(thumbnail_png(images[i][0], 44), f"{i}" + (" (decoded: corpus unreadable)" if images[i][1] else ""))
+            img_tag(thumbnail_png(images[i][0], 44), f"{i}" + (" (decoded: corpus unreadable)" if images[i][1] else ""))
             for i in members.get(c, [])
             if i in images
         )
         proto = (
-            "" if protos is None else _img(thumbnail_png(protos[c], 44), "decoded prototype (cluster mean)", "proto")
+            "" if protos is None else img_tag(thumbnail_png(protos[c], 44), "decoded prototype (cluster mean)", "proto")
         )
         sheets.append(f'<div class="sheet"><div><b>{html.escape(head)}</b></div>{proto}{thumbs}</div>')
     acc = summary.get("acc")
@@ -356,7 +357,7 @@ def _section_map(run: _Run) -> str:
         groups, what = [str(cl.get(i, "?")) for i in ids], "cluster"
     xy, method = _project_2d(codes)
     title = f"{len(ids)} of {n} codes, {method}, coloured by {what}"
-    return _img(code_map_png(xy, [str(g) for g in groups], title), title)
+    return img_tag(code_map_png(xy, [str(g) for g in groups], title), title)
 
 
 def _project_2d(codes: np.ndarray) -> tuple[np.ndarray, str]:
@@ -387,7 +388,7 @@ def _section_index(run: _Run) -> str:
     ]
     tuning = infos.get("tuning") or []
     plot = (
-        _img(tuning_curve_png(tuning, infos["params"], infos.get("recall_target")), "recall vs latency")
+        img_tag(tuning_curve_png(tuning, infos["params"], infos.get("recall_target")), "recall vs latency")
         if tuning
         else ""
     )
