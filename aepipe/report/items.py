@@ -14,7 +14,7 @@ import torch
 
 from aepipe.codes.store import CodeStore, open_store
 from aepipe.config import PipelineConfig
-from aepipe.corpus import Quarantine, Shard, open_corpus
+from aepipe.corpus import Corpus, Quarantine, Shard, open_corpus
 from aepipe.errors import AepipeError
 from aepipe.features import ImagePreprocessor
 from aepipe.model.saved import LoadedModel
@@ -43,12 +43,15 @@ def stored_rows(store: CodeStore, ids: list[str]) -> dict[str, StoredRow]:
     }
 
 
-def read_inputs(cfg: PipelineConfig, prep: ImagePreprocessor, positions: list[int]) -> dict[int, np.ndarray]:
+def read_inputs(
+    cfg: PipelineConfig, prep: ImagePreprocessor, positions: list[int], corpus: Corpus | None = None
+) -> dict[int, np.ndarray]:
     """Model inputs (C, H, W) of the corpus items at ``positions``, read from the corpus the run was
-    encoded from. Items that cannot be read (moved, now broken) are missing from the result."""
+    encoded from (``corpus``: that corpus already open). Items that cannot be read (moved, now
+    broken) are missing from the result."""
     if not positions:
         return {}
-    corpus = open_corpus(cfg.corpus)
+    corpus = corpus or open_corpus(cfg.corpus)
     wanted = sorted(set(positions))
     files = getattr(corpus, "_files", None)
     if files is not None:  # folder: read only the wanted files, not every file between them
@@ -70,6 +73,7 @@ class ItemImages:
         self.cfg, self.model = cfg, model
         self.store = store or open_store(Path(cfg.run_dir) / "store")
         self.is_image = isinstance(model.prep, ImagePreprocessor)
+        self._corpus: Corpus | None = None  # opened on first use, kept (a folder corpus lists its files once)
 
     def images(self, ids: list[str]) -> dict[str, tuple[np.ndarray, bool]]:
         """id -> (image (C, H, W) in [0, 1], True if decoded from the code rather than the original)."""
@@ -77,7 +81,9 @@ class ItemImages:
             raise AepipeError("a document run has no images; use the stored snippets")
         rows = stored_rows(self.store, ids)
         try:
-            found = read_inputs(self.cfg, self.model.prep, [r.position for r in rows.values()])  # type: ignore[arg-type]
+            self._corpus = self._corpus or open_corpus(self.cfg.corpus)
+            positions = [r.position for r in rows.values()]
+            found = read_inputs(self.cfg, self.model.prep, positions, self._corpus)  # type: ignore[arg-type]
         except AepipeError as exc:
             log.warning("cannot read the corpus for thumbnails (%s); showing decoded codes", exc)
             found = {}
