@@ -66,17 +66,14 @@ def create_app(service: SearchService) -> FastAPI:
     def info() -> dict[str, Any]:
         return service.info()
 
-    def answer(results: list, names: list[str], **extra: Any) -> dict[str, Any]:
+    def answer(results: list, names: list[str], **extra: Any) -> JSONResponse:
+        # a JSONResponse as is: FastAPI's jsonable_encoder pass over every hit would cost more than the search
         s = service.searcher
-        return {
-            "model_id": s.model_id,
-            "generation": s.infos.get("generation"),
-            "results": hits_json(results, names),
-            **extra,
-        }
+        body = {"model_id": s.model_id, "generation": s.infos.get("generation"), "results": hits_json(results, names)}
+        return JSONResponse({**body, **extra})
 
     @app.post("/api/search/ids")
-    def search_ids(q: IdsQuery) -> dict[str, Any]:
+    def search_ids(q: IdsQuery) -> JSONResponse:
         results, errors = service.search_ids(q.ids, q.k, q.label)
         if not results and errors:
             raise UnknownItem(f"none of the ids is in the store: {', '.join(e['id'] for e in errors[:5])}")
@@ -84,7 +81,7 @@ def create_app(service: SearchService) -> FastAPI:
         return answer(results, known, errors=errors)
 
     @app.post("/api/search/vectors")
-    def search_vectors(q: VectorsQuery) -> dict[str, Any]:
+    def search_vectors(q: VectorsQuery) -> JSONResponse:
         lengths = {len(v) for v in q.vectors}
         if len(lengths) != 1:
             raise DimensionMismatch(f"query vectors have different lengths {sorted(lengths)}")
@@ -94,7 +91,7 @@ def create_app(service: SearchService) -> FastAPI:
         return answer(service.search_vectors(vecs, q.k, q.label), [str(i) for i in range(len(vecs))])
 
     @app.post("/api/search/text")
-    def search_text(q: TextQuery) -> dict[str, Any]:
+    def search_text(q: TextQuery) -> JSONResponse:
         return answer(service.search_texts(q.texts, q.k, q.label), [t[:80] for t in q.texts])
 
     @app.post("/api/search/images")
@@ -102,7 +99,7 @@ def create_app(service: SearchService) -> FastAPI:
         files: list[UploadFile] = File(..., description="image file(s)"),
         k: int = Form(10),
         label: str | None = Form(None),
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         images = []
         for f in files:
             data = f.file.read(service.max_upload_bytes + 1)  # never more than the limit into memory

@@ -51,13 +51,21 @@ class Generation:
     stamp: tuple
     opened_at: float
     labels: list[str]
+    codes: np.ndarray | None  # every stored code in memory when it fits codes_in_memory_mb: by-id queries skip Parquet
+    position: dict[str, int]  # id -> row of ``codes``
 
 
 class SearchService:
     def __init__(
-        self, run_dir: str | Path, max_upload_bytes: int = 5 * 2**20, max_k: int = 1000, check_every_s: float = 1.0
+        self,
+        run_dir: str | Path,
+        max_upload_bytes: int = 5 * 2**20,
+        max_k: int = 1000,
+        check_every_s: float = 1.0,
+        codes_in_memory_mb: float = 512,
     ):
         self.layout = RunLayout.at(run_dir)
+        self.codes_in_memory_mb = codes_in_memory_mb
         self.max_upload_bytes = max_upload_bytes
         self.max_k = max_k
         self.check_every_s = check_every_s
@@ -83,9 +91,14 @@ class SearchService:
             run = open_run(self.layout)
             items = ItemImages(run.cfg, model, searcher._store_checked())  # noqa: SLF001
         labels = sorted({r[1] for r in rows if r[1] is not None})
+        store = searcher._store_checked()  # noqa: SLF001
+        codes, position = None, {}
+        if store.n_items * store.code_size * 4 <= self.codes_in_memory_mb * 2**20:
+            ids, codes = store.read_codes()  # (n, code) float32
+            position = {i: p for p, i in enumerate(ids)}
         self._thumbnail.cache_clear()
         log.info("serving index %s (model %s, %d items)", searcher.infos["index_string"], searcher.model_id, len(rows))
-        return Generation(searcher, items, stamp, time.time(), labels)
+        return Generation(searcher, items, stamp, time.time(), labels, codes, position)
 
     def refresh(self, force: bool = False) -> bool:
         """Reopen the run if its index files changed since they were opened; True if it did.
@@ -161,13 +174,17 @@ class SearchService:
         self, ids: list[str], k: int, label: str | None = None
     ) -> tuple[list[list[Hit]], list[dict[str, str]]]:
         """Neighbours of stored items; unknown ids are reported one by one, the others answered."""
-        s = self.searcher
-        known = set(stored_rows(s._store_checked(), ids))  # noqa: SLF001
+        s, gen = self.searcher, self._gen
+        known = s.metadata()  # id -> (label, source, snippet), in memory since the generation opened
         errors = [{"id": i, "error": "id not in the store"} for i in ids if i not in known]
         good = [i for i in ids if i in known]
         if not good:
             return [], errors
-        return self.search_vectors(s.vectors_for_ids(good), k, label, names=good, exclude=good), errors
+        if gen.codes is not None:
+            vectors = gen.codes[[gen.position[i] for i in good]]  # (q, code)
+        else:
+            vectors = s.vectors_for_ids(good)
+        return self.search_vectors(vectors, k, label, names=good, exclude=good), errors
 
     def search_image_bytes(self, images: list[tuple[str, bytes]], k: int, label: str | None = None) -> list[list[Hit]]:
         s = self.searcher

@@ -138,3 +138,19 @@ def test_refresh_reopens_a_changed_index(run_copy):
 def test_importing_the_cli_does_not_load_fastapi():
     code = "import sys, aepipe.cli; sys.exit(1 if 'fastapi' in sys.modules or 'uvicorn' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_by_id_without_codes_in_memory_reads_the_store_and_agrees(trained_run):
+    from aepipe.serve.service import SearchService
+
+    big = SearchService(trained_run.run_dir)
+    small = SearchService(trained_run.run_dir, codes_in_memory_mb=0)
+    assert big._gen.codes is not None and small._gen.codes is None
+    a, errs_a = big.search_ids(["0003", "x"], 6)
+    b, errs_b = small.search_ids(["0003", "x"], 6)
+    assert (
+        [h.id for h in a[0]]
+        == [h.id for h in b[0]]
+        == [h.id for h in Searcher(trained_run.run_dir).search_ids(["0003"], 6)[0]]
+    )
+    assert errs_a == errs_b == [{"id": "x", "error": "id not in the store"}]
