@@ -5,6 +5,7 @@ run_dir/
   config.yaml            the run's config: each section as the stage that owns it last ran (aepipe.runconfig)
   configs/               <stage>.yaml: the full config of each stage's last successful run
   report.json            summary of the last pipeline run
+  report.html            the run as pictures and tables (self-contained)
   models/                <model_id>/ (published versions, as model/), current.json (the one queries use)
   model/                 weights.safetensors, model.json, config.json, preprocess.json, metrics.json,
                          checkpoints/, logs/ (Lightning CSV metrics)
@@ -181,6 +182,11 @@ class RunLayout:
     @property
     def report(self) -> Path:
         return self.root / "report.json"
+
+    @property
+    def report_html(self) -> Path:
+        """The visual run report (aepipe.report.html): one self-contained page."""
+        return self.root / "report.html"
 
     @property
     def model(self) -> ModelFiles:

@@ -1,9 +1,10 @@
 """The whole pipeline as plain function calls (no orchestrator): train -> encode -> index (+ publish
-the model version that matches it) -> cluster -> report. The Prefect pipeline flow in
+the model version that matches it) -> cluster -> report (report.json, then report.html). The Prefect pipeline flow in
 flows/pipeline.py composes the same functions."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -11,12 +12,17 @@ from typing import Any, TypeVar
 from aepipe.cluster.kmeans import cluster_codes
 from aepipe.codes.encode import encode_corpus
 from aepipe.config import PipelineConfig
+from aepipe.errors import AepipeError
+from aepipe.files import atomic_write_json
 from aepipe.index.build import IndexResult, build_index
 from aepipe.layout import RunLayout
 from aepipe.model.registry import publish_model_version
 from aepipe.model.train import train_model
+from aepipe.report.html import write_html_report
 from aepipe.report.summary import build_report
 from aepipe.runconfig import run_stage, save_run_config
+
+log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
@@ -28,6 +34,18 @@ def index_stage(cfg: PipelineConfig) -> IndexResult:
     result = build_index(cfg)
     publish_model_version(RunLayout.at(cfg.run_dir), result.model_id, cfg.training.keep_versions)
     return result
+
+
+def html_report_stage(cfg: PipelineConfig, report: dict[str, Any]) -> dict[str, Any]:
+    """Write RUN/report.html after report.json, and record its path and time in both. The page is
+    for people: a failure to draw it is logged, never fails the run."""
+    try:
+        report["html"] = write_html_report(cfg.run_dir)
+    except (AepipeError, OSError) as exc:
+        log.warning("could not write the HTML report: %s", exc)
+        report["html"] = {"path": None, "error": str(exc)}
+    atomic_write_json(RunLayout.at(cfg.run_dir).report, report)
+    return report
 
 
 @run_stage("pipeline")
@@ -45,4 +63,5 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     encoded = timed_stage("encode", encode_corpus)
     indexed = timed_stage("index", index_stage)
     clustered = timed_stage("cluster", cluster_codes)
-    return build_report(cfg, trained, encoded, indexed, clustered, timings)
+    report = build_report(cfg, trained, encoded, indexed, clustered, timings)
+    return html_report_stage(cfg, report)

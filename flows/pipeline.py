@@ -4,12 +4,13 @@ paths and small results, never arrays."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from aepipe.config import PipelineConfig
-from aepipe.pipeline import save_run_config
+from aepipe.pipeline import html_report_stage, save_run_config
 from aepipe.report.summary import build_report, report_markdown, report_rows
 from aepipe.runlock import command_line, run_lock
 from aepipe_flows.encode import encode_sharded_flow
@@ -40,4 +41,12 @@ def _pipeline(config: PipelineConfig) -> dict:
     report = build_report(config, *results, timings)
     create_markdown_artifact(report_markdown(report), key="aepipe-report", description=f"aepipe run {config.run_dir}")
     create_table_artifact(report_rows(report), key="aepipe-metrics", description=f"aepipe metrics, {config.run_dir}")
+    report = html_report_stage(config, report)
+    if report["html"]["path"]:
+        create_link_artifact(
+            Path(report["html"]["path"]).resolve().as_uri(),
+            link_text="report.html",
+            key="aepipe-report-html",
+            description=f"aepipe visual run report, {config.run_dir}",
+        )
     return report

@@ -42,6 +42,7 @@ LEVELS = {
     "aepipe.pipeline": 10,
     "aepipe.update": 10,
     "aepipe.info": 10,
+    "aepipe.serve": 10,  # the search service: a query front-end over index + report (thumbnails); FastAPI only here
     "aepipe.cli": 11,
 }
 

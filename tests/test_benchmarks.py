@@ -70,3 +70,21 @@ def test_large_benchmarks_tiny_run_images_and_codes(tmp_path):
     assert 0.5 <= codes["recall_at_10_new_queries"] <= 1.0
     table = (tmp_path / "codes" / "results.md").read_text()
     assert "| codes |" in table and "Machine:" in table
+
+
+def test_service_benchmark_tiny_measures_every_kind(tmp_path):
+    """The latency benchmark's tiny form: a short demo pipeline, the real service in a subprocess,
+    2 clients x 20 requests per kind, raw faiss and a cold CLI call; a verdict per target."""
+    from benchmarks import service
+
+    assert service.main(["--tiny", "--out", str(tmp_path), "--port", "8779"]) == 0
+    summary = json.loads((tmp_path / "results.json").read_text())[0]
+    rows = {r["what"]: r for r in summary["rows"]}
+    for kind in service.KINDS:
+        r = rows[f"service, by {kind}"]
+        assert r["n"] == 40 and 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["req_per_s"] > 0
+    assert rows["raw faiss index.search, 1 vector per call"]["n"] == 40
+    assert 0 < summary["pipeline"]["report_html_s"] < summary["pipeline"]["pipeline_s"]
+    assert len(summary["checks"]) == 4
+    table = (tmp_path / "results.md").read_text()
+    assert "Machine:" in table and "--tiny" in table and "| target |" in table

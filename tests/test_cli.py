@@ -216,6 +216,7 @@ def test_run_without_prefect_prints_the_report_as_json(tmp_path, capsys):
     assert report == json.loads((run / "report.json").read_text())
     assert report["counts"]["n_items"] == 100 and report["index"]["type"] == "Flat"
     assert set(report["timings_s"]) == {"train", "encode", "index", "cluster"}
+    assert report["html"]["path"] == str(run / "report.html") and (run / "report.html").is_file()
 
 
 def test_update_prints_what_it_did(run_copy, capsys):

@@ -54,6 +54,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
     else:
         raise ConfigError("give queries with --image, --id or --vectors, or for documents --text or --text-file")
     table = hits_table(results)
+    if args.html:
+        from aepipe.report.contact import write_contact_sheet
+
+        sheet = write_contact_sheet(args.run_dir, results, args.html, image_paths=args.image, query_ids=args.id)
+        log.info("contact sheet: %s", sheet["path"])
     if args.output:
         import pyarrow.parquet as pq
 
@@ -122,6 +127,9 @@ def register(sub: Any) -> None:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--format", choices=["table", "json"], default=None, help="default: table on a terminal, else json")
     p.add_argument("--output", help="write results as Parquet to this file")
+    p.add_argument(
+        "--html", metavar="FILE", help="also write a contact sheet: each query and its hits as thumbnails (snippets)"
+    )
     p.set_defaults(func=_cmd_search)
     p = sub.add_parser("topics", help="document runs: cluster the codes and print topics (top terms, size, exemplars)")
     add_config_args(p)

@@ -62,7 +62,11 @@ def test_pipeline_flow_end_to_end(prefect_harness, tmp_path):
             artifact_filter=ArtifactFilter(flow_run_id={"any_": [state.state_details.flow_run_id]})
         )
     by_key = {a.key: a for a in artifacts}
-    assert set(by_key) >= {"aepipe-report", "aepipe-metrics"}
+    assert set(by_key) >= {"aepipe-report", "aepipe-metrics", "aepipe-report-html"}
+    # the visual report: written beside report.json, linked from the flow run
+    assert report["html"]["path"] == str(layout.report_html) and layout.report_html.is_file()
+    # Prefect stores a link artifact as Markdown: [report.html](file:///...)
+    assert layout.report_html.resolve().as_uri() in str(by_key["aepipe-report-html"].data)
     markdown = by_key["aepipe-report"].data
     assert by_key["aepipe-report"].type == "markdown" and report["model_id"] in markdown
     assert "| 300 | 0 | 0 |" in markdown and "| train |" in markdown and "prototypes.png" in markdown

@@ -1,0 +1,135 @@
+"""HTTP layer of the search service (FastAPI): JSON in and out, the web page at ``/``.
+
+User errors are 4xx with ``{"error": "..."}``: 400 a query that cannot be used, 404 an unknown id,
+413 an upload over the limit, 422 a malformed request or a vector of the wrong dimension.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from aepipe.errors import AepipeError, DimensionMismatch
+from aepipe.serve.service import BadQuery, SearchService, TooLarge, UnknownItem, hits_json
+
+STATUS = {UnknownItem: 404, TooLarge: 413, DimensionMismatch: 422, BadQuery: 400}
+
+
+class IdsQuery(BaseModel):
+    ids: list[str] = Field(min_length=1, max_length=1000, description="stored ids to search by")
+    k: int = Field(10, description="neighbours per query")
+    label: str | None = Field(None, description="only items with this label")
+
+
+class VectorsQuery(BaseModel):
+    vectors: list[list[float]] = Field(min_length=1, max_length=1000, description="query vectors (n, dim)")
+    k: int = 10
+    label: str | None = None
+
+
+class TextQuery(BaseModel):
+    texts: list[str] = Field(min_length=1, max_length=1000, description="query texts (document runs)")
+    k: int = 10
+    label: str | None = None
+
+
+def create_app(service: SearchService) -> FastAPI:
+    app = FastAPI(title="aepipe search", description=f"similarity search over {service.layout.root}")
+    page = resources.files("aepipe.serve").joinpath("page.html").read_text()
+
+    @app.exception_handler(AepipeError)
+    async def _user_error(request: Request, exc: AepipeError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=STATUS.get(type(exc), 400))
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=422)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index_page() -> str:
+        return page
+
+    @app.get("/api/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "model_id": service.searcher.model_id}
+
+    @app.get("/api/info")
+    def info() -> dict[str, Any]:
+        return service.info()
+
+    def answer(results: list, names: list[str], **extra: Any) -> JSONResponse:
+        # a JSONResponse as is: FastAPI's jsonable_encoder pass over every hit would cost more than the search
+        s = service.searcher
+        body = {"model_id": s.model_id, "generation": s.infos.get("generation"), "results": hits_json(results, names)}
+        return JSONResponse({**body, **extra})
+
+    @app.post("/api/search/ids")
+    def search_ids(q: IdsQuery) -> JSONResponse:
+        results, errors = service.search_ids(q.ids, q.k, q.label)
+        if not results and errors:
+            raise UnknownItem(f"none of the ids is in the store: {', '.join(e['id'] for e in errors[:5])}")
+        known = [i for i in q.ids if i not in {e["id"] for e in errors}]
+        return answer(results, known, errors=errors)
+
+    @app.post("/api/search/vectors")
+    def search_vectors(q: VectorsQuery) -> JSONResponse:
+        lengths = {len(v) for v in q.vectors}
+        if len(lengths) != 1:
+            raise DimensionMismatch(f"query vectors have different lengths {sorted(lengths)}")
+        vecs = np.asarray(q.vectors, dtype=np.float32)
+        if not np.isfinite(vecs).all():
+            raise BadQuery("query vectors hold NaN or infinite values")
+        return answer(service.search_vectors(vecs, q.k, q.label), [str(i) for i in range(len(vecs))])
+
+    @app.post("/api/search/text")
+    def search_text(q: TextQuery) -> JSONResponse:
+        return answer(service.search_texts(q.texts, q.k, q.label), [t[:80] for t in q.texts])
+
+    @app.post("/api/search/images")
+    def search_images(
+        files: list[UploadFile] = File(..., description="image file(s)"),
+        k: int = Form(10),
+        label: str | None = Form(None),
+    ) -> JSONResponse:
+        images = []
+        for f in files:
+            data = f.file.read(service.max_upload_bytes + 1)  # never more than the limit into memory
+            images.append((Path(f.filename or "upload").name, data))
+        names = [n for n, _ in images]
+        return answer(service.search_image_bytes(images, k, label or None), names)
+
+    @app.get("/api/items/{item_id:path}/thumbnail.png")
+    def thumbnail(item_id: str, size: int = 96) -> Response:
+        if not 8 <= size <= 512:
+            raise BadQuery("size must be between 8 and 512 pixels")
+        return Response(
+            service.thumbnail(item_id, size), media_type="image/png", headers={"Cache-Control": "max-age=60"}
+        )
+
+    @app.get("/api/items/{item_id:path}")
+    def item(item_id: str) -> dict[str, Any]:
+        return service.item(item_id)
+
+    @app.post("/api/refresh")
+    def refresh() -> dict[str, Any]:
+        """Reopen the run now if its index changed (the service also checks by itself, every second)."""
+        return {"reopened": service.refresh(force=False), "model_id": service.searcher.model_id}
+
+    return app
+
+
+def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, workers_threads: int | None = None) -> None:
+    """Run the service until Ctrl-C (uvicorn shuts down cleanly on SIGINT/SIGTERM)."""
+    import uvicorn
+
+    service = SearchService(run_dir)
+    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")

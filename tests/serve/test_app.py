@@ -1,0 +1,156 @@
+"""The search service's API (FastAPI TestClient over httpx) on a real trained, indexed run."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aepipe.index.search import Searcher
+
+
+@pytest.fixture(scope="module")
+def client(trained_run):
+    from fastapi.testclient import TestClient
+
+    from aepipe.serve.app import create_app
+    from aepipe.serve.service import SearchService
+
+    with TestClient(create_app(SearchService(trained_run.run_dir)), raise_server_exceptions=False) as c:
+        yield c
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr.astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_health_and_info(client, trained_run):
+    assert client.get("/api/health").json() == {"status": "ok", "model_id": trained_run.model_id}
+    info = client.get("/api/info").json()
+    assert info["model_id"] == trained_run.model_id and info["index_type"] == "Flat" and info["kind"] == "images"
+    assert info["n_items"] == trained_run.n_items and info["dim"] == 10 and info["recall_at_10"] == 1.0
+    assert info["labels"] == [str(d) for d in range(10)] and "generation" in info
+
+
+def test_search_by_ids_matches_the_library_and_reports_unknown_ids(client, trained_run):
+    r = client.post("/api/search/ids", json={"ids": ["0003", "nope", "0010"], "k": 5})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["errors"] == [{"id": "nope", "error": "id not in the store"}]
+    expected = Searcher(trained_run.run_dir).search_ids(["0003", "0010"], 5)
+    assert [res["query"] for res in body["results"]] == ["0003", "0010"]
+    assert [[h["id"] for h in res["hits"]] for res in body["results"]] == [[h.id for h in hits] for hits in expected]
+    assert body["model_id"] == trained_run.model_id
+
+
+def test_only_unknown_ids_is_a_404(client):
+    r = client.post("/api/search/ids", json={"ids": ["nope"], "k": 5})
+    assert r.status_code == 404 and "nope" in r.json()["error"]
+
+
+def test_label_filter_keeps_k_hits_of_that_label(client):
+    body = client.post("/api/search/ids", json={"ids": ["0003"], "k": 8, "label": "7"}).json()
+    hits = body["results"][0]["hits"]
+    assert len(hits) == 8 and {h["label"] for h in hits} == {"7"} and [h["rank"] for h in hits] == list(range(1, 9))
+
+
+def test_search_by_vector_and_wrong_dimension(client, trained_run):
+    s = Searcher(trained_run.run_dir)
+    v = s.vectors_for_ids(["0042"])
+    body = client.post("/api/search/vectors", json={"vectors": v.tolist(), "k": 3}).json()
+    assert body["results"][0]["hits"][0]["id"] == "0042"
+    r = client.post("/api/search/vectors", json={"vectors": [[0.0, 1.0]], "k": 3})
+    assert r.status_code == 422 and "dimension" in r.json()["error"]
+    r = client.post("/api/search/vectors", json={"vectors": [[0.0] * 10, [0.0] * 9]})
+    assert r.status_code == 422
+    r = client.post("/api/search/vectors", json={"vectors": "x"})
+    assert r.status_code == 422 and r.json()["error"].startswith("vectors")
+
+
+def test_search_by_uploaded_image_equals_search_by_file(client, trained_run, digits_x, tmp_path):
+    arr = (digits_x[7, 0] * 255).round()
+    (tmp_path / "q.png").write_bytes(_png(arr))
+    r = client.post("/api/search/images", files=[("files", ("q.png", _png(arr), "image/png"))], data={"k": "4"})
+    assert r.status_code == 200, r.text
+    expected = Searcher(trained_run.run_dir).search_images([tmp_path / "q.png"], 4)[0]
+    assert [h["id"] for h in r.json()["results"][0]["hits"]] == [h.id for h in expected]
+    assert r.json()["results"][0]["query"] == "q.png"
+
+
+def test_bad_uploads_are_4xx_never_500(client):
+    r = client.post("/api/search/images", files=[("files", ("x.png", b"not an image at all", "image/png"))])
+    assert r.status_code == 400 and "not a usable image" in r.json()["error"]
+    big = b"\x89PNG" + b"0" * (5 * 2**20)
+    r = client.post("/api/search/images", files=[("files", ("big.png", big, "image/png"))])
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+    r = client.post("/api/search/images", data={"k": "3"})
+    assert r.status_code == 422
+    r = client.post("/api/search/text", json={"texts": ["event loop"]})
+    assert r.status_code == 400 and "trained on images" in r.json()["error"]
+    r = client.post("/api/search/ids", json={"ids": ["0003"], "k": 0})
+    assert r.status_code == 400 and "k must be" in r.json()["error"]
+    r = client.post("/api/search/ids", content=b"{nope", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+
+
+def test_item_metadata_and_thumbnail(client):
+    meta = client.get("/api/items/0005").json()
+    assert meta["id"] == "0005" and meta["label"] == "5" and meta["source"] == "digits[5]"
+    r = client.get("/api/items/0005/thumbnail.png?size=64")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size == (64, 64)
+    assert client.get("/api/items/nope").status_code == 404
+    assert client.get("/api/items/nope/thumbnail.png").status_code == 404
+
+
+def test_web_page_is_served(client):
+    r = client.get("/")
+    assert r.status_code == 200 and 'id="results"' in r.text and "/api/search/ids" in r.text
+
+
+def test_refresh_reopens_a_changed_index(run_copy):
+    """A rebuilt index (here: new files with a different recall recorded) is served without a restart."""
+    from aepipe.layout import RunLayout
+    from aepipe.serve.service import SearchService
+
+    svc = SearchService(run_copy.run_dir, check_every_s=0)
+    assert svc.refresh() is False
+    infos = RunLayout.at(run_copy.run_dir).index.infos
+    data = json.loads(infos.read_text())
+    data["recall_at_10"], data["generation"] = 0.5, 7
+    tmp = infos.with_name("new.json")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(infos)
+    assert svc.info()["recall_at_10"] == 0.5 and svc.info()["generation"] == 7
+    # a half-swapped index keeps the previous generation
+    shutil.move(RunLayout.at(run_copy.run_dir).index.index, run_copy.run_dir / "away.faiss")
+    assert svc.refresh() is False and svc.info()["generation"] == 7
+
+
+def test_importing_the_cli_does_not_load_fastapi():
+    code = "import sys, aepipe.cli; sys.exit(1 if 'fastapi' in sys.modules or 'uvicorn' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_by_id_without_codes_in_memory_reads_the_store_and_agrees(trained_run):
+    from aepipe.serve.service import SearchService
+
+    big = SearchService(trained_run.run_dir)
+    small = SearchService(trained_run.run_dir, codes_in_memory_mb=0)
+    assert big._gen.codes is not None and small._gen.codes is None
+    a, errs_a = big.search_ids(["0003", "x"], 6)
+    b, errs_b = small.search_ids(["0003", "x"], 6)
+    assert (
+        [h.id for h in a[0]]
+        == [h.id for h in b[0]]
+        == [h.id for h in Searcher(trained_run.run_dir).search_ids(["0003"], 6)[0]]
+    )
+    assert errs_a == errs_b == [{"id": "x", "error": "id not in the store"}]
