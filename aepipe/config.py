@@ -124,11 +124,36 @@ class TextFeaturesConfig(_Section):
     ngram_max: int = Field(1, ge=1, le=3, description="longest n-gram counted as a term")
 
 
-class ImageFeaturesConfig(_Section):
-    """``features.image``: the model's input shape (C, H, W), pixels in [0, 1]."""
+class MaxSideConfig(_Section):
+    """``features.image.max_side``: the longest input side each architecture is given by default.
+    A dense first layer has (C * H * W) x width weights, so dense inputs stay small; convolutions
+    share their weights and take larger images."""
 
-    size: tuple[int, int] | None = Field(None, description="(H, W); default: size of the first good item")
-    channels: Literal[1, 3] | None = Field(None, description="default: 1 for grayscale corpora, else 3")
+    dense: int = Field(64, ge=4, description="dense autoencoders: longest side of the chosen input size")
+    conv: int = Field(128, ge=4, description="conv autoencoders: longest side of the chosen input size")
+
+
+class ImageFeaturesConfig(_Section):
+    """``features.image``: the model's input shape (C, H, W), pixels in [0, 1]. Unset size and
+    channels are chosen from a seeded sample of the corpus (and logged)."""
+
+    size: tuple[int, int] | None = Field(
+        None,
+        description="(H, W); default: the median height and width of a sample of the corpus, scaled down "
+        "(aspect ratio kept) so the longer side is at most max_side of the architecture",
+    )
+    channels: Literal[1, 3] | None = Field(
+        None,
+        description="default: 3 when any sampled item holds colour (gray items are then repeated "
+        "over R, G, B), else 1 (colour items converted with luma weights)",
+    )
+    max_side: MaxSideConfig = MaxSideConfig()
+    resize: Literal["pad", "crop", "stretch"] = Field(
+        "pad",
+        description="items of another aspect ratio: pad (shrink to fit inside, centre, black borders), "
+        "crop (fill, centre crop) or stretch (ignore the aspect ratio)",
+    )
+    sample_items: int = Field(256, ge=1, description="items sampled (seeded) to choose the size and channels")
 
 
 class FeaturesConfig(_Section):
@@ -298,12 +323,24 @@ class TrainingConfig(_Section):
         description="cap on the in-memory training array (float32 inputs): "
         "a larger sample is subsampled, with a warning",
     )
+    memory_budget_mb: float = Field(
+        8192,
+        gt=0,
+        description="estimated peak memory of training (data, model, optimizer, one batch's activations): "
+        "above it training refuses to start and names the keys to change",
+    )
     seed: int = 0
-    accelerator: str = "cpu"
+    accelerator: str = Field(
+        "auto", description="auto: gpu when CUDA is available, else cpu; or any Lightning accelerator"
+    )
     devices: int | str = 1
     num_nodes: int = Field(1, ge=1, description="machines in a DDP job (devices is per machine)")
     strategy: str = "auto"
-    precision: str = "32-true"
+    precision: str = Field(
+        "auto",
+        description="auto: bf16-mixed on a GPU with bfloat16 (16-mixed on older ones), 32-true on the CPU; "
+        "or any Lightning precision",
+    )
     num_workers: int = Field(0, ge=0)
     keep_versions: int = Field(3, ge=1, description="model versions kept under RUN/models (the current one always)")
     knn_target: KnnTargetConfig | None = None

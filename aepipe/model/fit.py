@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -26,8 +27,11 @@ from aepipe.features import Preprocessor, TextPreprocessor
 from aepipe.files import atomic_write_json, atomic_write_table, fresh_dir, replace_dir
 from aepipe.layout import ModelFiles, RunLayout
 from aepipe.logs import timed
+from aepipe.model.budget import check_memory_budget
+from aepipe.model.device import resolve_device
 from aepipe.model.module import AutoencoderModule
 from aepipe.model.networks import Autoencoder, build_autoencoder
+from aepipe.model.progress import EpochLog
 from aepipe.model.saved import encode_array, load_model, save_model
 from aepipe.quality.metrics import pca_baseline, reconstruction_scores
 
@@ -59,17 +63,22 @@ def read_items(
     quarantine: Quarantine,
     features: FeaturesConfig | None = None,
     max_memory_mb: float | None = None,
+    architecture: str = "dense",
+    check: Callable[[Preprocessor, int], None] | None = None,
 ) -> tuple[Dataset, Preprocessor]:
     """Read (a seeded random sample of at most ``max_items`` of) a corpus into memory. Without
-    ``prep``, the preprocessor is inferred (images) or fitted (documents' vocabulary) on that sample.
-    ``max_memory_mb`` caps the array read (float32 inputs): a larger sample is subsampled, with a
-    warning, rather than running the machine out of memory."""
+    ``prep``, the preprocessor is inferred (images: size and channels for ``architecture``) or fitted
+    (documents' vocabulary) on that sample. ``max_memory_mb`` caps the array read (float32 inputs): a
+    larger sample is subsampled, with a warning, rather than running the machine out of memory.
+    ``check(prep, n_items)`` runs before the items are read (the memory budget)."""
     corpus = open_corpus(corpus_cfg)
     keep = None
     rng = np.random.default_rng(seed)
     if max_items and max_items < corpus.n_items:
         keep = set(rng.choice(corpus.n_items, max_items, replace=False).tolist())
-    prep = prep or corpus.infer_preprocessor(features or FeaturesConfig(), keep=keep)
+    prep = prep or corpus.infer_preprocessor(
+        features or FeaturesConfig(), keep=keep, architecture=architecture, seed=seed
+    )
     n_wanted = len(keep) if keep is not None else corpus.n_items
     cap = int(max_memory_mb * 2**20 // (prep.dim * 4)) if max_memory_mb else n_wanted
     if n_wanted > cap:
@@ -83,6 +92,8 @@ def read_items(
         )
         pool = np.array(sorted(keep)) if keep is not None else np.arange(corpus.n_items)
         keep = set(rng.choice(pool, max(cap, 1), replace=False).tolist())
+    if check is not None:
+        check(prep, min(n_wanted, cap))
     xs, ids, labels = [], [], []
     for batch in corpus.iter_batches(prep, 4096, quarantine, keep=keep):  # type: ignore[arg-type]  # kinds match
         xs.append(batch.x)
@@ -94,6 +105,8 @@ def read_items(
 
 
 def load_training_data(cfg: PipelineConfig, quarantine: Quarantine) -> tuple[Dataset, Preprocessor]:
+    """The training items in memory, after the input shape is chosen and the memory budget checked."""
+    with_target = cfg.corpus.kind == "documents" or cfg.training.knn_target is not None  # a second (N, dim) array
     data, prep = read_items(
         cfg.corpus,
         None,
@@ -102,6 +115,8 @@ def load_training_data(cfg: PipelineConfig, quarantine: Quarantine) -> tuple[Dat
         quarantine,
         cfg.features,
         cfg.training.max_memory_mb,
+        cfg.model.architecture,
+        lambda p, n: check_memory_budget(cfg, p.shape, n, with_target),
     )
     if len(data.ids) < 10:
         raise CorpusError(f"only {len(data.ids)} readable items in {cfg.corpus.source}; need at least 10 to train")
@@ -211,18 +226,24 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     monitor = "val_loss" if has_val else "train_loss"
     checkpoint = ModelCheckpoint(dirpath=files.checkpoints, filename="best", monitor=monitor, save_top_k=1)
     tc = cfg.training
+    device = resolve_device(tc)
+    on_terminal = sys.stderr.isatty()
+    callbacks: list[L.Callback] = [EarlyStopping(monitor=monitor, patience=tc.early_stopping_patience), checkpoint]
+    if not on_terminal:  # scheduled jobs and logs: one line per epoch instead of a bar
+        callbacks.append(EpochLog(tc.max_time_minutes * 60 if tc.max_time_minutes else None))
+    log.info("training on %s, precision %s", device.accelerator, device.precision)
     try:
         trainer = L.Trainer(
-            accelerator=tc.accelerator,
+            accelerator=device.accelerator,
             devices=tc.devices,
             num_nodes=tc.num_nodes,
             strategy=tc.strategy,
-            precision=tc.precision,  # type: ignore[arg-type]  # Lightning validates it
+            precision=device.precision,  # type: ignore[arg-type]  # Lightning validates it
             max_epochs=tc.max_epochs,
             max_time=timedelta(minutes=tc.max_time_minutes) if tc.max_time_minutes else None,
-            callbacks=[EarlyStopping(monitor=monitor, patience=tc.early_stopping_patience), checkpoint],
+            callbacks=callbacks,
             logger=CSVLogger(save_dir=files.logs, name="", version=""),
-            enable_progress_bar=sys.stderr.isatty(),
+            enable_progress_bar=on_terminal,
             enable_model_summary=False,
             log_every_n_steps=10,
             default_root_dir=staging,
