@@ -33,6 +33,7 @@ from aepipe.model.module import AutoencoderModule
 from aepipe.model.networks import Autoencoder, build_autoencoder
 from aepipe.model.progress import EpochLog
 from aepipe.model.saved import encode_array, load_model, save_model
+from aepipe.model.verdict import baseline_summary, baseline_verdict, linear_codes, retrieval_comparison
 from aepipe.quality.metrics import pca_baseline, reconstruction_scores
 
 log = logging.getLogger(__name__)
@@ -270,8 +271,8 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     module.load_state_dict(best)
     net = module.net.cpu().eval()
 
-    with timed("evaluate held-out reconstruction"):
-        metrics = evaluate_reconstruction(net, x, split, cfg)
+    with timed("evaluate held-out items against the linear baseline"):
+        metrics = evaluate_reconstruction(net, x, split, cfg, data.labels)
     metrics.update(
         kinds=cfg.model.kinds,
         transferred_layers=transferred,
@@ -283,19 +284,17 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
         n_test=len(split["test"]),
         train_seconds=round(time.perf_counter() - t0, 2),
     )
+    n_params = sum(p.numel() for p in net.parameters())
+    metrics["baseline"] = baseline_verdict(
+        cfg, metrics, metrics.pop("baseline_name"), metrics.pop("retrieval"), n_params, prep.shape
+    )
     atomic_write_json(files.metrics, metrics)
     _write_split(files.split, data.ids, split)
     model_id = save_model(files, net, cfg, prep, {"epochs": metrics["epochs"], "n_train": metrics["n_train"]})
     if len(quarantine):
         quarantine.write(files.root / "quarantine.parquet")
     replace_dir(staging, layout.model.root)
-    log.info(
-        "model %s: AE SSE/item %.3f vs PCA %.3f on %d held-out items",
-        model_id,
-        metrics["ae"]["sse_per_item"],
-        metrics["pca"]["sse_per_item"],
-        metrics["n_test"],
-    )
+    log.info("model %s: %s", model_id, baseline_summary(metrics))
     return TrainResult(
         str(layout.model.root), model_id, metrics, len(data.ids), len(quarantine), time.perf_counter() - t0
     )
@@ -326,20 +325,43 @@ def init_from_model(net: Autoencoder, transfer: TransferConfig) -> int:
     return n
 
 
-def evaluate_reconstruction(net, x: np.ndarray, split: dict[str, np.ndarray], cfg: PipelineConfig) -> dict:
-    """AE vs PCA at the same code size, on the test split (or val, or train when tiny)."""
+def evaluate_reconstruction(
+    net, x: np.ndarray, split: dict[str, np.ndarray], cfg: PipelineConfig, labels: list[str | None] | None = None
+) -> dict:
+    """AE vs the linear baseline at the same code size, on the test split (or val, or train when
+    tiny): reconstruction next to PCA, and with ``labels`` P@10 next to PCA (LSA for documents)
+    codes; ``baseline`` says who won, with hints when the AE lost (aepipe.model.verdict)."""
     held = next((split[s] for s in ("test", "val", "train") if len(split[s])), split["train"])
     xt = x[held]
-    sse = np.concatenate(
-        [encode_array(net, torch.from_numpy(xt[i : i + 4096]))[1].numpy() for i in range(0, len(xt), 4096)]
-    )
+    codes_t, sse = _encode_all(net, xt)
     dim = int(np.prod(xt.shape[1:]))
     ae = reconstruction_scores(sse, dim)
     xtrain = x[split["train"]]
+    name, base_train, base_test = linear_codes(cfg, xtrain, xt)
+    retrieval = None
+    if labels is not None:
+        codes_train, _ = _encode_all(net, xtrain)
+        y = np.array(labels, dtype=object)
+        retrieval = retrieval_comparison(
+            cfg, codes_train, codes_t, base_train, base_test, list(y[split["train"]]), list(y[held])
+        )
     if net.output_activation == "softmax":  # as encode_array: both reconstruct the inputs normalised to sum 1
         xtrain, xt = (a / np.maximum(a.sum(1, keepdims=True), 1e-12) for a in (xtrain, xt))
     pca = pca_baseline(xtrain, xt, cfg.model.code_size, cfg.training.seed)
-    return {"ae": ae, "pca": pca, "code_size": cfg.model.code_size, "input_dim": dim}
+    return {
+        "ae": ae,
+        "pca": pca,
+        "code_size": cfg.model.code_size,
+        "input_dim": dim,
+        "baseline_name": name,
+        "retrieval": retrieval,
+    }
+
+
+def _encode_all(net, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and per-item SSE of an array, 4,096 items at a time. (N, ...) -> (N, code), (N,)"""
+    parts = [encode_array(net, torch.from_numpy(x[i : i + 4096])) for i in range(0, len(x), 4096)]
+    return np.concatenate([z.numpy() for z, _ in parts]), np.concatenate([e.numpy() for _, e in parts])
 
 
 def _write_split(path: Path, ids: list[str], split: dict[str, np.ndarray]) -> None:
