@@ -217,7 +217,8 @@ class ModelConfig(_Section):
     nodes_per_layer: int | list[int] | None = Field(
         None,
         description="hidden widths (dense) or channels (conv) of the encoder; the decoder mirrors them. "
-        "Default: 512, 256, 128... (dense) or 32, 64, 128... (conv)",
+        "Default (dense): 4x the input dimension rounded up to a power of two, between 64 and 512, then "
+        "halving (e.g. 256, 128, 64 for 8x8 inputs; 512, 256, 128 for 28x28); conv: 32, 64, 128...",
     )
     loss: Literal["auto", "mse", "bce", "softmax"] = Field(
         "auto",
@@ -286,14 +287,18 @@ class ModelConfig(_Section):
                 out.append(name)
         return out
 
-    def widths(self) -> list[int]:
-        """Encoder widths (dense) or channels (conv), outermost first."""
+    def widths(self, input_dim: int | None = None) -> list[int]:
+        """Encoder widths (dense) or channels (conv), outermost first. Dense default: the first
+        layer 4x the input dimension rounded up to a power of two, between 64 and 512, then halving
+        (digits' 64 inputs: 256-128-64; 784 or more: 512-256-128). Without ``input_dim`` (models
+        saved before widths followed the input): 512-256-128."""
         if isinstance(self.nodes_per_layer, list):
             return list(self.nodes_per_layer)
         if isinstance(self.nodes_per_layer, int):
             return [self.nodes_per_layer] * self.n_layers
         if self.architecture == "dense":
-            return [max(512 >> i, 32) for i in range(self.n_layers)]
+            first = 512 if input_dim is None else min(max(4 << max(input_dim - 1, 0).bit_length(), 64), 512)
+            return [max(first >> i, 32) for i in range(self.n_layers)]
         return [min(32 << i, 256) for i in range(self.n_layers)]
 
 
@@ -308,6 +313,12 @@ class KnnTargetConfig(_Section):
 
 class TrainingConfig(_Section):
     max_epochs: int = Field(60, ge=1)
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        description="optimizer steps; training stops at whichever of max_steps, max_epochs and max_time_minutes "
+        "comes first (the lr schedule spans the first of max_steps / max_epochs)",
+    )
     max_time_minutes: float | None = Field(None, gt=0, description="stop training after this wall time")
     batch_size: int = Field(128, ge=1)
     lr: float = Field(2e-3, gt=0)

@@ -81,7 +81,7 @@ def check_memory_budget(cfg: PipelineConfig, input_shape: tuple[int, ...], n_ite
     overrides) when the estimate exceeds ``training.memory_budget_mb``."""
     est = estimate_training_memory(cfg, input_shape, n_items, with_target)
     shape = "x".join(str(d) for d in input_shape)
-    widths = "-".join(str(w) for w in cfg.model.widths())
+    widths = "-".join(str(w) for w in cfg.model.widths(math.prod(input_shape)))
     log.info(
         "model: input %s, %s %s-%d, %s parameters; estimated peak memory %.0f MB "
         "(data %.0f, model+optimizer %.0f, activations %.0f, runtime %.0f; budget %.0f)",

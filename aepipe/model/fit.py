@@ -241,6 +241,7 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
             strategy=tc.strategy,
             precision=device.precision,  # type: ignore[arg-type]  # Lightning validates it
             max_epochs=tc.max_epochs,
+            max_steps=tc.max_steps or -1,
             max_time=timedelta(minutes=tc.max_time_minutes) if tc.max_time_minutes else None,
             callbacks=callbacks,
             logger=CSVLogger(save_dir=files.logs, name="", version=""),
@@ -278,6 +279,7 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
         transferred_layers=transferred,
         loss=loss,
         epochs=int(trainer.current_epoch),
+        steps=int(trainer.global_step),
         best_val_loss=float(checkpoint.best_model_score or np.nan),
         n_train=len(split["train"]),
         n_val=len(split["val"]),
