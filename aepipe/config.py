@@ -124,11 +124,36 @@ class TextFeaturesConfig(_Section):
     ngram_max: int = Field(1, ge=1, le=3, description="longest n-gram counted as a term")
 
 
-class ImageFeaturesConfig(_Section):
-    """``features.image``: the model's input shape (C, H, W), pixels in [0, 1]."""
+class MaxSideConfig(_Section):
+    """``features.image.max_side``: the longest input side each architecture is given by default.
+    A dense first layer has (C * H * W) x width weights, so dense inputs stay small; convolutions
+    share their weights and take larger images."""
 
-    size: tuple[int, int] | None = Field(None, description="(H, W); default: size of the first good item")
-    channels: Literal[1, 3] | None = Field(None, description="default: 1 for grayscale corpora, else 3")
+    dense: int = Field(64, ge=4, description="dense autoencoders: longest side of the chosen input size")
+    conv: int = Field(128, ge=4, description="conv autoencoders: longest side of the chosen input size")
+
+
+class ImageFeaturesConfig(_Section):
+    """``features.image``: the model's input shape (C, H, W), pixels in [0, 1]. Unset size and
+    channels are chosen from a seeded sample of the corpus (and logged)."""
+
+    size: tuple[int, int] | None = Field(
+        None,
+        description="(H, W); default: the median height and width of a sample of the corpus, scaled down "
+        "(aspect ratio kept) so the longer side is at most max_side of the architecture",
+    )
+    channels: Literal[1, 3] | None = Field(
+        None,
+        description="default: 3 when any sampled item holds colour (gray items are then repeated "
+        "over R, G, B), else 1 (colour items converted with luma weights)",
+    )
+    max_side: MaxSideConfig = MaxSideConfig()
+    resize: Literal["pad", "crop", "stretch"] = Field(
+        "pad",
+        description="items of another aspect ratio: pad (shrink to fit inside, centre, black borders), "
+        "crop (fill, centre crop) or stretch (ignore the aspect ratio)",
+    )
+    sample_items: int = Field(256, ge=1, description="items sampled (seeded) to choose the size and channels")
 
 
 class FeaturesConfig(_Section):
@@ -192,7 +217,8 @@ class ModelConfig(_Section):
     nodes_per_layer: int | list[int] | None = Field(
         None,
         description="hidden widths (dense) or channels (conv) of the encoder; the decoder mirrors them. "
-        "Default: 512, 256, 128... (dense) or 32, 64, 128... (conv)",
+        "Default (dense): 4x the input dimension rounded up to a power of two, between 64 and 512, then "
+        "halving (e.g. 256, 128, 64 for 8x8 inputs; 512, 256, 128 for 28x28); conv: 32, 64, 128...",
     )
     loss: Literal["auto", "mse", "bce", "softmax"] = Field(
         "auto",
@@ -261,14 +287,18 @@ class ModelConfig(_Section):
                 out.append(name)
         return out
 
-    def widths(self) -> list[int]:
-        """Encoder widths (dense) or channels (conv), outermost first."""
+    def widths(self, input_dim: int | None = None) -> list[int]:
+        """Encoder widths (dense) or channels (conv), outermost first. Dense default: the first
+        layer 4x the input dimension rounded up to a power of two, between 64 and 512, then halving
+        (digits' 64 inputs: 256-128-64; 784 or more: 512-256-128). Without ``input_dim`` (models
+        saved before widths followed the input): 512-256-128."""
         if isinstance(self.nodes_per_layer, list):
             return list(self.nodes_per_layer)
         if isinstance(self.nodes_per_layer, int):
             return [self.nodes_per_layer] * self.n_layers
         if self.architecture == "dense":
-            return [max(512 >> i, 32) for i in range(self.n_layers)]
+            first = 512 if input_dim is None else min(max(4 << max(input_dim - 1, 0).bit_length(), 64), 512)
+            return [max(first >> i, 32) for i in range(self.n_layers)]
         return [min(32 << i, 256) for i in range(self.n_layers)]
 
 
@@ -283,6 +313,12 @@ class KnnTargetConfig(_Section):
 
 class TrainingConfig(_Section):
     max_epochs: int = Field(60, ge=1)
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        description="optimizer steps; training stops at whichever of max_steps, max_epochs and max_time_minutes "
+        "comes first (the lr schedule spans the first of max_steps / max_epochs)",
+    )
     max_time_minutes: float | None = Field(None, gt=0, description="stop training after this wall time")
     batch_size: int = Field(128, ge=1)
     lr: float = Field(2e-3, gt=0)
@@ -298,12 +334,24 @@ class TrainingConfig(_Section):
         description="cap on the in-memory training array (float32 inputs): "
         "a larger sample is subsampled, with a warning",
     )
+    memory_budget_mb: float = Field(
+        8192,
+        gt=0,
+        description="estimated peak memory of training (data, model, optimizer, one batch's activations): "
+        "above it training refuses to start and names the keys to change",
+    )
     seed: int = 0
-    accelerator: str = "cpu"
+    accelerator: str = Field(
+        "auto", description="auto: gpu when CUDA is available, else cpu; or any Lightning accelerator"
+    )
     devices: int | str = 1
     num_nodes: int = Field(1, ge=1, description="machines in a DDP job (devices is per machine)")
     strategy: str = "auto"
-    precision: str = "32-true"
+    precision: str = Field(
+        "auto",
+        description="auto: bf16-mixed on a GPU with bfloat16 (16-mixed on older ones), 32-true on the CPU; "
+        "or any Lightning precision",
+    )
     num_workers: int = Field(0, ge=0)
     keep_versions: int = Field(3, ge=1, description="model versions kept under RUN/models (the current one always)")
     knn_target: KnnTargetConfig | None = None

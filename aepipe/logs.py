@@ -59,6 +59,9 @@ def setup_logging(verbose: int = 0, *, stream_is_tty: bool | None = None, prefix
         format=f"%(asctime)s %(levelname)s %(name)s{prefix}: %(message)s",
     )
     logging.getLogger("aepipe").setLevel(level)
+    # Per-epoch training lines (aepipe.model.progress; only written when stderr is not a terminal)
+    # are what a scheduled job's log has instead of a progress bar: shown at the default verbosity.
+    logging.getLogger("aepipe.progress").setLevel(min(level, logging.INFO))
     if verbose < 2:
         import lightning.pytorch  # noqa: F401  (it sets its own log level on import; override after)
 

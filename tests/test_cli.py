@@ -227,3 +227,32 @@ def test_update_prints_what_it_did(run_copy, capsys):
     assert result["n_items"] == result["index_ntotal"] == run_copy.n_items + 20
     assert main([*argv, "--set", "corpus.limit=420"]) == 0
     assert json.loads(capsys.readouterr().out)["index_update"] == "none"
+
+
+@pytest.mark.slow
+def test_run_logs_progress_but_no_third_party_lines(tmp_path):
+    """``aepipe -v run`` through Prefect: aepipe's lines and one line per epoch (stderr is not a
+    terminal), none of httpx's HTTP requests, faiss's loader or Prefect's own INFO lines."""
+    proc = _aepipe(
+        "-v",
+        "run",
+        "--corpus",
+        "digits",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--set",
+        "training.max_epochs=2",
+        "--set",
+        "corpus.limit=300",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert [ln.split("aepipe.progress: ")[1].split(":")[0] for ln in lines if "aepipe.progress: " in ln] == [
+        "epoch 1/2",
+        "epoch 2/2",
+    ]
+    noisy = [
+        ln for ln in lines if any(s in ln for s in ("httpx", "HTTP Request", "faiss.loader", "prefect", "Prefect"))
+    ]
+    assert not noisy, noisy

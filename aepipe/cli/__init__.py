@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _setup_logging(verbose: int) -> None:
     setup_logging(verbose)
-    if verbose < 2:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING" if not verbose else "INFO")
+    if verbose < 2:  # Prefect's own lines (temporary server, task states) are third-party plumbing: -vv
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
 def main(argv: list[str] | None = None) -> int:

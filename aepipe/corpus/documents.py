@@ -209,8 +209,12 @@ class DocumentCorpus:
             if (keep is None or raw.pos in keep) and isinstance(raw.payload, DecodedText):
                 yield raw.payload.text
 
-    def infer_preprocessor(self, features: FeaturesConfig, keep: set[int] | None = None) -> TextPreprocessor:
-        """Fit the vocabulary and weighting (features.text) on the corpus (or the positions in ``keep``)."""
+    def infer_preprocessor(
+        self, features: FeaturesConfig, keep: set[int] | None = None, architecture: str = "dense", seed: int = 0
+    ) -> TextPreprocessor:
+        """Fit the vocabulary and weighting (features.text) on the corpus (or the positions in ``keep``).
+        ``architecture`` and ``seed`` are accepted for the interface of ImageCorpus (a vocabulary has no size
+        to choose)."""
         texts = list(self.texts(keep))
         if not texts:
             raise CorpusError(f"corpus {self.cfg.source} holds no readable document")

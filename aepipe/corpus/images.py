@@ -9,7 +9,6 @@ import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -28,7 +27,7 @@ from aepipe.corpus.base import (
     make_shards,
 )
 from aepipe.errors import CorpusError
-from aepipe.features.images import ImagePreprocessor, is_gray_mode, open_image_bytes
+from aepipe.features.images import ImagePreprocessor, choose_input_size, probe_image
 
 log = logging.getLogger(__name__)
 
@@ -119,22 +118,64 @@ class ImageCorpus:
                     raw.payload = BadItem(f"missing image bytes in column '{img_col}'")
                 yield raw
 
-    def infer_preprocessor(self, features: FeaturesConfig, keep: set[int] | None = None) -> ImagePreprocessor:
-        """Input spec from the config, filling unset size/channels from the first good item
-        (``keep`` is accepted for the interface of DocumentCorpus; any good item tells the size)."""
-        if features.image.size and features.image.channels:
-            return ImagePreprocessor(features.image.size[0], features.image.size[1], features.image.channels)
-        for raw in self.iter_raw():
-            if isinstance(raw.payload, BadItem):
-                continue
+    def infer_preprocessor(
+        self, features: FeaturesConfig, keep: set[int] | None = None, architecture: str = "dense", seed: int = 0
+    ) -> ImagePreprocessor:
+        """Input spec from the config; unset size and channels are chosen from a seeded sample of
+        ``features.image.sample_items`` items (``choose_input_size``: the median size, capped at
+        ``features.image.max_side`` of ``architecture``; 3 channels when any sampled item holds
+        colour). ``keep`` is accepted for the interface of DocumentCorpus."""
+        spec = features.image
+        if spec.size and spec.channels:
+            return ImagePreprocessor(spec.size[0], spec.size[1], spec.channels, resize=spec.resize)
+        probes = []
+        for raw in self._sample_raw(spec.sample_items, seed):
             try:
-                h, w, c = _native_shape(raw.payload, self.cfg.images.max_pixels)
+                if isinstance(raw.payload, BadItem):
+                    raise raw.payload
+                probes.append(probe_image(raw.payload, self.cfg.images.max_pixels))
             except BadItem:
                 continue
-            size = features.image.size or (h, w)
-            channels = features.image.channels or c
-            return ImagePreprocessor(size[0], size[1], channels)
-        raise CorpusError(f"corpus {self.cfg.source} holds no readable image")
+        if not probes:
+            raise CorpusError(f"corpus {self.cfg.source} holds no readable image (in a sample of {spec.sample_items})")
+        max_side = spec.max_side.conv if architecture == "conv" else spec.max_side.dense
+        size = spec.size or choose_input_size([(p.height, p.width) for p in probes], max_side)
+        n_colour = sum(p.colour for p in probes)
+        channels = spec.channels or (3 if n_colour else 1)
+        sizes = {(p.height, p.width) for p in probes}
+        log.info(
+            "input size %dx%dx%d from %d sampled items (%d size(s)%s, median %dx%d, %s max_side %d, resize %s); "
+            "%d colour, %d gray%s",
+            channels,
+            size[0],
+            size[1],
+            len(probes),
+            len(sizes),
+            "" if len(sizes) > 1 else " all alike",
+            int(np.median([p.height for p in probes])),
+            int(np.median([p.width for p in probes])),
+            architecture,
+            max_side,
+            spec.resize,
+            n_colour,
+            len(probes) - n_colour,
+            " (gray items repeated over RGB)" if channels == 3 and n_colour < len(probes) else "",
+        )
+        return ImagePreprocessor(size[0], size[1], channels, resize=spec.resize)
+
+    def _sample_raw(self, n: int, seed: int) -> Iterator[RawItem]:
+        """A seeded sample of at most ``n`` raw items spread over the corpus (Parquet: the first
+        ``n`` rows, which need no scan of the whole dataset)."""
+        if self.format == "parquet" or self.n_items <= n:
+            yield from self.iter_raw(Shard(0, 0, min(n, self.n_items), tuple(self._files or ())))
+            return
+        positions = np.sort(np.random.default_rng(seed).choice(self.n_items, n, replace=False)).tolist()
+        if self._files is not None:
+            files = tuple(self._files[p] for p in positions)
+            yield from self.iter_raw(Shard(0, 0, n, files, tuple(positions)))
+            return
+        for p in positions:
+            yield from self.iter_raw(Shard(0, p, p + 1))
 
     def iter_batches(
         self,
@@ -228,18 +269,6 @@ class ImageCorpus:
                 [sources[j] for j in keep],
                 pos[keep].tolist(),
             )
-
-
-def _native_shape(payload: Any, max_pixels: int) -> tuple[int, int, int]:
-    if isinstance(payload, (bytes, bytearray, memoryview)):
-        img = open_image_bytes(bytes(payload), max_pixels)
-        return img.height, img.width, 1 if is_gray_mode(img.mode) else 3
-    arr = np.asarray(payload)
-    if arr.ndim == 2:
-        return arr.shape[0], arr.shape[1], 1
-    if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
-        return arr.shape[0], arr.shape[1], 1 if arr.shape[2] == 1 else 3
-    raise BadItem(f"array of shape {arr.shape} is not an image")
 
 
 def _binary_values(col: pa.Array) -> list[bytes | None]:

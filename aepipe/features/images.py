@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from aepipe.errors import BadItem
 
@@ -27,6 +28,10 @@ class ImagePreprocessor:
     width: int
     channels: int
     kind: str = "image"
+    # How an item of another aspect ratio meets (height, width): "pad" (fit inside, centred, black
+    # borders), "crop" (fill, centre crop) or "stretch" (the only behaviour before aspect ratios
+    # were kept, so a saved preprocess.json without the key means stretch).
+    resize: str = "pad"
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -41,7 +46,12 @@ class ImagePreprocessor:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ImagePreprocessor:
-        return cls(height=int(d["height"]), width=int(d["width"]), channels=int(d["channels"]))
+        return cls(
+            height=int(d["height"]),
+            width=int(d["width"]),
+            channels=int(d["channels"]),
+            resize=str(d.get("resize", "stretch")),
+        )
 
     def __call__(self, payload: Any, max_pixels: int = 40_000_000) -> np.ndarray:
         """Raw payload (encoded bytes or array in [0, 1]) -> (C, H, W) float32 in [0, 1]."""
@@ -50,11 +60,13 @@ class ImagePreprocessor:
         return self._from_array(np.asarray(payload))
 
     def _from_bytes(self, data: bytes, max_pixels: int) -> np.ndarray:
-        img = open_image_bytes(data, max_pixels)
+        # JPEG: decode at the smallest DCT scale still at least twice the input size (a 4000x3000
+        # photo for a 64x48 input decodes at 1/8 of its pixels); the resize below still antialiases.
+        side = 2 * max(self.height, self.width)
+        img = open_image_bytes(data, max_pixels, draft=(side, side))
+        img = ImageOps.exif_transpose(img)  # phone photos store their rotation as an EXIF tag
         img = img.convert("L" if self.channels == 1 else "RGB")
-        if img.size != (self.width, self.height):
-            img = img.resize((self.width, self.height), Image.Resampling.BILINEAR)
-        arr = np.asarray(img, dtype=np.float32) / 255.0
+        arr = np.asarray(self.fit(img), dtype=np.float32) / 255.0
         return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
     def _from_array(self, arr: np.ndarray) -> np.ndarray:
@@ -75,21 +87,26 @@ class ImagePreprocessor:
             arr = np.repeat(arr, 3, axis=2)
         if arr.shape[:2] != (self.height, self.width):
             arr = np.stack(
-                [
-                    np.asarray(
-                        Image.fromarray(arr[:, :, c], mode="F").resize(
-                            (self.width, self.height), Image.Resampling.BILINEAR
-                        )
-                    )
-                    for c in range(arr.shape[2])
-                ],
-                axis=2,
+                [np.asarray(self.fit(Image.fromarray(arr[:, :, c], mode="F"))) for c in range(arr.shape[2])], axis=2
             )
         return np.clip(arr, 0.0, 1.0).transpose(2, 0, 1).copy()
 
+    def fit(self, img: Image.Image) -> Image.Image:
+        """Resize to (width, height) as ``resize`` says (Pillow's ImageOps.pad / ImageOps.fit keep
+        the aspect ratio; both antialias when shrinking)."""
+        size = (self.width, self.height)
+        if img.size == size:
+            return img
+        if self.resize == "pad":
+            return ImageOps.pad(img, size, method=Image.Resampling.BILINEAR, color=0)
+        if self.resize == "crop":
+            return ImageOps.fit(img, size, method=Image.Resampling.BILINEAR)
+        return img.resize(size, Image.Resampling.BILINEAR)
 
-def open_image_bytes(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode fully, or raise BadItem with the reason (empty, not an image, too large, truncated)."""
+
+def open_image_bytes(data: bytes, max_pixels: int, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Decode fully, or raise BadItem with the reason (empty, not an image, too large, truncated).
+    ``draft``: let a JPEG decode at a reduced scale no smaller than this (width, height)."""
     if not data:
         raise BadItem("empty file (0 bytes)")
     try:
@@ -103,6 +120,8 @@ def open_image_bytes(data: bytes, max_pixels: int) -> Image.Image:
                 raise BadItem(
                     f"too large: {w}x{h} = {w * h} pixels > max_pixels {max_pixels} (decompression bomb guard)"
                 )
+            if draft is not None:
+                img.draft(None, draft)  # only JPEG acts on it
             img.load()
     except BadItem:
         raise
@@ -117,3 +136,53 @@ def open_image_bytes(data: bytes, max_pixels: int) -> Image.Image:
 
 def is_gray_mode(mode: str) -> bool:
     return mode in _GRAY_MODES
+
+
+# Largest difference between colour channels (0..255) of a thumbnail that still counts as gray:
+# JPEG chroma noise on a gray scan stays well below it.
+_COLOUR_TOLERANCE = 12
+
+
+@dataclass(frozen=True)
+class ImageProbe:
+    """What the size and channel choice needs of one item: its upright size and whether it has colour."""
+
+    height: int
+    width: int
+    colour: bool
+
+
+def probe_image(payload: Any, max_pixels: int) -> ImageProbe:
+    """Upright (EXIF orientation applied) size of an encoded image or array, and whether it holds
+    colour: a gray-mode file, or an RGB one whose channels agree (a gray scan saved as RGB JPEG),
+    counts as gray. Decodes a JPEG at 1/8 scale at most. Raises BadItem."""
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        arr = np.asarray(payload)
+        if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 1):
+            return ImageProbe(arr.shape[0], arr.shape[1], False)
+        if arr.ndim == 3 and arr.shape[2] in (3, 4):
+            rgb = np.asarray(arr[:, :, :3], dtype=np.float32)
+            return ImageProbe(arr.shape[0], arr.shape[1], bool(np.ptp(rgb, axis=2).max() * 255 > _COLOUR_TOLERANCE))
+        raise BadItem(f"array of shape {arr.shape} is not an image")
+    data = bytes(payload)
+    img = open_image_bytes(data, max_pixels, draft=(64, 64))
+    with Image.open(io.BytesIO(data)) as header:  # the draft shrank img; the header has the stored size
+        w, h = header.size
+    if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):  # stored rotated by 90 degrees
+        w, h = h, w
+    if is_gray_mode(img.mode):
+        return ImageProbe(h, w, False)
+    thumb = np.asarray(img.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR), dtype=np.int16)
+    return ImageProbe(h, w, bool(np.ptp(thumb, axis=2).max() > _COLOUR_TOLERANCE))
+
+
+_ORIENTATION = 0x0112  # the EXIF tag
+
+
+def choose_input_size(sizes: Sequence[tuple[int, int]], max_side: int) -> tuple[int, int]:
+    """The model's (H, W) for items of these (H, W): the median height and width, scaled down
+    (aspect ratio kept) so the longer side is at most ``max_side``."""
+    h = float(np.median([s[0] for s in sizes]))
+    w = float(np.median([s[1] for s in sizes]))
+    scale = min(1.0, max_side / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))

@@ -31,6 +31,7 @@ from aepipe.config import PipelineConfig, TrainingConfig, dump_config, load_conf
 from aepipe.errors import AepipeError, TrainingError
 from aepipe.files import atomic_write_json
 from aepipe.logs import setup_logging
+from aepipe.model.device import resolve_device
 from aepipe.model.fit import TrainResult, fit_model
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def devices_per_node(tc: TrainingConfig) -> int | None:
     if isinstance(devices, str):
         text = devices.strip().strip("[]")
         if text == "auto":
-            return 1 if tc.accelerator == "cpu" else None
+            return 1 if resolve_device(tc).accelerator == "cpu" else None
         if "," in text:
             return len([d for d in text.split(",") if d.strip()])
         devices = int(text) if text.lstrip("-").isdigit() else 1

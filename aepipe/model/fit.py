@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -27,9 +28,13 @@ from aepipe.features.text import fit_text_preprocessor
 from aepipe.files import atomic_write_json, atomic_write_table, fresh_dir, replace_dir
 from aepipe.layout import ModelFiles, RunLayout
 from aepipe.logs import timed
+from aepipe.model.budget import check_memory_budget
+from aepipe.model.device import resolve_device
 from aepipe.model.module import AutoencoderModule
 from aepipe.model.networks import Autoencoder, build_autoencoder
+from aepipe.model.progress import EpochLog
 from aepipe.model.saved import encode_array, load_model, save_model
+from aepipe.model.verdict import baseline_summary, baseline_verdict, linear_codes, retrieval_comparison
 from aepipe.quality.metrics import pca_baseline, reconstruction_scores
 
 log = logging.getLogger(__name__)
@@ -60,17 +65,22 @@ def read_items(
     quarantine: Quarantine,
     features: FeaturesConfig | None = None,
     max_memory_mb: float | None = None,
+    architecture: str = "dense",
+    check: Callable[[Preprocessor, int], None] | None = None,
 ) -> tuple[Dataset, Preprocessor]:
     """Read (a seeded random sample of at most ``max_items`` of) a corpus into memory. Without
-    ``prep``, the preprocessor is inferred (images) or fitted (documents' vocabulary) on that sample.
-    ``max_memory_mb`` caps the array read (float32 inputs): a larger sample is subsampled, with a
-    warning, rather than running the machine out of memory."""
+    ``prep``, the preprocessor is inferred (images: size and channels for ``architecture``) or fitted
+    (documents' vocabulary) on that sample. ``max_memory_mb`` caps the array read (float32 inputs): a
+    larger sample is subsampled, with a warning, rather than running the machine out of memory.
+    ``check(prep, n_items)`` runs before the items are read (the memory budget)."""
     corpus = open_corpus(corpus_cfg)
     keep = None
     rng = np.random.default_rng(seed)
     if max_items and max_items < corpus.n_items:
         keep = set(rng.choice(corpus.n_items, max_items, replace=False).tolist())
-    prep = prep or corpus.infer_preprocessor(features or FeaturesConfig(), keep=keep)
+    prep = prep or corpus.infer_preprocessor(
+        features or FeaturesConfig(), keep=keep, architecture=architecture, seed=seed
+    )
     n_wanted = len(keep) if keep is not None else corpus.n_items
     cap = int(max_memory_mb * 2**20 // (prep.dim * 4)) if max_memory_mb else n_wanted
     if n_wanted > cap:
@@ -84,6 +94,8 @@ def read_items(
         )
         pool = np.array(sorted(keep)) if keep is not None else np.arange(corpus.n_items)
         keep = set(rng.choice(pool, max(cap, 1), replace=False).tolist())
+    if check is not None:
+        check(prep, min(n_wanted, cap))
     xs, ids, labels = [], [], []
     for batch in corpus.iter_batches(prep, 4096, quarantine, keep=keep):  # type: ignore[arg-type]  # kinds match
         xs.append(batch.x)
@@ -95,6 +107,8 @@ def read_items(
 
 
 def load_training_data(cfg: PipelineConfig, quarantine: Quarantine) -> tuple[Dataset, Preprocessor]:
+    """The training items in memory, after the input shape is chosen and the memory budget checked."""
+    with_target = cfg.corpus.kind == "documents" or cfg.training.knn_target is not None  # a second (N, dim) array
     data, prep = read_items(
         cfg.corpus,
         None,
@@ -103,6 +117,8 @@ def load_training_data(cfg: PipelineConfig, quarantine: Quarantine) -> tuple[Dat
         quarantine,
         cfg.features,
         cfg.training.max_memory_mb,
+        cfg.model.architecture,
+        lambda p, n: check_memory_budget(cfg, p.shape, n, with_target),
     )
     if len(data.ids) < 10:
         raise CorpusError(f"only {len(data.ids)} readable items in {cfg.corpus.source}; need at least 10 to train")
@@ -239,18 +255,25 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     monitor = "val_loss" if has_val else "train_loss"
     checkpoint = ModelCheckpoint(dirpath=files.checkpoints, filename="best", monitor=monitor, save_top_k=1)
     tc = cfg.training
+    device = resolve_device(tc)
+    on_terminal = sys.stderr.isatty()
+    callbacks: list[L.Callback] = [EarlyStopping(monitor=monitor, patience=tc.early_stopping_patience), checkpoint]
+    if not on_terminal:  # scheduled jobs and logs: one line per epoch instead of a bar
+        callbacks.append(EpochLog(tc.max_time_minutes * 60 if tc.max_time_minutes else None))
+    log.info("training on %s, precision %s", device.accelerator, device.precision)
     try:
         trainer = L.Trainer(
-            accelerator=tc.accelerator,
+            accelerator=device.accelerator,
             devices=tc.devices,
             num_nodes=tc.num_nodes,
             strategy=tc.strategy,
-            precision=tc.precision,  # type: ignore[arg-type]  # Lightning validates it
+            precision=device.precision,  # type: ignore[arg-type]  # Lightning validates it
             max_epochs=tc.max_epochs,
+            max_steps=tc.max_steps or -1,
             max_time=timedelta(minutes=tc.max_time_minutes) if tc.max_time_minutes else None,
-            callbacks=[EarlyStopping(monitor=monitor, patience=tc.early_stopping_patience), checkpoint],
+            callbacks=callbacks,
             logger=CSVLogger(save_dir=files.logs, name="", version=""),
-            enable_progress_bar=sys.stderr.isatty(),
+            enable_progress_bar=on_terminal,
             enable_model_summary=False,
             log_every_n_steps=10,
             default_root_dir=staging,
@@ -277,18 +300,23 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     module.load_state_dict(best)
     net = module.net.cpu().eval()
 
-    with timed("evaluate held-out reconstruction"):
-        metrics = evaluate_reconstruction(net, x, split, cfg)
+    with timed("evaluate held-out items against the linear baseline"):
+        metrics = evaluate_reconstruction(net, x, split, cfg, data.labels)
     metrics.update(
         kinds=cfg.model.kinds,
         transferred_layers=transferred,
         loss=loss,
         epochs=int(trainer.current_epoch),
+        steps=int(trainer.global_step),
         best_val_loss=float(checkpoint.best_model_score or np.nan),
         n_train=len(split["train"]),
         n_val=len(split["val"]),
         n_test=len(split["test"]),
         train_seconds=round(time.perf_counter() - t0, 2),
+    )
+    n_params = sum(p.numel() for p in net.parameters())
+    metrics["baseline"] = baseline_verdict(
+        cfg, metrics, metrics.pop("baseline_name"), metrics.pop("retrieval"), n_params, prep.shape
     )
     atomic_write_json(files.metrics, metrics)
     _write_split(files.split, data.ids, split)
@@ -296,14 +324,7 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     if len(quarantine):
         quarantine.write(files.quarantine)
     replace_dir(staging, layout.model.root)
-    log.info(
-        "model %s: AE SSE/item %.3f vs PCA %.3f on %d %s items",
-        model_id,
-        metrics["ae"]["sse_per_item"],
-        metrics["pca"]["sse_per_item"],
-        metrics["n_evaluated"],
-        "held-out test" if metrics["evaluated_on"] == "test" else f"{metrics['evaluated_on']} (not held-out)",
-    )
+    log.info("model %s: %s", model_id, baseline_summary(metrics))
     return TrainResult(
         str(layout.model.root), model_id, metrics, len(data.ids), len(quarantine), time.perf_counter() - t0
     )
@@ -334,19 +355,30 @@ def init_from_model(net: Autoencoder, transfer: TransferConfig) -> int:
     return n
 
 
-def evaluate_reconstruction(net, x: np.ndarray, split: dict[str, np.ndarray], cfg: PipelineConfig) -> dict:
-    """AE vs PCA at the same code size, on the test split (or val, or train when tiny). Which one
-    is recorded as ``evaluated_on``: only "test" figures are held-out."""
-    name = next((s for s in ("test", "val", "train") if len(split[s])), "train")
-    if name != "test":
-        log.warning("no test split: reconstruction is measured on the %s items, which are not held out", name)
-    xt = x[split[name]]
-    sse = np.concatenate(
-        [encode_array(net, torch.from_numpy(xt[i : i + 4096]))[1].numpy() for i in range(0, len(xt), 4096)]
-    )
+def evaluate_reconstruction(
+    net, x: np.ndarray, split: dict[str, np.ndarray], cfg: PipelineConfig, labels: list[str | None] | None = None
+) -> dict:
+    """AE vs the linear baseline at the same code size, on the test split (or val, or train when
+    tiny; which one is recorded as ``evaluated_on``: only "test" figures are held-out):
+    reconstruction next to PCA, and with ``labels`` P@10 next to PCA (LSA for documents) codes;
+    ``baseline`` says who won, with hints when the AE lost (aepipe.model.verdict)."""
+    split_name = next((s for s in ("test", "val", "train") if len(split[s])), "train")
+    if split_name != "test":
+        log.warning("no test split: reconstruction is measured on the %s items, which are not held out", split_name)
+    held = split[split_name]
+    xt = x[held]
+    codes_t, sse = _encode_all(net, xt)
     dim = int(np.prod(xt.shape[1:]))
     ae = reconstruction_scores(sse, dim)
     xtrain = x[split["train"]]
+    name, base_train, base_test = linear_codes(cfg, xtrain, xt)
+    retrieval = None
+    if labels is not None:
+        codes_train, _ = _encode_all(net, xtrain)
+        y = np.array(labels, dtype=object)
+        retrieval = retrieval_comparison(
+            cfg, codes_train, codes_t, base_train, base_test, list(y[split["train"]]), list(y[held])
+        )
     if net.output_activation == "softmax":  # as encode_array: both reconstruct the inputs normalised to sum 1
         xtrain, xt = (a / np.maximum(a.sum(1, keepdims=True), 1e-12) for a in (xtrain, xt))
     pca = pca_baseline(xtrain, xt, cfg.model.code_size, cfg.training.seed)
@@ -355,9 +387,17 @@ def evaluate_reconstruction(net, x: np.ndarray, split: dict[str, np.ndarray], cf
         "pca": pca,
         "code_size": cfg.model.code_size,
         "input_dim": dim,
-        "evaluated_on": name,
+        "baseline_name": name,
+        "retrieval": retrieval,
+        "evaluated_on": split_name,
         "n_evaluated": len(xt),
     }
+
+
+def _encode_all(net, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and per-item SSE of an array, 4,096 items at a time. (N, ...) -> (N, code), (N,)"""
+    parts = [encode_array(net, torch.from_numpy(x[i : i + 4096])) for i in range(0, len(x), 4096)]
+    return np.concatenate([z.numpy() for z, _ in parts]), np.concatenate([e.numpy() for _, e in parts])
 
 
 def _write_split(path: Path, ids: list[str], split: dict[str, np.ndarray]) -> None:

@@ -37,6 +37,7 @@ class Autoencoder(nn.Module):
     sigmoid, so BCE can use the numerically stable form)."""
 
     input_shape: tuple[int, ...]
+    widths: list[int]  # hidden widths (dense) or channels (conv) of the encoder, saved in info.json
     code_size: int
     output_activation: str  # "sigmoid", "softmax" (over the last dimension: word distributions) or "identity"
     variational: bool
@@ -110,6 +111,7 @@ class DenseAutoencoder(Autoencoder):
         super().__init__()
         self.input_shape = tuple(input_shape)
         self.output_activation = output_activation
+        self.widths = list(widths)
         d_in = math.prod(self.input_shape)
         dims = [d_in, *widths]
         body: list[nn.Module] = [nn.Flatten()]
@@ -148,6 +150,7 @@ class ConvAutoencoder(Autoencoder):
         super().__init__()
         self.input_shape = tuple(input_shape)
         self.output_activation = output_activation
+        self.widths = list(channels)
         c, h, w = input_shape
         self.sizes = [(h, w)]
         convs = []
@@ -194,12 +197,18 @@ class ConvAutoencoder(Autoencoder):
 
 
 def build_autoencoder(
-    cfg: ModelConfig, input_shape: tuple[int, ...], output_activation: str = "sigmoid"
+    cfg: ModelConfig,
+    input_shape: tuple[int, ...],
+    output_activation: str = "sigmoid",
+    widths: list[int] | None = None,
 ) -> Autoencoder:
+    """The network of ``cfg`` for inputs of ``input_shape``; ``widths`` (a saved model's) overrides
+    the widths the config would choose for this input."""
+    widths = widths or cfg.widths(math.prod(input_shape))
     if cfg.architecture == "dense":
         return DenseAutoencoder(
             input_shape,
-            cfg.widths(),
+            widths,
             cfg.code_size,
             cfg.activation,
             cfg.batch_norm,
@@ -211,7 +220,7 @@ def build_autoencoder(
     c, h, w = input_shape  # conv: (C, H, W)
     return ConvAutoencoder(
         (c, h, w),
-        cfg.widths(),
+        widths,
         cfg.code_size,
         cfg.activation,
         cfg.batch_norm,

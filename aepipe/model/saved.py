@@ -65,6 +65,7 @@ def save_model(
         "input_shape": list(prep.shape),
         "code_size": config.model.code_size,
         "output_activation": net.output_activation,
+        "widths": list(net.widths),
         "aepipe_version": __version__,
         **(extra_info or {}),
     }
@@ -81,7 +82,9 @@ def load_model(files: ModelFiles | str | Path) -> LoadedModel:
     config = PipelineConfig.model_validate(read_json(files.config))
     prep = preprocessor_from_dict(read_json(files.preprocess))
     info = read_json(files.info)
-    net = build_autoencoder(config.model, prep.shape, info.get("output_activation", "sigmoid"))
+    # Widths as trained (info.json); models saved before that key used the input-independent rule.
+    widths = info.get("widths") or config.model.widths()
+    net = build_autoencoder(config.model, prep.shape, info.get("output_activation", "sigmoid"), widths)
     try:
         net.load_state_dict(load_file(str(files.weights)))
     except RuntimeError:

@@ -74,6 +74,7 @@ def build_report(
             "raw_bytes_per_item_float32": m["input_dim"] * 4,
         },
         "retrieval": heldout_precision(cfg),
+        "baseline": m.get("baseline"),  # AE vs PCA / LSA (aepipe.model.verdict); absent for older models
         "index": {
             "type": index.index_string,
             "recall_at_10": index.recall_at_10,
@@ -120,12 +121,30 @@ def format_report(report: dict[str, Any]) -> str:
             f"reconstruction ({_split_label(r)}, {r['code_size']}-d code): AE SSE/item {r['ae_sse_per_item']:.3f}"
             f"  vs PCA {r['pca_sse_per_item']:.3f}  (PSNR {r['ae_psnr']:.1f} vs {r['pca_psnr']:.1f} dB)",
             f"retrieval precision@10: {p10}",
+            *baseline_lines(report.get("baseline")),
             f"index {ix['type']} {ix['params'] or ''}: recall@10 {ix['recall_at_10']:.3f},"
             f" {ix['latency_ms_per_query']:.3f} ms/query",
             f"clusters k={cl['n_clusters']}: ACC {acc}  NMI {nmi}",
             f"time: {times}",
         ]
     )
+
+
+def baseline_lines(b: dict[str, Any] | None) -> list[str]:
+    """The verdict against the linear baseline, and what to try when the AE lost."""
+    if not b:
+        return []
+    r = b["retrieval"]
+    vs = (
+        ""
+        if r is None
+        else f"; P@10 of held-out queries vs training items {r['ae_precision_at_10']:.3f}"
+        f" vs {b['name'].upper()} {r['baseline_precision_at_10']:.3f}"
+    )
+    head = "AE beats the linear baseline" if b["ae_beats_baseline"] else "WARNING: AE does not beat the linear baseline"
+    lines = [f"{head} (reconstruction vs PCA: {'won' if b['ae_beats_reconstruction'] else 'lost'}{vs})"]
+    lines += [f"  try: {h}" for h in b["hints"]]
+    return lines
 
 
 def report_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -139,6 +158,7 @@ def report_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         ("code_size", r["code_size"]),
         ("bytes_per_code", r["bytes_per_code"]),
         ("precision_at_10", ret["precision_at_10"]),
+        *_baseline_rows(report.get("baseline")),
         ("index_recall_at_10", ix["recall_at_10"]),
         ("index_latency_ms_per_query", ix["latency_ms_per_query"]),
         ("cluster_acc", cl["acc"]),
@@ -150,6 +170,18 @@ def report_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         *((f"seconds_{stage}", s) for stage, s in report["timings_s"].items()),
     ]
     return [{"metric": k, "value": None if v is None else round(v, 6) if isinstance(v, float) else v} for k, v in rows]
+
+
+def _baseline_rows(b: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    if not b:
+        return []
+    rows: list[tuple[str, Any]] = [("ae_beats_baseline", b["ae_beats_baseline"])]
+    if b["retrieval"] is not None:
+        rows += [
+            ("ae_precision_at_10_vs_train", b["retrieval"]["ae_precision_at_10"]),
+            (f"{b['name']}_precision_at_10_vs_train", b["retrieval"]["baseline_precision_at_10"]),
+        ]
+    return rows
 
 
 def report_markdown(report: dict[str, Any]) -> str:
@@ -178,6 +210,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"| autoencoder | {cell(r['ae_sse_per_item'])} | {cell(r['ae_mse'])} | {cell(r['ae_psnr'])} |",
         f"| PCA | {cell(r['pca_sse_per_item'])} | {cell(r['pca_mse'])} | {cell(r['pca_psnr'])} |",
         "",
+        *_baseline_markdown(report.get("baseline")),
         "## Search and clusters",
         "",
         "| metric | value |",
@@ -202,3 +235,11 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"- report: `{layout.report}`",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _baseline_markdown(b: dict[str, Any] | None) -> list[str]:
+    if not b:
+        return []
+    lines = ["## Against the linear baseline", ""]
+    lines += [f"- {line.strip()}" for line in baseline_lines(b)]
+    return lines + [""]

@@ -175,14 +175,17 @@ def test_folder_items_decode_to_grayscale_at_the_configured_size(image_folder):
     assert len(q) == len(BAD)
 
 
-def test_native_size_and_channels_come_from_the_first_good_item(tmp_path, write_png):
+def test_native_size_and_channels_come_from_the_good_items(tmp_path, write_png):
     root = tmp_path / "imgs"
     (root / "a").mkdir(parents=True)
-    (root / "a" / "0-empty.png").write_bytes(b"")  # skipped: first in order but unreadable
-    write_png(root / "a" / "1.png", np.zeros((9, 5, 3), np.uint8))
-    write_png(root / "a" / "2.png", np.zeros((4, 4), np.uint8))
+    (root / "a" / "0-empty.png").write_bytes(b"")  # skipped: unreadable
+    red = np.zeros((9, 5, 3), np.uint8)
+    red[..., 0] = 200
+    write_png(root / "a" / "1.png", red)
+    write_png(root / "a" / "2.png", np.zeros((9, 5), np.uint8))
+    write_png(root / "a" / "3.png", np.zeros((4, 4), np.uint8))
     corpus = open_image_corpus(CorpusConfig(source=str(root)))
-    assert corpus.infer_preprocessor(FeaturesConfig()) == ImagePreprocessor(9, 5, 3)
+    assert corpus.infer_preprocessor(FeaturesConfig()) == ImagePreprocessor(9, 5, 3)  # median size; one has colour
     assert corpus.infer_preprocessor(FeaturesConfig(channels=1)) == ImagePreprocessor(9, 5, 1)
 
 

@@ -38,7 +38,13 @@ def test_model_directory_holds_every_artifact(trained_run):
     assert info["code_size"] == 10 and info["input_shape"] == [1, 8, 8] and info["architecture"] == "dense"
     cfg = PipelineConfig.model_validate(json.loads(files.config.read_text()))
     assert cfg.model.widths() == [64, 32] and cfg.corpus.limit == 400
-    assert json.loads(files.preprocess.read_text()) == {"height": 8, "width": 8, "channels": 1, "kind": "image"}
+    assert json.loads(files.preprocess.read_text()) == {
+        "height": 8,
+        "width": 8,
+        "channels": 1,
+        "kind": "image",
+        "resize": "pad",
+    }
     metrics = json.loads(files.metrics.read_text())
     assert metrics["ae"]["sse_per_item"] > 0 and metrics["pca"]["sse_per_item"] > 0
     assert metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == 400
