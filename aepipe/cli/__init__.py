@@ -14,11 +14,11 @@ import os
 import sys
 
 from aepipe import __version__
-from aepipe.cli import inspect, pipeline, search, stages
+from aepipe.cli import inspect, pipeline, restore, search, stages
 from aepipe.errors import AepipeError
 from aepipe.logs import setup_logging
 
-COMMAND_MODULES = (stages, pipeline, search, inspect)
+COMMAND_MODULES = (stages, pipeline, search, restore, inspect)
 
 
 def build_parser() -> argparse.ArgumentParser:

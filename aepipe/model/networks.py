@@ -41,6 +41,7 @@ class Autoencoder(nn.Module):
     output_activation: str  # "sigmoid", "softmax" (over the last dimension: word distributions) or "identity"
     variational: bool
     body: nn.Module  # (B, *input_shape) -> (B, features)
+    decodes_codes = True  # False for a U-Net: its decoder also needs the encoder's feature maps
 
     def _init_code(self, d_features: int, code_size: int, code_activation: str, variational: bool) -> None:
         self.code_size = code_size
