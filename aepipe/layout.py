@@ -5,6 +5,7 @@ run_dir/
   report.json            summary of the last pipeline run
   models/                <model_id>/ (published versions, as model/), current.json (the one queries use)
   model/                 weights.safetensors, model.json, config.json, preprocess.json, metrics.json,
+                         restoration.png (restoration tasks),
                          checkpoints/, logs/ (Lightning CSV metrics)
   store/                 part-*.parquet (one latent code per item), _manifest.json,
                          _items.parquet (fingerprint of every corpus item the store reflects)
@@ -49,6 +50,11 @@ class ModelFiles:
     @property
     def split(self) -> Path:
         return self.root / "split.parquet"
+
+    @property
+    def restoration_grid(self) -> Path:
+        """Restoration tasks: corrupted / restored / classical baseline / truth for held-out items."""
+        return self.root / "restoration.png"
 
     @property
     def checkpoints(self) -> Path:

@@ -7,7 +7,6 @@ looked up among the run's published versions (``RUN/models/<id>``) and the worki
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 from dataclasses import dataclass
@@ -16,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 import torch
-from PIL import Image
 
 from aepipe.codes.store import open_store
 from aepipe.config import PipelineConfig
 from aepipe.corpus import Quarantine, open_corpus
 from aepipe.errors import AepipeError, BadItem, ConfigError, IndexMismatch, MissingArtifact
 from aepipe.features import ImagePreprocessor
+from aepipe.features.pictures import grid_png, png_bytes
 from aepipe.files import atomic_write_bytes, atomic_write_json, read_json
 from aepipe.layout import RunLayout
 from aepipe.model.saved import LoadedModel, load_model
@@ -87,19 +86,6 @@ def reconstruct(model: LoadedModel, x: np.ndarray, batch_size: int = 512) -> np.
     return np.concatenate(out) if out else np.zeros((0, *model.prep.shape), np.float32)
 
 
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    """(C, H, W) in [0, 1] -> (H, W) or (H, W, 3) uint8, rounded."""
-    a = np.clip(np.rint(np.asarray(img, np.float32) * 255.0), 0, 255).astype(np.uint8)
-    return a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
-
-
-def png_bytes(img: np.ndarray) -> bytes:
-    """(C, H, W) in [0, 1] -> PNG file bytes."""
-    buf = io.BytesIO()
-    Image.fromarray(to_uint8(img)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def png_name(item_id: str) -> str:
     """A relative file name for an item id: folder ids keep their sub-folders (``cats/001.jpg`` ->
     ``cats/001.png``); anything that could leave the output folder is flattened."""
@@ -117,26 +103,6 @@ def write_pngs(images: np.ndarray, names: list[str], out_dir: str | Path) -> lis
         atomic_write_bytes(path, png_bytes(img))
         paths.append(str(path))
     return paths
-
-
-def grid_png(rows: list[np.ndarray], pad: int = 2, scale: int = 1) -> bytes:
-    """Rows of images side by side as one PNG: ``rows[r]`` is (N, C, H, W) in [0, 1] (one row per
-    method, one column per item); grayscale rows are shown as gray in an RGB grid if any row is colour."""
-    n = max(len(r) for r in rows)
-    c = max(r.shape[1] for r in rows)
-    h, w = rows[0].shape[2:]
-    canvas = np.ones((c, len(rows) * (h + pad) + pad, n * (w + pad) + pad), np.float32)
-    for i, row in enumerate(rows):
-        for j, img in enumerate(row):
-            img = np.repeat(img, c, axis=0) if img.shape[0] != c else img
-            y, x = pad + i * (h + pad), pad + j * (w + pad)
-            canvas[:, y : y + h, x : x + w] = img
-    pil = Image.fromarray(to_uint8(canvas))
-    if scale > 1:
-        pil = pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST)
-    buf = io.BytesIO()
-    pil.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def read_image_files(prep: ImagePreprocessor, paths: list[str | Path], max_pixels: int) -> np.ndarray:
