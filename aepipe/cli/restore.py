@@ -1,5 +1,6 @@
 """Back to images: ``decode`` (stored codes, a .npy of codes, or images reconstructed),
-``compress`` (quantised codes into one compact file) and ``decompress`` (that file -> PNGs)."""
+``compress`` (quantised codes into one compact file), ``decompress`` (that file -> PNGs) and
+``restore`` (a restoration model applied to folders of images)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,15 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from aepipe.restore.apply import restore_files
+
+    if args.batch_size < 1:
+        raise ConfigError("--batch-size must be at least 1")
+    emit(restore_files(config_from_args(args), args.inputs, args.out, args.batch_size, args.overwrite))
+    return 0
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("decode", help="stored codes, a .npy of codes, or images -> PNG files (+ AE/PCA grid)")
     add_config_args(p)
@@ -81,3 +91,11 @@ def register(sub: Any) -> None:
     p.add_argument("file", type=Path, help="code file written by `aepipe compress`")
     p.add_argument("--out", required=True, type=Path, help="folder for the PNG files")
     p.set_defaults(func=_cmd_decompress)
+
+    p = sub.add_parser("restore", help="apply the run's model to folders of images (denoise, colorize, ...)")
+    add_config_args(p)
+    p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders (recursive)")
+    p.add_argument("--out", required=True, type=Path, help="output folder: same relative paths, as PNG")
+    p.add_argument("--batch-size", type=int, default=256, help="tiles per forward pass")
+    p.add_argument("--overwrite", action="store_true", help="redo outputs that exist (default: skip them, resume)")
+    p.set_defaults(func=_cmd_restore)
