@@ -13,8 +13,8 @@ from scipy import ndimage
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 
-def image_scores(pred: np.ndarray, target: np.ndarray, batch_size: int = 512) -> dict[str, float]:
-    """Mean per-image PSNR (dB) and SSIM of ``pred`` against ``target``. (N, C, H, W) x 2 -> scores"""
+def per_image_scores(pred: np.ndarray, target: np.ndarray, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """PSNR (dB, capped at 100 for identical images) and SSIM of each image. (N, C, H, W) x 2 -> (N,), (N,)"""
     psnrs: list[torch.Tensor] = []  # (B,) per batch
     ssims: list[torch.Tensor] = []
     for i in range(0, len(pred), batch_size):
@@ -22,9 +22,17 @@ def image_scores(pred: np.ndarray, target: np.ndarray, batch_size: int = 512) ->
         t = torch.from_numpy(np.ascontiguousarray(target[i : i + batch_size], np.float32))
         psnrs.append(torch.as_tensor(peak_signal_noise_ratio(p, t, data_range=1.0, reduction="none", dim=(1, 2, 3))))
         ssims.append(torch.as_tensor(structural_similarity_index_measure(p, t, data_range=1.0, reduction="none")))
+    if not psnrs:
+        return np.zeros(0), np.zeros(0)
+    return torch.cat(psnrs).clamp(max=100).numpy(), torch.cat(ssims).numpy()
+
+
+def image_scores(pred: np.ndarray, target: np.ndarray, batch_size: int = 512) -> dict[str, float]:
+    """Mean per-image PSNR (dB) and SSIM of ``pred`` against ``target``. (N, C, H, W) x 2 -> scores"""
+    psnr, ssim = per_image_scores(pred, target, batch_size)
     return {
-        "psnr": float(torch.cat(psnrs).clamp(max=100).mean()) if psnrs else float("nan"),
-        "ssim": float(torch.cat(ssims).mean()) if ssims else float("nan"),
+        "psnr": float(psnr.mean()) if len(psnr) else float("nan"),
+        "ssim": float(ssim.mean()) if len(ssim) else float("nan"),
     }
 
 
