@@ -51,7 +51,6 @@ from benchmarks import write_results
 UNET = [
     "model.architecture=conv",
     "model.n_layers=3",
-    "model.nodes_per_layer=[48, 96, 192]",
     "model.batch_norm=true",
     "model.code_size=256",
     "model.loss=mse",
@@ -159,8 +158,8 @@ def row(
     }
 
 
-def train(name: str, npy: Path, out: Path, minutes: float, tiny: bool) -> tuple[object, dict]:
-    extra = ["model.nodes_per_layer=[8, 16, 32]", "training.max_epochs=2"] if tiny else []
+def train(name: str, npy: Path, out: Path, minutes: float, tiny: bool, channels: str) -> tuple[object, dict]:
+    extra = [f"model.nodes_per_layer=[{channels}]"] + (["training.max_epochs=2"] if tiny else [])
     cfg = build_config(
         overrides=[
             *UNET,
@@ -294,7 +293,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
 
     # ---- denoising
     for name, kinds in (("denoise_gaussian", DENOISE[:3]), ("denoise_salt_pepper", DENOISE[3:])):
-        model, info = train(name, npy, out, args.minutes, args.tiny)
+        model, info = train(name, npy, out, args.minutes, args.tiny, args.channels)
         models.append(info)
         for setting, kind, level in kinds:
             noisy_tune = add_noise(tune_x, kind, level, np.random.default_rng([args.seed, 1]))
@@ -353,7 +352,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
             atomic_write_bytes(pictures / f"denoise_{kind}_{level:g}.png", grid_png([*pics, test[cols]], scale=2))
 
     # ---- colorization
-    model, info = train("colorize", npy, out, args.minutes, args.tiny)
+    model, info = train("colorize", npy, out, args.minutes, args.tiny, args.channels)
     models.append(info)
     gray = grayscale(test)
     ae = reconstruct(model, gray)
@@ -392,7 +391,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     atomic_write_bytes(pictures / "colorize.png", grid_png([gray[cols], ae[cols], transfer[cols], test[cols]], scale=2))
 
     # ---- watermark removal
-    model, info = train("remove_watermark", npy, out, args.minutes, args.tiny)
+    model, info = train("remove_watermark", npy, out, args.minutes, args.tiny, args.channels)
     models.append(info)
     marked, masks = watermarked(test, WatermarkConfig(), np.random.default_rng([args.seed, 3]))
     ae = reconstruct(model, marked)
@@ -428,7 +427,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     comp_rows = []
     flat_fit = fit_x.reshape(len(fit_x), -1)
     for name, code_size in (("compress_64", 64), ("compress_256", 256)):
-        model, info = train(name, npy, out, args.minutes, args.tiny)
+        model, info = train(name, npy, out, args.minutes, args.tiny, args.channels)
         models.append(info)
         from aepipe.codes.encode import codes_of
 
@@ -506,6 +505,8 @@ def markdown(rows: list[dict], models: list[dict], args: argparse.Namespace, com
         "",
         "### Models",
         "",
+        f"Every model: conv, 3 encoder layers of {args.channels} channels (mirrored decoder), batch norm, MSE, AdamW lr 2e-3 constant, batch 64, at most {args.minutes} min wall time (the time limit stops it mid-epoch; the best validation checkpoint is kept).",
+        "",
         "| model | epochs | train s | n_train | model id |",
         "|---|---|---|---|---|",
         *(f"| {m['model']} | {m['epochs']} | {m['train_s']} | {m['n_train']} | {m['model_id']} |" for m in models),
@@ -549,10 +550,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tune-slow", type=int, default=50, help="of which the slow methods tune on the first")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--channels", default="24, 48, 96", help="conv channels of every model's 3 encoder layers")
     p.add_argument("--tiny", action="store_true", help="synthetic images, tiny models (CI)")
     args = p.parse_args(argv)
     if args.tiny:
         args.minutes, args.test, args.test_slow, args.test_bm3d, args.tune, args.tune_slow = 0.2, 40, 10, 2, 40, 10
+        args.channels = "8, 16, 32"
     torch.set_num_threads(args.threads)
     setup_logging(0)
     t0 = time.perf_counter()
