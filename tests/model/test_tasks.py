@@ -138,3 +138,15 @@ def test_pair_key_ignores_the_extension_only():
     assert pair_key("scans/a.jpg") == pair_key("scans/a.png") == "scans/a"
     assert pair_key("0005") == "0005"
     assert pair_key("a.b/c") == "a.b/c"
+
+
+def test_encoding_a_unet_measures_its_own_reconstruction():
+    from aepipe.model.saved import encode_array
+
+    torch.manual_seed(0)
+    net = build_autoencoder(ModelConfig(architecture="conv", n_layers=2, code_size=4, skip_connections=True), (1, 8, 8))
+    net.eval()
+    x = torch.rand(5, 1, 8, 8)
+    z, sse = encode_array(net, x)  # (5, 4), (5,)
+    assert torch.allclose(z, net.encode(x))
+    assert torch.allclose(sse, (net.reconstruct(x) - x).pow(2).flatten(1).sum(1), atol=1e-5)
