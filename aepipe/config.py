@@ -101,6 +101,11 @@ class CorpusConfig(_Section):
     id_column: str = "id"
     label_column: str | None = "label"
     limit: int | None = Field(None, gt=0, description="read only the first N items")
+    target_source: str | None = Field(
+        None,
+        description="training.task: paired: a second corpus (folder, Parquet, .npy/.npz) of clean targets, "
+        "matched to the items of corpus.source by id; items without a target are quarantined",
+    )
     images: ImageSourceConfig = ImageSourceConfig()
     documents: DocumentSourceConfig = DocumentSourceConfig()
 
@@ -239,9 +244,17 @@ class ModelConfig(_Section):
     denoising: DenoisingConfig | None = None
     contractive: ContractiveConfig | None = None
     transfer: TransferConfig | None = None
+    skip_connections: bool = Field(
+        False,
+        description="conv only: U-Net-style additive skips from each encoder resolution but the deepest to the "
+        "decoder; better restoration, but the decoder then needs the encoder's feature maps, so codes alone "
+        "cannot be decoded",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
+        if self.skip_connections and self.architecture != "conv":
+            raise ValueError("skip_connections needs architecture: conv")
         if isinstance(self.nodes_per_layer, list) and len(self.nodes_per_layer) != self.n_layers:
             raise ValueError(f"nodes_per_layer has {len(self.nodes_per_layer)} entries but n_layers is {self.n_layers}")
         widths = self.nodes_per_layer if isinstance(self.nodes_per_layer, list) else [self.nodes_per_layer or 1]
@@ -311,7 +324,57 @@ class KnnTargetConfig(_Section):
     k: int = Field(20, ge=1)
 
 
+class NoiseConfig(_Section):
+    """One corruption of ``training.task: denoise``: each training item gets one of the listed
+    corruptions, at one of its levels, drawn afresh every epoch."""
+
+    kind: Literal["gaussian", "salt_pepper", "masking", "jpeg"] = "gaussian"
+    levels: list[float] = Field(
+        [15.0, 25.0, 50.0],
+        min_length=1,
+        description="gaussian: sigma on the 0-255 scale; salt_pepper / masking: share of pixels; jpeg: quality (1-95)",
+    )
+
+    @model_validator(mode="after")
+    def _check_levels(self) -> NoiseConfig:
+        lo, hi = {"gaussian": (0, 255), "salt_pepper": (0, 1), "masking": (0, 1), "jpeg": (0, 95)}[self.kind]
+        if not all(lo < v <= hi for v in self.levels):
+            raise ValueError(f"{self.kind} levels must lie in ({lo}, {hi}]")
+        return self
+
+
+class WatermarkConfig(_Section):
+    """Synthetic watermarks of ``training.task: remove_watermark``: a semi-transparent text or logo
+    (ring, box, star) overlay per item, at a random position, size, rotation, opacity and colour
+    (white, black or any), drawn by Pillow from the training seed."""
+
+    texts: list[str] = Field(["SAMPLE", "(c) aepipe", "PROOF", "DRAFT"], min_length=1)
+    logo_share: float = Field(0.4, ge=0, le=1, description="share of logo overlays (the rest are texts)")
+    opacity: tuple[float, float] = Field((0.3, 0.7), description="range of the overlay's opacity")
+    size: tuple[float, float] = Field((0.4, 1.0), description="range of the overlay's width, a share of the image's")
+    max_rotation: float = Field(45.0, ge=0, le=180, description="degrees, either way")
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> WatermarkConfig:
+        for name in ("opacity", "size"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(f"{name} must be a range (low, high) within (0, 1]")
+        return self
+
+
+TASKS = ("reconstruct", "denoise", "colorize", "remove_watermark", "paired")
+
+
 class TrainingConfig(_Section):
+    task: Literal["reconstruct", "denoise", "colorize", "remove_watermark", "paired"] = Field(
+        "reconstruct",
+        description="what the decoder learns to output from what input: reconstruct (the input itself), "
+        "denoise (training.noise), colorize (grayscale input, colour target), remove_watermark "
+        "(training.watermark), paired (inputs from corpus.source, targets from corpus.target_source)",
+    )
+    noise: list[NoiseConfig] = Field([NoiseConfig()], min_length=1, description="task denoise: the corruptions")
+    watermark: WatermarkConfig = WatermarkConfig()
     max_epochs: int = Field(60, ge=1)
     max_steps: int | None = Field(
         None,
@@ -500,6 +563,19 @@ class PipelineConfig(_Section):
         if model.get("architecture") == "conv":
             preset.get("model", {}).pop("decoder", None)
         return _merge(preset, data)
+
+    @model_validator(mode="after")
+    def _check_task(self) -> PipelineConfig:
+        task = self.training.task
+        if task != "reconstruct" and self.corpus.kind == "documents":
+            raise ValueError(f"training.task={task} is for images; documents use task: reconstruct")
+        if (task == "paired") != (self.corpus.target_source is not None):
+            raise ValueError("training.task: paired and corpus.target_source go together (one needs the other)")
+        if task == "colorize" and self.features.image.channels == 1:
+            raise ValueError("training.task: colorize needs colour targets (features.image.channels: 3)")
+        if task != "reconstruct" and self.model.denoising:
+            raise ValueError(f"training.task={task} sets the inputs; remove model.denoising")
+        return self
 
     @field_validator("run_dir")
     @classmethod

@@ -8,6 +8,7 @@ run_dir/
   report.html            the run as pictures and tables (self-contained)
   models/                <model_id>/ (published versions, as model/), current.json (the one queries use)
   model/                 weights.safetensors, model.json, config.json, preprocess.json, metrics.json,
+                         restoration.png (restoration tasks),
                          checkpoints/, logs/ (Lightning CSV metrics)
   store/                 part-*.parquet (one latent code per item), _manifest.json,
                          _items.parquet (fingerprint of every corpus item the store reflects)
@@ -57,6 +58,11 @@ class ModelFiles:
     def quarantine(self) -> Path:
         """Items training could not read (id, source, reason)."""
         return self.root / "quarantine.parquet"
+
+    @property
+    def restoration_grid(self) -> Path:
+        """Restoration tasks: corrupted / restored / classical baseline / truth for held-out items."""
+        return self.root / "restoration.png"
 
     @property
     def checkpoints(self) -> Path:

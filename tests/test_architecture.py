@@ -37,6 +37,7 @@ LEVELS = {
     "aepipe.model": 5,
     "aepipe.codes": 6,
     "aepipe.index": 7,
+    "aepipe.restore": 7,  # codes/images back to images: reads the store (6), runs the model (5); no index
     "aepipe.cluster": 8,
     "aepipe.report": 9,
     "aepipe.pipeline": 10,

@@ -88,3 +88,21 @@ def test_service_benchmark_tiny_measures_every_kind(tmp_path):
     assert len(summary["checks"]) == 4
     table = (tmp_path / "results.md").read_text()
     assert "Machine:" in table and "--tiny" in table and "| target |" in table
+
+
+def test_restoration_tiny_writes_every_table(tmp_path):
+    """Every task and the rate-distortion table on synthetic images, with tiny models."""
+    from benchmarks import restoration
+
+    assert restoration.main(["--tiny", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())
+    tasks = {r["task"] for r in rows}
+    assert tasks == {"denoise", "colorize", "remove_watermark", "compress"}
+    methods = {r["method"] for r in rows if r["task"] == "denoise"}
+    assert {"noisy input", "non-local means (h/σ)", "BM3D (bm3d_rgb, true σ)", "autoencoder (U-Net)"} <= methods
+    assert all(r["psnr"] > 0 for r in rows if r["method"] != "(truth)")
+    models = json.loads((tmp_path / "models.json").read_text())
+    assert [m["model"] for m in models] == list(restoration.TASKS)
+    table = (tmp_path / "results.md").read_text()
+    assert "Machine:" in table and "--tiny" in table and "headers" in table
+    assert (tmp_path / "pictures" / "colorize.png").is_file()

@@ -14,11 +14,11 @@ import os
 import sys
 
 from aepipe import __version__
-from aepipe.cli import inspect, pipeline, report, search, serve_search, stages
+from aepipe.cli import inspect, pipeline, report, restore, search, serve_search, stages
 from aepipe.errors import AepipeError
 from aepipe.logs import setup_logging
 
-COMMAND_MODULES = (stages, pipeline, search, serve_search, report, inspect)
+COMMAND_MODULES = (stages, pipeline, search, restore, serve_search, report, inspect)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,6 +34,7 @@ from aepipe.model.module import AutoencoderModule
 from aepipe.model.networks import Autoencoder, build_autoencoder
 from aepipe.model.progress import EpochLog
 from aepipe.model.saved import encode_array, load_model, save_model
+from aepipe.model.tasks import RESTORATION_TASKS, evaluate_task, match_targets
 from aepipe.model.verdict import baseline_summary, baseline_verdict, linear_codes, retrieval_comparison
 from aepipe.quality.metrics import pca_baseline, reconstruction_scores
 
@@ -123,6 +124,28 @@ def load_training_data(cfg: PipelineConfig, quarantine: Quarantine) -> tuple[Dat
     if len(data.ids) < 10:
         raise CorpusError(f"only {len(data.ids)} readable items in {cfg.corpus.source}; need at least 10 to train")
     return data, prep
+
+
+def load_targets(
+    cfg: PipelineConfig, data: Dataset, prep: Preprocessor, quarantine: Quarantine
+) -> tuple[Dataset, np.ndarray]:
+    """``training.task: paired``: the clean target of each input from ``corpus.target_source``,
+    matched by id; inputs without a target are quarantined. -> (inputs kept, targets (N, C, H, W))"""
+    assert cfg.corpus.target_source is not None  # the config requires it for task paired
+    target_cfg = cfg.corpus.model_copy(update={"source": cfg.corpus.target_source, "target_source": None})
+    target_quarantine = Quarantine("train")
+    with timed(f"read targets from {cfg.corpus.target_source}"):
+        targets, _ = read_items(target_cfg, prep, None, cfg.training.seed, target_quarantine)
+    for item_id, source, reason in target_quarantine.items:
+        quarantine.add(item_id, source, f"target: {reason}")
+    rows, target_rows = match_targets(data.ids, targets.ids, cfg.corpus.source, quarantine)
+    if len(rows) < 10:
+        raise CorpusError(
+            f"only {len(rows)} items of {cfg.corpus.source} have a target with the same id in "
+            f"{cfg.corpus.target_source}; need at least 10 to train"
+        )
+    kept = Dataset(data.x[rows], [data.ids[i] for i in rows], [data.labels[i] for i in rows])
+    return kept, targets.x[target_rows]
 
 
 def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
@@ -237,6 +260,11 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     quarantine = Quarantine("train")
     with timed("read training data"):
         data, prep = load_training_data(cfg, quarantine)
+    paired = load_targets(cfg, data, prep, quarantine) if cfg.training.task == "paired" else None
+    if paired is not None:
+        data = paired[0]
+    if cfg.training.task == "colorize" and prep.shape[0] != 3:
+        raise ConfigError("training.task: colorize needs colour images (features.image.channels: 3)")
     split = split_indices(len(data.ids), cfg.training.val_fraction, cfg.training.test_fraction, cfg.training.seed)
     if isinstance(prep, TextPreprocessor):
         with timed("fit the vocabulary and idf on the training split"):
@@ -244,9 +272,11 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     loss = resolve_loss(cfg, data.x)
     net = build_autoencoder(cfg.model, prep.shape, output_activation(loss, data.x))
     target = training_target(cfg, prep, loss, data.x, split["train"])  # None: reconstruct the input
+    if paired is not None:
+        target = paired[1]
     transferred = init_from_model(net, cfg.model.transfer) if cfg.model.transfer else 0
     module = AutoencoderModule(
-        net, loss, cfg.training.lr, cfg.training.weight_decay, cfg.training.lr_schedule, cfg.model
+        net, loss, cfg.training.lr, cfg.training.weight_decay, cfg.training.lr_schedule, cfg.model, cfg.training
     )
 
     staging = layout.staging("model")  # created below, by rank 0 only
@@ -302,6 +332,11 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
 
     with timed("evaluate held-out items against the linear baseline"):
         metrics = evaluate_reconstruction(net, x, split, cfg, data.labels)
+    if cfg.training.task in RESTORATION_TASKS:
+        held = next((split[s] for s in ("test", "val", "train") if len(split[s])), split["train"])
+        with timed(f"evaluate {cfg.training.task} on held-out items"):
+            clean, inputs = (paired[1][held], x[held]) if paired is not None else (x[held], None)
+            metrics["restoration"] = evaluate_task(net, cfg, prep, clean, inputs, files)
     metrics.update(
         kinds=cfg.model.kinds,
         transferred_layers=transferred,

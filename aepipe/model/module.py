@@ -6,10 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from aepipe.config import ModelConfig
+from aepipe.config import ModelConfig, TrainingConfig
+from aepipe.features.degrade import task_input
 from aepipe.model.networks import Autoencoder
 from aepipe.model.regularizers import (
     contractive_penalty,
@@ -38,10 +40,13 @@ class AutoencoderModule(L.LightningModule):
         weight_decay: float,
         lr_schedule: str,
         model_cfg: ModelConfig | None = None,
+        training: TrainingConfig | None = None,
     ):
         super().__init__()
         self.net = net
         self.kind = model_cfg or ModelConfig()
+        self.training_cfg = training or TrainingConfig()
+        self._rngs: dict[str, np.random.Generator] = {}
         contractive = self.kind.contractive
         self.exact_contractive = contractive is not None and (
             contractive.method == "exact" or (contractive.method == "auto" and self.kind.exact_contractive_possible())
@@ -50,12 +55,36 @@ class AutoencoderModule(L.LightningModule):
         self.lr = lr
         self.weight_decay = weight_decay
         self.lr_schedule = lr_schedule
-        self.save_hyperparameters(ignore=["net", "model_cfg"])
+        self.save_hyperparameters(ignore=["net", "model_cfg", "training"])
+
+    def _rng(self, stage: str) -> np.random.Generator:
+        """The degradations' random numbers: one stream per rank for training; validation and
+        test restart from a fixed seed each epoch, so their losses compare across epochs."""
+        if stage not in self._rngs:
+            seed = self.training_cfg.seed
+            self._rngs[stage] = np.random.default_rng(
+                [seed, self.global_rank] if stage == "train" else [seed, 1 + ("val", "test").index(stage)]
+            )
+        return self._rngs[stage]
+
+    def on_validation_epoch_start(self) -> None:
+        self._rngs.pop("val", None)
+
+    def on_test_epoch_start(self) -> None:
+        self._rngs.pop("test", None)
+
+    def task_input(self, x: torch.Tensor, stage: str) -> torch.Tensor:
+        """``training.task``'s input made from the clean target ``x`` (numpy / Pillow, on the CPU).
+        (B, C, H, W) -> (B, C, H, W)"""
+        made = task_input(x.detach().cpu().numpy(), self.training_cfg, self._rng(stage)).x
+        return torch.from_numpy(made).to(x.device, x.dtype)
 
     def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
         x_in = batch[0]  # (B, C, H, W) images or (B, V) documents
         x = batch[1] if len(batch) > 1 else x_in  # the clean target: the input, or e.g. a word distribution
         kind = self.kind
+        if self.training_cfg.task in ("denoise", "colorize", "remove_watermark"):
+            x_in = self.task_input(x, stage)  # restoration: the input is derived from the target, in every stage
         if kind.denoising and stage == "train":
             x_in = corrupt(x_in, kind.denoising)
         z, out, mu, logvar = self.net(x_in)

@@ -42,6 +42,7 @@ class Autoencoder(nn.Module):
     output_activation: str  # "sigmoid", "softmax" (over the last dimension: word distributions) or "identity"
     variational: bool
     body: nn.Module  # (B, *input_shape) -> (B, features)
+    decodes_codes = True  # False for a U-Net: its decoder also needs the encoder's feature maps
 
     def _init_code(self, d_features: int, code_size: int, code_activation: str, variational: bool) -> None:
         self.code_size = code_size
@@ -81,8 +82,13 @@ class Autoencoder(nn.Module):
             return torch.softmax(out, dim=-1)
         return torch.sigmoid(out) if self.output_activation == "sigmoid" else out
 
+    def code_and_output(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deterministic code and decoder output (pre-activation). (B, *input_shape) -> (B, code), (B, *input_shape)"""
+        z = self.encode(x)
+        return z, self.decode(z)
+
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activate(self.decode(self.encode(x)))
+        return self.activate(self.code_and_output(x)[1])
 
 
 def _dense_block(d_in: int, d_out: int, act: str, batch_norm: bool) -> list[nn.Module]:
@@ -134,7 +140,14 @@ class DenseAutoencoder(Autoencoder):
 
 class ConvAutoencoder(Autoencoder):
     """Strided 3x3 convolutions (each halves H and W), a dense code layer, and a
-    mirrored transposed-convolution decoder that restores the exact input size."""
+    mirrored transposed-convolution decoder that restores the exact input size.
+
+    ``skip_connections`` (U-Net-style): the decoder adds the encoder's feature map of the same
+    resolution to its own at every level but the deepest, so fine detail bypasses the code. Good
+    for restoration (the output keeps the input's edges and texture; only what must change goes
+    through the bottleneck), but the code no longer describes the whole image: the decoder needs
+    the feature maps too, so codes alone cannot be decoded, and an identity shortcut at the full
+    input resolution is deliberately absent (it would let noise through untouched)."""
 
     def __init__(
         self,
@@ -146,11 +159,14 @@ class ConvAutoencoder(Autoencoder):
         output_activation: str = "sigmoid",
         code_activation: str = "linear",
         variational: bool = False,
+        skip_connections: bool = False,
     ):
         super().__init__()
         self.input_shape = tuple(input_shape)
         self.output_activation = output_activation
         self.widths = list(channels)
+        self.skips = skip_connections
+        self.decodes_codes = not skip_connections
         c, h, w = input_shape
         self.sizes = [(h, w)]
         convs = []
@@ -188,11 +204,48 @@ class ConvAutoencoder(Autoencoder):
             c = c_out
         self.deconvs = nn.ModuleList(deconvs)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def feature_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Flattened features for the code head and each conv block's output (for the skips).
+        (B, C, H, W) -> (B, C' * h * w), [(B, c_i, h_i, w_i) for each block]"""
+        maps = []
+        for block in list(self.body.children())[:-1]:  # the convs, without the final Flatten
+            x = block(x)
+            maps.append(x)
+        return x.flatten(1), maps
+
+    def encode_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self._code_stats(self.feature_maps(x)[0])
+
+    def _code_stats(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.code_head(h)  # (B, features) -> (B, code) or (B, 2 * code)
+        if self.variational:
+            mu, logvar = h.chunk(2, dim=1)
+            return mu, logvar.clamp(-12, 12)
+        return self.code_act(h), None
+
+    def forward(self, x: torch.Tensor) -> TrainPass:
+        flat, maps = self.feature_maps(x)
+        mu, logvar = self._code_stats(flat)
+        z = mu
+        if logvar is not None and self.training:
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterisation
+        return TrainPass(z, self.decode(z, maps), mu, logvar)
+
+    def code_and_output(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat, maps = self.feature_maps(x)
+        z = self._code_stats(flat)[0]
+        return z, self.decode(z, maps)
+
+    def decode(self, z: torch.Tensor, maps: list[torch.Tensor] | None = None) -> torch.Tensor:
+        if self.skips and maps is None:
+            raise ValueError("a U-Net decoder needs the encoder's feature maps; use reconstruct(x)")
         x = self.from_code(z).view(-1, *self.flat_shape)  # (B, code) -> (B, C, h, w)
-        for block, size in zip(self.deconvs, reversed(self.sizes[:-1])):
+        n = len(self.deconvs)
+        for i, (block, size) in enumerate(zip(self.deconvs, reversed(self.sizes[:-1]))):
             assert isinstance(block, nn.ModuleDict)  # for the type checker: deconvs holds ModuleDicts
             x = block["post"](block["conv"](x, output_size=list(size)))  # doubles H, W back to ``size``
+            if self.skips and maps is not None and i < n - 1:
+                x = x + maps[n - 2 - i]  # the encoder's map of this resolution: (B, c, h, w) + (B, c, h, w)
         return x  # (B, C_in, H, W)
 
 
@@ -227,4 +280,5 @@ def build_autoencoder(
         output_activation,
         cfg.code_activation,
         cfg.variational,
+        cfg.skip_connections,
     )

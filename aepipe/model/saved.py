@@ -105,8 +105,8 @@ def encode_array(net: Autoencoder, x: torch.Tensor, autocast: str = "off") -> tu
     device = next(net.parameters()).device
     x = x.to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=AUTOCAST_DTYPES[autocast], enabled=autocast != "off"):
-        z = net.encode(x)
-        recon = net.activate(net.decode(z))
+        z, out = net.code_and_output(x)  # (B, code), (B, *input_shape); a U-Net's decoder also needs the encoder maps
+        recon = net.activate(out)
     z, recon = z.float(), recon.float()
     if net.output_activation == "softmax":
         x = x / x.sum(-1, keepdim=True).clamp_min(1e-12)

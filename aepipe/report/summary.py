@@ -91,6 +91,8 @@ def build_report(
         "epochs": m["epochs"],
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
     }
+    if "restoration" in m:  # a restoration task: its held-out scores and the picture grid
+        report["restoration"] = {**m["restoration"], "grid": str(layout.model.restoration_grid)}
     atomic_write_json(layout.report, report)
     return report
 
@@ -125,6 +127,7 @@ def format_report(report: dict[str, Any]) -> str:
             f"index {ix['type']} {ix['params'] or ''}: recall@10 {ix['recall_at_10']:.3f},"
             f" {ix['latency_ms_per_query']:.3f} ms/query",
             f"clusters k={cl['n_clusters']}: ACC {acc}  NMI {nmi}",
+            *_restoration_lines(report),
             f"time: {times}",
         ]
     )
@@ -145,6 +148,17 @@ def baseline_lines(b: dict[str, Any] | None) -> list[str]:
     lines = [f"{head} (reconstruction vs PCA: {'won' if b['ae_beats_reconstruction'] else 'lost'}{vs})"]
     lines += [f"  try: {h}" for h in b["hints"]]
     return lines
+
+
+def _restoration_lines(report: dict[str, Any]) -> list[str]:
+    rs = report.get("restoration")
+    if not rs:
+        return []
+    return [
+        f"{rs['task']} (held-out, {rs['n_items']} items): PSNR input {rs['input']['psnr']:.2f}, autoencoder "
+        f"{rs['autoencoder']['psnr']:.2f}, {rs['baseline']['method']} {rs['baseline']['psnr']:.2f} dB",
+        f"restoration grid: {rs['grid']}",
+    ]
 
 
 def report_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -228,6 +242,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         "|---|---:|",
         *(f"| {stage} | {s:.1f} |" for stage, s in report["timings_s"].items()),
         "",
+        *_restoration_markdown(report),
         "## Files",
         "",
         f"- cluster prototypes (decoded centroids): `{layout.clusters.prototypes}`",
@@ -243,3 +258,26 @@ def _baseline_markdown(b: dict[str, Any] | None) -> list[str]:
     lines = ["## Against the linear baseline", ""]
     lines += [f"- {line.strip()}" for line in baseline_lines(b)]
     return lines + [""]
+
+
+def _restoration_markdown(report: dict[str, Any]) -> list[str]:
+    rs = report.get("restoration")
+    if not rs:
+        return []
+    return [
+        f"## Restoration: {rs['task']} (held-out, {rs['n_items']} items)",
+        "",
+        "| | PSNR (dB) | SSIM |",
+        "|---|---:|---:|",
+        *(
+            f"| {name} | {rs[key]['psnr']:.2f} | {rs[key]['ssim']:.3f} |"
+            for name, key in (
+                ("corrupted input", "input"),
+                ("autoencoder", "autoencoder"),
+                (rs["baseline"]["method"], "baseline"),
+            )
+        ),
+        "",
+        f"Grid ({' / '.join(rs['grid_rows'])}): `{rs['grid']}`",
+        "",
+    ]
