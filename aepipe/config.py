@@ -341,6 +341,17 @@ class EncodeConfig(_Section):
         ge=0,
         description="batches read and decoded ahead in a background thread while the model runs (0: read in line)",
     )
+    decode_workers: int | None = Field(
+        None,
+        ge=0,
+        description="worker processes decoding image files (folder and Parquet-bytes corpora) while the model "
+        "runs; none: one per CPU core; 0: decode in the reading thread",
+    )
+    decode_min_items: int = Field(
+        8192,
+        ge=0,
+        description="shards of fewer items decode in the reading thread: starting worker processes costs ~1 s",
+    )
 
 
 class IndexConfig(_Section):
