@@ -91,8 +91,9 @@ def shared_pool(workers: int) -> ProcessPoolExecutor:
 
 
 @atexit.register
-def _shutdown_pools() -> None:
+def shutdown_pools(wait: bool = False) -> None:
+    """Stop the worker processes (at exit; a benchmark waits for them, to count their peak RSS)."""
     with _pools_lock:
         for pool in _pools.values():
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=wait, cancel_futures=True)
         _pools.clear()
