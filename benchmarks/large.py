@@ -233,6 +233,10 @@ def run_codes(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
         "index_seconds": infos["seconds"],
         "index_bytes": infos["bytes"],
         "peak_rss_mb_build": rss_after_build,
+        "choice": infos.get("choice"),
+        "candidates": [c for c in infos.get("candidates", []) if "estimated_build_s" in c],
+        "latency_ms_p50": infos.get("latency_ms_p50"),
+        "latency_ms_p99": infos.get("latency_ms_p99"),
     }
 
 
@@ -286,7 +290,7 @@ def prepare(args: argparse.Namespace) -> None:
         train_model(build_config(overrides=overrides(args, run_dir)))
 
 
-def table(row: dict[str, Any], args: argparse.Namespace, argv: list[str]) -> str:
+def table(row: Any, args: argparse.Namespace, argv: list[str]) -> str:
     lines = [
         f"Command: `python -m benchmarks.large {' '.join(argv)}`  ",
         f"Machine: {machine(args.threads)}  ",
@@ -319,7 +323,56 @@ def table(row: dict[str, Any], args: argparse.Namespace, argv: list[str]) -> str
             f"<= {RSS_TARGET_GIB:.0f} GiB | {'met' if rss_gib <= RSS_TARGET_GIB else 'missed'} | "
             f"{rss_gib:.2f} GiB ({row['peak_rss_mb_build'] / 1024:.2f} after the build) |",
         ]
+        lines += choice_lines(row)
     return "\n".join(lines)
+
+
+COST_TARGETS = {"recall": 0.95, "qps": 30_000.0, "build_s": 10.0}  # issue #15, 1M x 32-d, 2 threads
+
+
+def _measured_build(c: dict[str, Any]) -> str:
+    return f"{c['measured_build_s']:.1f} s" if "measured_build_s" in c else "not built"
+
+
+def choice_lines(row: dict[str, Any]) -> list[str]:
+    """How auto chose (issue #15): each calibrated candidate's estimates from the sample, the
+    winner's measured costs, and the cost targets with their verdicts."""
+    if not row.get("candidates"):
+        return []
+    lines = [
+        "",
+        f"Choice: {row['choice']}",
+        "",
+        "| candidate | sample: items, setting, recall@10 | estimated build | measured build (train + add) "
+        "| estimated ms/query | measured ms/query (batch) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in row["candidates"]:
+        smp = c["sample"]
+        lines.append(
+            f"| `{c['index_string']}` | {smp['items']:,}, `{smp['index_string']}` {smp['params']}, "
+            f"{smp['recall_at_10']} | {c['estimated_build_s']:.1f} s | "
+            f"{_measured_build(c)} | "
+            f"{c['estimated_query_ms']:.4f} | {c.get('measured_query_ms', 'not built')} |"
+        )
+    seconds = row["index_seconds"]
+    built = sum(seconds.get(key, 0.0) for key in ("gather_sample", "train", "add", "write"))
+    checks = [
+        ("recall@10 of new queries", row["recall_at_10_new_queries"], ">=", COST_TARGETS["recall"]),
+        ("queries/s (search_arrays, 2 threads)", row["qps"], ">=", COST_TARGETS["qps"]),
+        ("build: choice + train + add + write (s)", seconds.get("choose", 0.0) + built, "<=", COST_TARGETS["build_s"]),
+        ("whole build_index incl. recall measurement (s)", row["index_s"], "<=", COST_TARGETS["build_s"]),
+    ]
+    lines += ["", "| target | measured | wanted | verdict |", "|---|---|---|---|"]
+    for name, value, op, want in checks:
+        ok = value >= want if op == ">=" else value <= want
+        lines.append(
+            f"| {name} | {value:,.3f} | {op} {want:,} | {'met' if ok else f'missed by {abs(value - want):,.3f}'} |"
+        )
+    lines.append(
+        f"\nSingle-query latency at the tuned setting: p50 {row['latency_ms_p50']} ms, p99 {row['latency_ms_p99']} ms."
+    )
+    return lines
 
 
 def encode_table(rows: Any, lines: list[str]) -> str:
