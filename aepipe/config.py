@@ -452,6 +452,17 @@ class EncodeConfig(_Section):
         ge=0,
         description="batches read and decoded ahead in a background thread while the model runs (0: read in line)",
     )
+    decode_workers: int | None = Field(
+        None,
+        ge=0,
+        description="worker processes decoding image files (folder and Parquet-bytes corpora) while the model "
+        "runs; none: one per CPU core; 0: decode in the reading thread",
+    )
+    decode_min_items: int = Field(
+        8192,
+        ge=0,
+        description="shards of fewer items decode in the reading thread: starting worker processes costs ~1 s",
+    )
 
 
 class IndexConfig(_Section):
@@ -474,6 +485,30 @@ class IndexConfig(_Section):
     )
     on_disk_shard_items: int = Field(
         1_000_000, ge=1, description="vectors per partial index held in RAM while building on disk"
+    )
+    build_budget_s: float | None = Field(
+        None,
+        gt=0,
+        description="auto: pass over candidates whose estimated build (train + add) takes longer; "
+        "none: no limit (the cost below still weighs build time)",
+    )
+    max_query_ms: float | None = Field(
+        None,
+        gt=0,
+        description="auto: pass over candidates whose estimated search time per query (a batch of "
+        "queries, at the tuned recall) is longer; none: no limit",
+    )
+    queries_per_build: int = Field(
+        1_000_000,
+        ge=0,
+        description="auto: queries expected between two builds; the winner has the least estimated "
+        "build seconds + queries_per_build x seconds per query among candidates that meet the recall target",
+    )
+    calibration_items: int = Field(
+        32_768,
+        ge=1_000,
+        description="auto, above flat_max_items: candidates are built and tuned on a seeded sample "
+        "of this many stored vectors and their costs extrapolated to the whole store",
     )
     seed: int = 0
 

@@ -3,11 +3,13 @@
     python -m benchmarks.large images    # 1,000,000 28x28 PNGs: encode + index + 1,000 image queries
     python -m benchmarks.large codes     # 10,000,000 stored 32-d codes: index build + search
     python -m benchmarks.large images --items 20000 --tiny   # digits-sized check (CI)
+    python -m benchmarks.large encode --items 200000     # encode only: decoding in line vs in worker processes
 
 | run | measured | target |
 |---|---|---|
 | images | encode (Parquet of PNG bytes -> decode -> encode -> store) + index (auto, tuned) + 1,000 queries by image file | <= 10 minutes on 2 cores; peak RSS reported |
 | codes | build_index over a store of 10M 32-d codes (on disk by default) + 1,000 queries | peak RSS <= 8 GiB; time and recall reported |
+| encode | encode_corpus of the images run's corpus, twice in separate processes: PNGs decoded in the reading thread (``encode.decode_workers=0``, the path before #15) and in worker processes (default) | workers >= 1.6x in line; peak RSS (run + decode workers) < 2 GiB |
 
 Data are made once and reused, never timed: augmented copies of MNIST's training images
 (seeded rotations and shifts, see ``stages.augment``), stored as a Parquet corpus of PNG bytes
@@ -46,6 +48,7 @@ from benchmarks.stages import (
 
 MINUTES_TARGET = 10.0
 RSS_TARGET_GIB = 8.0
+ENCODE_RATIO_TARGET = 1.6
 
 
 # ---------------------------------------------------------------- data (made once, not timed)
@@ -159,6 +162,36 @@ def run_images(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     }
 
 
+def run_encode(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
+    import multiprocessing
+
+    from aepipe.codes.encode import decode_workers, encode_corpus
+    from aepipe.corpus.decode import shutdown_pools
+
+    t0 = time.perf_counter()
+    encoded = encode_corpus(cfg)
+    seconds = time.perf_counter() - t0
+    # the decode workers' own peaks (VmHWM); a child's ru_maxrss would count the parent's pages it
+    # shared between fork and exec
+    workers_mb = [_vm_hwm_mb(p.pid) for p in multiprocessing.active_children() if p.pid]
+    shutdown_pools(wait=True)
+    return {
+        "decode_workers": decode_workers(cfg.encode) if cfg.encode.rows_per_part >= cfg.encode.decode_min_items else 0,
+        "n_items": encoded.n_items,
+        "n_quarantined": encoded.n_quarantined,
+        "encode_s": seconds,
+        "encode_items_per_s": encoded.n_items / seconds,
+        "workers_peak_rss_mb": sum(workers_mb),
+    }
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    return 0.0
+
+
 def run_codes(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     import faiss
 
@@ -200,6 +233,10 @@ def run_codes(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
         "index_seconds": infos["seconds"],
         "index_bytes": infos["bytes"],
         "peak_rss_mb_build": rss_after_build,
+        "choice": infos.get("choice"),
+        "candidates": [c for c in infos.get("candidates", []) if "estimated_build_s" in c],
+        "latency_ms_p50": infos.get("latency_ms_p50"),
+        "latency_ms_p99": infos.get("latency_ms_p99"),
     }
 
 
@@ -208,7 +245,7 @@ def run_codes(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
 
 def overrides(args: argparse.Namespace, run_dir: Path) -> list[str]:
     base = (TINY_RECIPE if args.tiny else RECIPE) + [f"run_dir={run_dir}"]
-    if args.run == "images":
+    if args.run in ("images", "encode"):
         base += [
             f"corpus.source={image_corpus(args)}",
             "corpus.images.column=image",
@@ -233,7 +270,7 @@ def child(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     run_dir = Path(args.out) / "runs" / args.run
     cfg = build_config(overrides=overrides(args, run_dir))
-    row = (run_images if args.run == "images" else run_codes)(args, cfg)
+    row = {"images": run_images, "codes": run_codes, "encode": run_encode}[args.run](args, cfg)
     print(json.dumps({**row, "peak_rss_mb": peak_rss_mb()}, default=str), flush=True)
     return 0
 
@@ -253,14 +290,16 @@ def prepare(args: argparse.Namespace) -> None:
         train_model(build_config(overrides=overrides(args, run_dir)))
 
 
-def table(row: dict[str, Any], args: argparse.Namespace, argv: list[str]) -> str:
-    rss_gib = row["peak_rss_mb"] / 1024
+def table(row: Any, args: argparse.Namespace, argv: list[str]) -> str:
     lines = [
         f"Command: `python -m benchmarks.large {' '.join(argv)}`  ",
         f"Machine: {machine(args.threads)}  ",
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
     ]
+    if args.run == "encode":
+        return encode_table(row, lines)
+    rss_gib = row["peak_rss_mb"] / 1024
     if args.run == "images":
         minutes = row["total_s"] / 60
         lines += [
@@ -284,12 +323,85 @@ def table(row: dict[str, Any], args: argparse.Namespace, argv: list[str]) -> str
             f"<= {RSS_TARGET_GIB:.0f} GiB | {'met' if rss_gib <= RSS_TARGET_GIB else 'missed'} | "
             f"{rss_gib:.2f} GiB ({row['peak_rss_mb_build'] / 1024:.2f} after the build) |",
         ]
+        lines += choice_lines(row)
     return "\n".join(lines)
+
+
+COST_TARGETS = {"recall": 0.95, "qps": 30_000.0, "build_s": 10.0}  # issue #15, 1M x 32-d, 2 threads
+
+
+def _measured_build(c: dict[str, Any]) -> str:
+    return f"{c['measured_build_s']:.1f} s" if "measured_build_s" in c else "not built"
+
+
+def choice_lines(row: dict[str, Any]) -> list[str]:
+    """How auto chose (issue #15): each calibrated candidate's estimates from the sample, the
+    winner's measured costs, and the cost targets with their verdicts."""
+    if not row.get("candidates"):
+        return []
+    lines = [
+        "",
+        f"Choice: {row['choice']}",
+        "",
+        "| candidate | sample: items, setting, recall@10 | estimated build | measured build (train + add) "
+        "| estimated ms/query | measured ms/query (batch) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in row["candidates"]:
+        smp = c["sample"]
+        lines.append(
+            f"| `{c['index_string']}` | {smp['items']:,}, `{smp['index_string']}` {smp['params']}, "
+            f"{smp['recall_at_10']} | {c['estimated_build_s']:.1f} s | "
+            f"{_measured_build(c)} | "
+            f"{c['estimated_query_ms']:.4f} | {c.get('measured_query_ms', 'not built')} |"
+        )
+    seconds = row["index_seconds"]
+    built = sum(seconds.get(key, 0.0) for key in ("gather_sample", "train", "add", "write"))
+    checks = [
+        ("recall@10 of new queries", row["recall_at_10_new_queries"], ">=", COST_TARGETS["recall"]),
+        ("queries/s (search_arrays, 2 threads)", row["qps"], ">=", COST_TARGETS["qps"]),
+        ("build: choice + train + add + write (s)", seconds.get("choose", 0.0) + built, "<=", COST_TARGETS["build_s"]),
+        ("whole build_index incl. recall measurement (s)", row["index_s"], "<=", COST_TARGETS["build_s"]),
+    ]
+    lines += ["", "| target | measured | wanted | verdict |", "|---|---|---|---|"]
+    for name, value, op, want in checks:
+        ok = value >= want if op == ">=" else value <= want
+        lines.append(
+            f"| {name} | {value:,.3f} | {op} {want:,} | {'met' if ok else f'missed by {abs(value - want):,.3f}'} |"
+        )
+    lines.append(
+        f"\nSingle-query latency at the tuned setting: p50 {row['latency_ms_p50']} ms, p99 {row['latency_ms_p99']} ms."
+    )
+    return lines
+
+
+def encode_table(rows: Any, lines: list[str]) -> str:
+    in_line, workers = rows
+    ratio = workers["encode_items_per_s"] / in_line["encode_items_per_s"]
+    lines += [
+        "| decoding | items | encode | items/s | peak RSS (run + all decode workers) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {_decoding(r)} | {r['n_items']:,} ({r['n_quarantined']} quarantined) | {r['encode_s']:.1f} s | "
+            f"{r['encode_items_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} + {r['workers_peak_rss_mb']:,.0f} MiB |"
+        )
+    lines += [
+        "",
+        f"Workers / in line: {ratio:.2f}x (target >= {ENCODE_RATIO_TARGET}x: "
+        f"{'met' if ratio >= ENCODE_RATIO_TARGET else f'missed by {ENCODE_RATIO_TARGET - ratio:.2f}'})",
+    ]
+    return "\n".join(lines)
+
+
+def _decoding(row: dict[str, Any]) -> str:
+    return "in the reading thread" if row["decode_workers"] == 0 else f"{row['decode_workers']} worker processes"
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run", choices=["images", "codes"])
+    p.add_argument("run", choices=["images", "codes", "encode"])
     p.add_argument("--data", default="../shared/datasets/mnist.npz")
     p.add_argument("--items", type=int, default=1_000_000, help="images: corpus size")
     p.add_argument("--codes", type=int, default=10_000_000, help="codes: store size")
@@ -315,14 +427,20 @@ def main(argv: list[str] | None = None) -> int:
         return child(args)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the measured child's faiss / torch threads (and the table's)
     prepare(args)
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.large", *argv, "--child"], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        print(proc.stderr[-3000:], file=sys.stderr)
-        return 1
-    row = json.loads(proc.stdout.strip().splitlines()[-1])
-    write_results(Path(args.out) / args.run, [row], table(row, args, argv))
+    variants = [["--set", "encode.decode_workers=0"], []] if args.run == "encode" else [[]]
+    rows = []
+    for extra in variants:  # encode: in line, then with workers, each in its own process
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.large", *argv, *extra, "--child"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            return 1
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    write_results(Path(args.out) / args.run, rows, table(rows if args.run == "encode" else rows[0], args, argv))
     return 0
 
 

@@ -111,3 +111,23 @@ def test_compose_file_validates():
     server = config["services"]["prefect-server"]["environment"]
     assert server["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
     assert config["services"]["worker"]["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+
+
+def test_gpu_check_skips_cleanly_without_cuda(tmp_path):
+    """infra/gpu-check.sh on a machine without CUDA (here: no device visible): one line saying it
+    skipped, exit 0, nothing trained or written."""
+    import os
+    import sys
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable}
+    proc = subprocess.run(
+        ["bash", str(INFRA / "gpu-check.sh"), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "gpu-check: skipped: no CUDA device (torch.cuda.is_available() is False)"
+    assert not (tmp_path / "out").exists()

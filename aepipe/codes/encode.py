@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 
 from aepipe.codes.store import PartWriter, filter_part, store_schema
 from aepipe.config import CorpusConfig, EncodeConfig, PipelineConfig
-from aepipe.corpus import Corpus, ItemBatch, Quarantine, Shard, open_corpus
+from aepipe.corpus import Corpus, ImageCorpus, ItemBatch, Quarantine, Shard, open_corpus
 from aepipe.corpus.base import QUARANTINE_SCHEMA
 from aepipe.corpus.fingerprint import (
     FINGERPRINT_SCHEMA,
@@ -209,12 +210,22 @@ def encode_batches(
     yield (batch, codes (B, code), reconstruction errors (B,)). Bad items go to ``quarantine``."""
     device, autocast = inference_settings(ec.device, ec.autocast)
     net = model.net.to(device)
-    for batch in prefetch(
-        corpus.iter_batches(model.prep, ec.batch_size, quarantine, shard=shard, keep=keep),  # type: ignore[arg-type]
-        ec.prefetch_batches,
-    ):
+    n_items = len(keep) if keep is not None else shard.n_items if shard is not None else corpus.n_items
+    workers = decode_workers(ec) if n_items >= ec.decode_min_items else 0
+    if isinstance(corpus, ImageCorpus):
+        batches = corpus.iter_batches(model.prep, ec.batch_size, quarantine, shard, keep, workers)  # type: ignore[arg-type]
+    else:
+        batches = corpus.iter_batches(model.prep, ec.batch_size, quarantine, shard=shard, keep=keep)  # type: ignore[arg-type]
+    for batch in prefetch(batches, ec.prefetch_batches):
         codes, errors = encode_array(net, torch.from_numpy(batch.x), autocast)
         yield batch, codes.numpy(), errors.numpy()
+
+
+def decode_workers(ec: EncodeConfig) -> int:
+    """``encode.decode_workers``, none meaning one per CPU core (of those this process may use)."""
+    if ec.decode_workers is not None:
+        return ec.decode_workers
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @run_stage("encode")

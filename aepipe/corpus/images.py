@@ -26,6 +26,7 @@ from aepipe.corpus.base import (
     list_files,
     make_shards,
 )
+from aepipe.corpus.decode import decode_in_line, decode_in_workers
 from aepipe.errors import CorpusError
 from aepipe.features.images import ImagePreprocessor, choose_input_size, probe_image
 
@@ -184,34 +185,40 @@ class ImageCorpus:
         quarantine: Quarantine,
         shard: Shard | None = None,
         keep: set[int] | None = None,
+        decode_workers: int = 0,
     ) -> Iterator[ItemBatch]:
-        """Decoded batches; bad items go to ``quarantine``. ``keep`` restricts to positions."""
+        """Decoded batches of ``batch_size`` good items; bad items go to ``quarantine``. ``keep``
+        restricts to positions. ``decode_workers`` > 0: encoded files (folder and Parquet
+        corpora) are decoded in that many worker processes, with the same batches, in the same
+        order, with the same quarantine entries as decoding in line."""
         if keep is None and self._arrays_match(prep):
             yield from self._iter_array_batches(prep, batch_size, quarantine, shard)
             return
+        raws = (raw for raw in self.iter_raw(shard) if keep is None or raw.pos in keep)
+        chunks = chunked(raws, batch_size)
+        max_pixels = self.cfg.images.max_pixels
+        if decode_workers > 0 and self.format in ("folder", "parquet"):
+            decoded = decode_in_workers(chunks, prep, max_pixels, decode_workers)
+        else:
+            decoded = decode_in_line(chunks, prep, max_pixels)
         ids: list[str] = []
         xs: list[np.ndarray] = []
         labels: list[str | None] = []
         sources: list[str] = []
         positions: list[int] = []
-        for raw in self.iter_raw(shard):
-            if keep is not None and raw.pos not in keep:
-                continue
-            try:
-                if isinstance(raw.payload, BadItem):
-                    raise raw.payload
-                x = prep(raw.payload, self.cfg.images.max_pixels)
-            except BadItem as bad:
-                quarantine.add(raw.id, raw.source, bad.reason)
-                continue
-            ids.append(raw.id)
-            xs.append(x)
-            labels.append(raw.label)
-            sources.append(raw.source)
-            positions.append(raw.pos)
-            if len(ids) == batch_size:
-                yield ItemBatch(ids, np.stack(xs), labels, sources, positions)
-                ids, xs, labels, sources, positions = [], [], [], [], []
+        for items, results in decoded:
+            for raw, x in zip(items, results):
+                if isinstance(x, str):
+                    quarantine.add(raw.id, raw.source, x)
+                    continue
+                ids.append(raw.id)
+                xs.append(x)
+                labels.append(raw.label)
+                sources.append(raw.source)
+                positions.append(raw.pos)
+                if len(ids) == batch_size:
+                    yield ItemBatch(ids, np.stack(xs), labels, sources, positions)
+                    ids, xs, labels, sources, positions = [], [], [], [], []
         if ids:
             yield ItemBatch(ids, np.stack(xs), labels, sources, positions)
 
@@ -269,6 +276,17 @@ class ImageCorpus:
                 [sources[j] for j in keep],
                 pos[keep].tolist(),
             )
+
+
+def chunked(items: Iterator[RawItem], size: int) -> Iterator[list[RawItem]]:
+    chunk: list[RawItem] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _binary_values(col: pa.Array) -> list[bytes | None]:

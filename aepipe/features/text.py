@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
+
+if TYPE_CHECKING:  # imported where used: image-decoding worker processes import this package, never scikit-learn
+    from sklearn.feature_extraction.text import CountVectorizer
 
 from aepipe.config import TextFeaturesConfig
 from aepipe.errors import CorpusError
@@ -74,6 +76,8 @@ class TextPreprocessor:
 
     @cached_property
     def _vectorizer(self) -> CountVectorizer:
+        from sklearn.feature_extraction.text import CountVectorizer
+
         stop = list(self.stop_words) if isinstance(self.stop_words, tuple) else self.stop_words
         return CountVectorizer(
             vocabulary=list(self.vocabulary),
@@ -123,6 +127,8 @@ class TextPreprocessor:
 
 def fit_text_preprocessor(texts: list[str], cfg: TextFeaturesConfig) -> TextPreprocessor:
     """Fit the vocabulary (the ``cfg.max_features`` most frequent terms) and idf on ``texts``."""
+    from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
+
     stop = cfg.stop_words
     vec = CountVectorizer(
         max_features=cfg.max_features,

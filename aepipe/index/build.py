@@ -21,15 +21,10 @@ from aepipe.codes.store import open_store
 from aepipe.config import PipelineConfig
 from aepipe.errors import ConfigError
 from aepipe.files import atomic_write_json, fresh_dir, recover_dir, replace_dir
-from aepipe.index.choose import (
-    choose_factory,
-    index_candidates,
-    training_size,
-    wants_on_disk,
-)
+from aepipe.index.choose import Choice, choose_index, training_size, wants_on_disk
 from aepipe.index.faissio import METRICS, ivf_of, normalize
 from aepipe.index.ondisk import add_on_disk
-from aepipe.index.tune import exact_neighbours, load_eval_queries, tune_search
+from aepipe.index.tune import exact_neighbours, latency_percentiles, load_eval_queries, tune_search
 from aepipe.index.vectors import add_all
 from aepipe.layout import IndexFiles, RunLayout
 from aepipe.logs import timed
@@ -83,16 +78,13 @@ def write_index(cfg: PipelineConfig, store_dir: Path, dest: Path) -> dict[str, A
     layout = RunLayout.at(cfg.run_dir)
     store = open_store(store_dir)
     n, dim, ic = store.n_items, store.code_size, cfg.index
-    factory = choose_factory(n, dim, ic) if ic.factory == "auto" else ic.factory
+    external = load_eval_queries(ic, dim)  # checked before the (long) build
+    t = time.perf_counter()
+    with timed("choose the index"):
+        choice = choose_index(store, ic) if ic.factory == "auto" else Choice(ic.factory, "index.factory", [])
+    choose_s = time.perf_counter() - t  # the calibration builds: part of what auto costs
+    factory = choice.index_string
     on_disk = wants_on_disk(factory, n, dim, ic)
-    candidates = (
-        [
-            {"index_string": name, "estimated_bytes": int(size), "fits": size <= ic.memory_budget_mb * 2**20}
-            for name, size in index_candidates(n, dim, ic)
-        ]
-        if ic.factory == "auto"
-        else []
-    )
     try:
         index = faiss.index_factory(dim, factory, METRICS[ic.metric])
     except RuntimeError as exc:
@@ -100,7 +92,6 @@ def write_index(cfg: PipelineConfig, store_dir: Path, dest: Path) -> dict[str, A
             f"index.factory '{factory}' is not a valid faiss index_factory string for dim {dim}: "
             f"{str(exc).splitlines()[0] if str(exc) else exc}"
         ) from None
-    external = load_eval_queries(ic, dim)  # checked before the (long) build
     rng = np.random.default_rng(ic.seed)
     k = max(1, min(10, n - 1))  # neighbours of a query other than itself
     n_q = min(ic.n_eval_queries, n)
@@ -115,7 +106,7 @@ def write_index(cfg: PipelineConfig, store_dir: Path, dest: Path) -> dict[str, A
 
     files = IndexFiles(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}  # where the build time goes (sidecar)
+    seconds: dict[str, float] = {"choose": choose_s}  # where the build time goes (sidecar)
     with timed(f"index {n} vectors of dim {dim} as '{factory}' ({ic.metric}){' on disk' if on_disk else ''}"):
         t = time.perf_counter()
         queries, train = (normalize(x, ic.metric) for x in store.gather([query_pos, train_pos]))
@@ -145,6 +136,7 @@ def write_index(cfg: PipelineConfig, store_dir: Path, dest: Path) -> dict[str, A
         t = time.perf_counter()
         params, recall, latency, curve = tune_search(index, queries, excluded, truth, k, ic.recall_target)
         seconds["tune"] = time.perf_counter() - t
+        p50, p99 = latency_percentiles(index, queries, k)
     size = files.index.stat().st_size + (files.ivfdata.stat().st_size if on_disk else 0)
     ivf = ivf_of(index)
     infos = {
@@ -171,7 +163,10 @@ def write_index(cfg: PipelineConfig, store_dir: Path, dest: Path) -> dict[str, A
         "tuning": curve,  # recall and latency of each setting tried, smallest first
         "imbalance_factor": round(float(ivf.invlists.imbalance_factor()), 4) if ivf is not None else None,
         "seconds": {name: round(v, 3) for name, v in seconds.items()},
-        "candidates": candidates,  # what 'auto' weighed: estimated bytes against the memory budget
+        "latency_ms_p50": p50,  # one query at a time, at the tuned setting
+        "latency_ms_p99": p99,
+        "candidates": measured_winner(choice, seconds, latency),  # what 'auto' weighed, estimates and measures
+        "choice": choice.reason,
         "bytes": size,
         "bytes_per_vector": size / max(index.ntotal, 1),
         "build_seconds": round(time.perf_counter() - t0, 3),
@@ -181,3 +176,13 @@ def write_index(cfg: PipelineConfig, store_dir: Path, dest: Path) -> dict[str, A
     if recall < ic.recall_target:
         log.warning("index recall@10 %.3f is below the target %.3f even at %s", recall, ic.recall_target, params)
     return infos
+
+
+def measured_winner(choice: Choice, seconds: dict[str, float], latency_ms: float) -> list[dict[str, Any]]:
+    """The candidates weighed, the winner's entry with its measured build (train + add) and query
+    cost next to the estimates it was chosen by."""
+    for c in choice.candidates:
+        if c["index_string"] == choice.index_string and "estimated_build_s" in c:
+            c["measured_build_s"] = round(seconds.get("train", 0.0) + seconds["add"], 3)
+            c["measured_query_ms"] = latency_ms
+    return choice.candidates

@@ -1,15 +1,29 @@
-"""Which index to build: candidates with their estimated memory, and the choice among them."""
+"""Which index to build: candidates with their estimated memory, build time and query cost, and
+the choice among them.
+
+Above ``flat_max_items`` the in-RAM candidates that fit the memory budget are built and tuned on
+a seeded sample of the store (``calibrate``), and their build and query costs extrapolated to
+the whole store with the cost model of each kind (``extrapolate``); the winner has the least
+build seconds + ``queries_per_build`` x seconds per query within ``build_budget_s`` and
+``max_query_ms``. Below it, or when memory decides (compressed or on-disk indexes), the memory
+rule of ``choose_factory`` alone."""
 
 from __future__ import annotations
 
 import logging
 import math
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
 
 import faiss
+import numpy as np
 
 from aepipe.config import IndexConfig
 from aepipe.errors import ConfigError
-from aepipe.index.faissio import ivf_of
+from aepipe.index.faissio import METRICS, ivf_of, normalize, set_search_params
+from aepipe.index.tune import tune_search
 
 log = logging.getLogger(__name__)
 
@@ -129,3 +143,210 @@ def training_size(index: faiss.Index, n: int) -> int:
             MIN_POINTS_PER_CENTROID,
         )
     return min(n, want)
+
+
+# ---------------------------------------------------------------- choice by measured cost
+
+CALIBRATION_QUERIES = 256  # held out of the sample index: new queries, as at search time
+
+HNSW_QUANTIZER_MIN_LISTS = 1024  # below this a flat coarse quantizer is as fast as a graph over it
+
+
+@dataclass
+class Choice:
+    index_string: str
+    reason: str
+    candidates: list[dict[str, Any]]  # what was weighed (sidecar "candidates")
+
+
+def calibrated_names(n: int, dim: int, cfg: IndexConfig) -> list[str]:
+    """In-RAM candidates worth measuring, each fitting ``memory_budget_mb``: HNSW32 (up to 2M
+    vectors), IVF-Flat with a flat coarse quantizer and, from 1,024 lists, with an HNSW one (the
+    flat quantizer scans every centroid per query, which dominates at small nprobe)."""
+    nlist = ivf_nlist(n)
+    names = [f"HNSW{HNSW_M}"] if n <= 2_000_000 else []
+    names.append(f"IVF{nlist},Flat")
+    if nlist >= HNSW_QUANTIZER_MIN_LISTS:
+        names.append(f"IVF{nlist}_HNSW{HNSW_M},Flat")
+    budget = cfg.memory_budget_mb * 2**20
+    return [name for name in names if estimate_bytes(name, n, dim) <= budget]
+
+
+def nlist_of(factory: str) -> int | None:
+    m = re.search(r"IVF(\d+)", factory)
+    return int(m.group(1)) if m else None
+
+
+def at_nlist(factory: str, nlist: int) -> str:
+    return re.sub(r"IVF\d+", f"IVF{nlist}", factory)
+
+
+def choose_index(store: Any, cfg: IndexConfig) -> Choice:
+    """``index.factory=auto``: the index to build over ``store`` (a CodeStore) and why."""
+    n, dim = store.n_items, store.code_size
+    budget = cfg.memory_budget_mb * 2**20
+    weighed = [
+        {"index_string": name, "estimated_bytes": int(size), "fits": size <= budget}
+        for name, size in index_candidates(n, dim, cfg)
+    ]
+    names = calibrated_names(n, dim, cfg)
+    if n <= cfg.flat_max_items or cfg.on_disk == "always" or len(names) < 2:
+        name = choose_factory(n, dim, cfg)
+        why = (
+            f"exact search: {n} vectors <= index.flat_max_items={cfg.flat_max_items}"
+            if name == "Flat"
+            else "the first candidate, in order of preference, that fits "
+            f"index.memory_budget_mb={cfg.memory_budget_mb:g}{' (on disk)' if wants_on_disk(name, n, dim, cfg) else ''}"
+        )
+        return Choice(name, why, weighed)
+    measured = calibrate(store, names, cfg)
+    name, why = pick(measured, cfg)
+    by_name = {c["index_string"]: c for c in measured}
+    for c in weighed:
+        c.update(by_name.pop(c["index_string"], {}))
+    weighed += list(by_name.values())  # the IVF-HNSW variant is not among the memory-rule strings
+    return Choice(name, why, weighed)
+
+
+def calibrate(store: Any, names: list[str], cfg: IndexConfig) -> list[dict[str, Any]]:
+    """Build and tune each candidate on a seeded sample of ``calibration_items`` stored vectors
+    (IVF with the number of lists of the sample's size), against the exact neighbours of
+    ``CALIBRATION_QUERIES`` other stored vectors, and extrapolate its costs to the whole store."""
+    n = store.n_items
+    rng = np.random.default_rng(cfg.seed + 1)
+    s = min(cfg.calibration_items, n - CALIBRATION_QUERIES)
+    pos = rng.choice(n, s + CALIBRATION_QUERIES, replace=False)
+    sample_pos, query_pos = np.sort(pos[:s]), np.sort(pos[s:])
+    sample, queries = (normalize(x, cfg.metric) for x in store.gather([sample_pos, query_pos]))
+    k = 10
+    _, truth = faiss.knn(queries, sample, k, metric=METRICS[cfg.metric])
+    excluded = np.full((len(queries), k), -1, np.int64)  # new queries: nothing to set aside
+    out = []
+    for name in names:
+        small = at_nlist(name, ivf_nlist(s)) if nlist_of(name) else name
+        index = faiss.index_factory(sample.shape[1], small, METRICS[cfg.metric])
+        t = time.perf_counter()
+        if not index.is_trained:
+            index.train(sample[rng.permutation(s)[: training_size(index, s)]])
+        train_s = time.perf_counter() - t
+        t = time.perf_counter()
+        index.add(sample)
+        add_s = time.perf_counter() - t
+        params, recall, latency, _ = tune_search(index, queries, excluded, truth, k, cfg.recall_target)
+        quantizer_ms = 0.0
+        ivf = ivf_of(index)
+        if ivf is not None:  # the coarse quantizer's share of the query time scales apart from the scan
+            set_search_params(index, params)
+            quantizer_ms = best_of(2, ivf.quantizer.search, queries, ivf.nprobe) * 1000 / len(queries)
+        sample_costs = {
+            "items": s,
+            "index_string": small,
+            "params": params,
+            "recall_at_10": recall,
+            "train_s": round(train_s, 4),
+            "add_s": round(add_s, 4),
+            "latency_ms_per_query": latency,
+            "quantizer_ms_per_query": round(quantizer_ms, 5),
+        }
+        full_train = training_size(faiss.index_factory(sample.shape[1], name, METRICS[cfg.metric]), n)
+        build_s, query_ms = extrapolate(name, n, sample_costs, full_train)
+        out.append(
+            {
+                "index_string": name,
+                "estimated_build_s": round(build_s, 3),
+                "estimated_query_ms": round(query_ms, 5),
+                "estimated_cost_s": round(build_s + cfg.queries_per_build * query_ms / 1000, 3),
+                "sample": sample_costs,
+            }
+        )
+        log.info(
+            "calibration %s on %d vectors: recall@10 %.3f at %s; estimated build %.1f s, %.4f ms/query",
+            name,
+            s,
+            recall,
+            params,
+            build_s,
+            query_ms,
+        )
+    return out
+
+
+def extrapolate(name: str, n: int, sample: dict[str, Any], n_train: int) -> tuple[float, float]:
+    """(build seconds, ms per query) of ``name`` over ``n`` vectors from its costs on the sample,
+    at the search setting tuned there. The cost model of each kind:
+
+    - HNSW: each insertion and each query walks a graph of about log(n) levels of hops:
+      add x (n/s) x ln n / ln s; query x ln n / ln s.
+    - IVF, training: k-means on ``n_train`` points against nlist centroids: x n_train*nlist.
+    - IVF, add: one coarse assignment per vector: flat quantizer x n*nlist, HNSW quantizer
+      x n * ln nlist.
+    - IVF, query: the quantizer part scales like the assignment; the scan of nprobe lists with the
+      list length n/nlist (nprobe is taken as it was tuned on the sample)."""
+    s = sample["items"]
+    if name.startswith("HNSW"):
+        grow = math.log(n) / math.log(s)
+        return sample["add_s"] * n / s * grow, sample["latency_ms_per_query"] * grow
+    nlist, nlist_s = nlist_of(name) or 1, nlist_of(sample["index_string"]) or 1
+    train_s_items = min(s, training_size(faiss.index_factory(4, f"IVF{nlist_s},Flat"), s))
+    train = sample["train_s"] * (n_train * nlist) / (train_s_items * nlist_s)
+    if "_HNSW" in name:
+        coarse = math.log(max(nlist, 2)) / math.log(max(nlist_s, 2))
+    else:
+        coarse = nlist / nlist_s
+    add = sample["add_s"] * n / s * coarse
+    quantizer = sample["quantizer_ms_per_query"]
+    scan = max(sample["latency_ms_per_query"] - quantizer, 0.0)
+    return train + add, quantizer * coarse + scan * (n / nlist) / (s / nlist_s)
+
+
+def pick(measured: list[dict[str, Any]], cfg: IndexConfig) -> tuple[str, str]:
+    """The winner among calibrated candidates, and why: least estimated cost among those that
+    reached the recall target on the sample and keep within the limits; failing that, the one
+    over the limits by the least factor."""
+    for c in measured:
+        over = []
+        if c["sample"]["recall_at_10"] < cfg.recall_target:
+            over.append(f"recall@10 {c['sample']['recall_at_10']} < {cfg.recall_target} on the sample")
+        if cfg.build_budget_s is not None and c["estimated_build_s"] > cfg.build_budget_s:
+            over.append(f"build {c['estimated_build_s']:.1f} s > index.build_budget_s={cfg.build_budget_s:g}")
+        if cfg.max_query_ms is not None and c["estimated_query_ms"] > cfg.max_query_ms:
+            over.append(f"{c['estimated_query_ms']:.4f} ms/query > index.max_query_ms={cfg.max_query_ms:g}")
+        c["within_limits"] = not over
+        if over:
+            c["passed_over"] = "; ".join(over)
+    terms = f"build s + {cfg.queries_per_build:,} queries x s/query"
+    ok = [c for c in measured if c["within_limits"]]
+    if ok:
+        win = min(ok, key=lambda c: c["estimated_cost_s"])
+        others = [f"{c['index_string']} {c['estimated_cost_s']:.1f} s" for c in ok if c is not win]
+        passed = [c["index_string"] for c in measured if not c["within_limits"]]
+        why = (
+            f"least estimated cost ({terms}) = {win['estimated_build_s']:.1f} + "
+            f"{cfg.queries_per_build * win['estimated_query_ms'] / 1000:.1f} = {win['estimated_cost_s']:.1f} s"
+            + (f"; others: {', '.join(others)}" if others else "")
+            + (f"; passed over: {', '.join(passed)}" if passed else "")
+        )
+        return win["index_string"], why
+
+    def excess(c: dict[str, Any]) -> float:
+        ratios = [cfg.recall_target / max(c["sample"]["recall_at_10"], 1e-9)]
+        if cfg.build_budget_s is not None:
+            ratios.append(c["estimated_build_s"] / cfg.build_budget_s)
+        if cfg.max_query_ms is not None:
+            ratios.append(c["estimated_query_ms"] / cfg.max_query_ms)
+        return max(ratios)
+
+    win = min(measured, key=excess)
+    why = f"no candidate keeps within the limits; {win['index_string']} exceeds them least ({win['passed_over']})"
+    log.warning("index auto: %s", why)
+    return win["index_string"], why
+
+
+def best_of(repeat: int, fn: Any, *args: Any) -> float:
+    """Least seconds of ``repeat`` calls of fn(*args): load on a shared machine only adds time."""
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - t)
+    return min(times)

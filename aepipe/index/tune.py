@@ -129,3 +129,16 @@ def tune_search(
         if recall >= target:
             break
     return params, round(recall, 4), round(latency, 4), curve
+
+
+def latency_percentiles(index: faiss.Index, queries: np.ndarray, k: int, n_queries: int = 200) -> tuple[float, float]:
+    """p50 and p99 of the time of one query searched alone (ms), over the first ``n_queries``
+    eval queries at the index's current search setting: what an interactive caller waits."""
+    times = []
+    k = min(k, index.ntotal)
+    for q in queries[:n_queries]:
+        t = time.perf_counter()
+        index.search(q[None], k)
+        times.append(time.perf_counter() - t)
+    p50, p99 = np.percentile(np.array(times) * 1000, [50, 99]) if times else (0.0, 0.0)
+    return round(float(p50), 4), round(float(p99), 4)

@@ -1,0 +1,113 @@
+"""Image files decoded in worker processes (encode.decode_workers): the same store (ids, order,
+codes) and the same quarantine as decoding in the reading thread, for folder and Parquet-bytes
+corpora with bad items among the good ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from aepipe.codes.encode import encode_corpus
+from aepipe.codes.store import open_store
+from aepipe.corpus import Quarantine, open_corpus
+from aepipe.corpus.decode import decode_in_line, decode_in_workers
+from aepipe.corpus.images import chunked
+from aepipe.layout import RunLayout
+from tests.conftest import png_bytes
+
+N_GOOD = 300
+
+
+def _pngs(digits_x: np.ndarray) -> list[bytes]:
+    return [png_bytes((digits_x[i, 0] * 255).round().astype(np.uint8)) for i in range(N_GOOD)]
+
+
+def _bad_payloads() -> dict[int, bytes]:
+    """Positions among the good items where a bad one sits: zero bytes, text, a truncated PNG."""
+    return {7: b"", 150: b"not an image at all", 233: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00"}
+
+
+def _folder(tmp_path, digits_x):
+    root = tmp_path / "folder"
+    bad = _bad_payloads()
+    payloads = _pngs(digits_x)
+    for i in range(N_GOOD + len(bad)):
+        path = root / str(i % 10) / f"img{i:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(bad[i] if i in bad else payloads[i % N_GOOD])
+    return root
+
+
+def _parquet(tmp_path, digits_x):
+    bad = _bad_payloads()
+    payloads = _pngs(digits_x)
+    images: list[bytes | None] = [bad[i] if i in bad else payloads[i % N_GOOD] for i in range(N_GOOD + len(bad))]
+    images[42] = None  # missing bytes: the reader marks it bad before any decoding
+    path = tmp_path / "images.parquet"
+    table = pa.table(
+        {
+            "id": [f"r{i}" for i in range(len(images))],
+            "image": pa.array(images, pa.binary()),
+            "label": [str(i % 10) for i in range(len(images))],
+        }
+    )
+    pq.write_table(table, path, row_group_size=50)
+    return path
+
+
+def _encode(run_copy, source, workers: int) -> tuple[pa.Table, list[dict]]:
+    encode_corpus(
+        run_copy.config(
+            f"corpus.source={source}",
+            "corpus.limit=null",
+            "corpus.id_column=id",
+            "encode.batch_size=32",
+            "encode.rows_per_part=120",
+            f"encode.decode_workers={workers}",
+            "encode.decode_min_items=0",
+        )
+    )
+    layout = RunLayout.at(run_copy.run_dir)
+    store = open_store(layout.store).read(["id", "code", "label", "source"])
+    return store, pq.read_table(layout.quarantine("encode")).to_pylist()
+
+
+@pytest.mark.parametrize("corpus", [_folder, _parquet])
+def test_worker_processes_write_the_same_store_and_quarantine(run_copy, tmp_path, digits_x, corpus):
+    source = corpus(tmp_path, digits_x)
+    in_line, q_in_line = _encode(run_copy, source, 0)
+    parallel, q_parallel = _encode(run_copy, source, 2)
+    assert parallel.column("id").to_pylist() == in_line.column("id").to_pylist()
+    assert parallel.column("source").to_pylist() == in_line.column("source").to_pylist()
+    assert parallel.column("label").to_pylist() == in_line.column("label").to_pylist()
+    assert parallel.column("code").to_pylist() == in_line.column("code").to_pylist()  # bit for bit
+    assert len(in_line) == N_GOOD - (1 if corpus is _parquet else 0)
+    assert q_parallel == q_in_line and len(q_in_line) == 3 + (1 if corpus is _parquet else 0)
+    reasons = {r["id"].rsplit("/", 1)[-1]: r["reason"] for r in q_parallel}
+    assert all(reasons.values()) and len(set(reasons.values())) >= 2  # each bad item with its own reason
+
+
+def test_workers_return_chunks_in_order_and_keep_bad_items_in_place(tmp_path, digits_x):
+    from aepipe.config import CorpusConfig
+    from aepipe.features.images import ImagePreprocessor
+
+    corpus = open_corpus(CorpusConfig(source=str(_parquet(tmp_path, digits_x)), id_column="id"))
+    prep = ImagePreprocessor(8, 8, 1)
+    items = list(corpus.iter_raw())
+    line = list(decode_in_line(chunked(iter(items), 16), prep, 10**6))
+    work = list(decode_in_workers(chunked(iter(items), 16), prep, 10**6, workers=2))
+    assert [[it.pos for it in chunk] for chunk, _ in work] == [[it.pos for it in chunk] for chunk, _ in line]
+    for (_, a), (_, b) in zip(line, work):
+        assert [x if isinstance(x, str) else x.tobytes() for x in a] == [
+            x if isinstance(x, str) else x.tobytes() for x in b
+        ]
+    flat = [x for _, chunk in work for x in chunk]
+    assert [i for i, x in enumerate(flat) if isinstance(x, str)] == [7, 42, 150, 233]
+    # an early close cancels what is still queued and leaves the pool usable
+    gen = decode_in_workers(chunked(iter(items), 16), prep, 10**6, workers=2)
+    next(gen)
+    gen.close()
+    q = Quarantine("encode")
+    assert sum(len(b) for b in corpus.iter_batches(prep, 32, q, decode_workers=2)) == N_GOOD - 1 and len(q) == 4
