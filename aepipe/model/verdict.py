@@ -61,8 +61,10 @@ def baseline_verdict(
     """``metrics['baseline']``: who won on each measure, and hints when the AE lost."""
     recon_win = metrics["ae"]["sse_per_item"] < metrics["pca"]["sse_per_item"]
     ret_win = None if retrieval is None else retrieval["ae_precision_at_10"] > retrieval["baseline_precision_at_10"]
+    held_out = metrics.get("evaluated_on", "test") == "test"
     verdict: dict[str, Any] = {
         "name": name,
+        "held_out": held_out,  # False: measured on validation/training items (no test split)
         "reconstruction_baseline": "pca",
         "ae_beats_reconstruction": recon_win,
         "retrieval": retrieval,
@@ -74,9 +76,10 @@ def baseline_verdict(
         verdict["hints"] = loss_hints(cfg, metrics, recon_win, ret_win, n_parameters, input_shape)
         lost = [m for m, won in (("reconstruction", recon_win), ("precision@10", ret_win)) if won is False]
         log.warning(
-            "the autoencoder lost to %s on %s of held-out items; try: %s",
+            "the autoencoder lost to %s on %s of %s items; try: %s",
             name.upper() if name == "lsa" else "PCA",
             " and ".join(lost),
+            "held-out" if held_out else f"{metrics.get('evaluated_on')} (not held-out)",
             "; ".join(verdict["hints"]),
         )
     return verdict
@@ -126,4 +129,5 @@ def baseline_summary(metrics: dict[str, Any]) -> str:
             f"P@10 {r['ae_precision_at_10']:.3f} vs {base} {r['baseline_precision_at_10']:.3f}"
             f" ({'won' if b['ae_beats_retrieval'] else 'lost'})"
         )
-    return ", ".join(parts) + f" on {metrics['n_test']} held-out items"
+    where = "held-out" if b.get("held_out", True) else f"{metrics.get('evaluated_on')} (not held-out)"
+    return ", ".join(parts) + f" on {metrics['n_test']} {where} items"

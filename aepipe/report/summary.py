@@ -141,7 +141,8 @@ def baseline_lines(b: dict[str, Any] | None) -> list[str]:
     vs = (
         ""
         if r is None
-        else f"; P@10 of held-out queries vs training items {r['ae_precision_at_10']:.3f}"
+        else f"; P@10 of {'held-out' if b.get('held_out', True) else 'non-held-out'} queries vs training items "
+        f"{r['ae_precision_at_10']:.3f}"
         f" vs {b['name'].upper()} {r['baseline_precision_at_10']:.3f}"
     )
     head = "AE beats the linear baseline" if b["ae_beats_baseline"] else "WARNING: AE does not beat the linear baseline"
