@@ -306,6 +306,12 @@ class TrainingConfig(_Section):
     precision: str = "32-true"
     num_workers: int = Field(0, ge=0)
     keep_versions: int = Field(3, ge=1, description="model versions kept under RUN/models (the current one always)")
+    generation_grace_s: float = Field(
+        600.0,
+        ge=0,
+        description="a superseded generation (RUN/generations) is removed only this many seconds after it was "
+        "superseded, so readers pinned to it can refresh first; keep_versions newer ones are kept in any case",
+    )
     knn_target: KnnTargetConfig | None = None
 
     @model_validator(mode="after")
