@@ -18,13 +18,15 @@ opens later, such as store parts for metadata.)
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
 import time
 from pathlib import Path
 
-from aepipe.files import atomic_write_json, fsync_dir, fsync_tree, link_or_copy, read_json
+from aepipe.files import atomic_write_bytes, atomic_write_json, fsync_dir, fsync_tree, link_or_copy, read_json
 from aepipe.layout import GenerationFiles, RunLayout
 
 log = logging.getLogger(__name__)
@@ -80,14 +82,58 @@ def publish_generation(layout: RunLayout, keep: int, grace_s: float) -> str | No
     _link_tree(layout.index.root, gen.index.root)
     published = time.time()
     atomic_write_json(tmp / INFO, {"generation": name, "model_id": model_id, "published": published})
+    previous = layout.generation(existing[-1]) if existing else None
+    sums = record_checksums(gen, previous)
     fsync_tree(tmp)
     os.replace(tmp, layout.generations / name)
     fsync_dir(layout.generations)
-    # the commit point: readers that resolve the pointer from now on get the new generation
-    atomic_write_json(layout.current_generation, {"generation": name, "model_id": model_id, "published": published})
+    # the commit point: readers that resolve the pointer from now on get the new generation; the
+    # pointer holds the checksum of the checksum list, so an edited list is detected too
+    atomic_write_json(
+        layout.current_generation,
+        {"generation": name, "model_id": model_id, "published": published, "checksums_sha256": sums},
+    )
     log.info("published generation %s (model %s)", name, model_id)
     prune_generations(layout, keep, grace_s)
     return name
+
+
+CHECKSUMS = "checksums.json"
+CHECKED = ("model", "store", "index")  # clusters are attached later and not checksummed
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def record_checksums(gen: GenerationFiles, previous: GenerationFiles | None) -> str:
+    """Write ``checksums.json`` (size and sha256 of every file of model/, store/, index/) into
+    ``gen``; return the sha256 of that list. A file hard-linked from the previous generation (same
+    inode, size and mtime: unchanged by an incremental update) reuses its recorded checksum."""
+    known: dict[tuple[int, int, int], str] = {}
+    if previous is not None and (previous.root / CHECKSUMS).is_file():
+        for rel, entry in read_json(previous.root / CHECKSUMS)["files"].items():
+            p = previous.root / rel
+            if p.is_file() and "inode" in entry:
+                st = p.stat()
+                if (st.st_ino, st.st_size, st.st_mtime_ns) == (entry["inode"], entry["size"], entry["mtime_ns"]):
+                    known[(st.st_ino, st.st_size, st.st_mtime_ns)] = entry["sha256"]
+    files: dict[str, dict[str, int | str]] = {}
+    for part in CHECKED:
+        for p in sorted((gen.root / part).rglob("*")):
+            if p.is_file():
+                st = p.stat()
+                key = (st.st_ino, st.st_size, st.st_mtime_ns)
+                digest = known.get(key) or file_sha256(p)
+                rel = p.relative_to(gen.root).as_posix()
+                files[rel] = {"size": st.st_size, "sha256": digest, "inode": st.st_ino, "mtime_ns": st.st_mtime_ns}
+    data = (json.dumps({"files": files}, indent=1, sort_keys=True) + "\n").encode()
+    atomic_write_bytes(gen.root / CHECKSUMS, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def attach_clusters(layout: RunLayout) -> bool:
