@@ -306,6 +306,7 @@ class TrainingConfig(_Section):
     precision: str = "32-true"
     num_workers: int = Field(0, ge=0)
     keep_versions: int = Field(3, ge=1, description="model versions kept under RUN/models (the current one always)")
+    timeout_s: float | None = Field(None, gt=0, description="Prefect flows: the train task fails after this long")
     generation_grace_s: float = Field(
         600.0,
         ge=0,
@@ -337,6 +338,9 @@ class EncodeConfig(_Section):
         "threads", description="how the Prefect encode flow runs shard tasks (dask/ray need prefect-dask/prefect-ray)"
     )
     workers: int = Field(2, ge=1, description="parallel shard tasks")
+    shard_timeout_s: float | None = Field(
+        None, gt=0, description="Prefect encode flow: a shard task running longer fails (and is retried); None: no limit"
+    )
     dask_address: str | None = Field(None, description="existing Dask scheduler (default: a local cluster)")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
     autocast: Literal["auto", "off", "bf16", "fp16"] = Field(
