@@ -339,7 +339,7 @@ class EncodeConfig(_Section):
     )
     workers: int = Field(2, ge=1, description="parallel shard tasks")
     shard_timeout_s: float | None = Field(
-        None, gt=0, description="Prefect encode flow: a shard task running longer fails (and is retried); None: no limit"
+        None, gt=0, description="Prefect encode flow: a shard task running longer fails (and is retried)"
     )
     dask_address: str | None = Field(None, description="existing Dask scheduler (default: a local cluster)")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
