@@ -87,6 +87,9 @@ def test_readers_never_fail_through_a_retrain_and_an_update(run_copy):
         thread.join()
         stdout, _ = proc.communicate("", timeout=120)
     other = json.loads(stdout.strip().splitlines()[-1])
+    for who, r in (("thread", out), ("process", other)):
+        n_failed = r.get("n_failures", len(r["failures"]))
+        print(f"reader {who}: {r['answers']} answers, {n_failed} failures, generations {sorted(r['generations'])}")
     for result in (out, other):
         assert result["failures"] == [] and result.get("n_failures", 0) == 0
         assert result["answers"] > 0 and result["inconsistent"] == 0
