@@ -417,6 +417,13 @@ class TrainingConfig(_Section):
     )
     num_workers: int = Field(0, ge=0)
     keep_versions: int = Field(3, ge=1, description="model versions kept under RUN/models (the current one always)")
+    timeout_s: float | None = Field(None, gt=0, description="Prefect flows: the train task fails after this long")
+    generation_grace_s: float = Field(
+        600.0,
+        ge=0,
+        description="a superseded generation (RUN/generations) is removed only this many seconds after it was "
+        "superseded, so readers pinned to it can refresh first; keep_versions newer ones are kept in any case",
+    )
     knn_target: KnnTargetConfig | None = None
 
     @model_validator(mode="after")
@@ -442,6 +449,9 @@ class EncodeConfig(_Section):
         "threads", description="how the Prefect encode flow runs shard tasks (dask/ray need prefect-dask/prefect-ray)"
     )
     workers: int = Field(2, ge=1, description="parallel shard tasks")
+    shard_timeout_s: float | None = Field(
+        None, gt=0, description="Prefect encode flow: a shard task running longer fails (and is retried)"
+    )
     dask_address: str | None = Field(None, description="existing Dask scheduler (default: a local cluster)")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
     autocast: Literal["auto", "off", "bf16", "fp16"] = Field(

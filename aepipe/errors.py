@@ -38,6 +38,10 @@ class RunLocked(AepipeError):
     """Another process is writing the run (it holds ``RUN/.lock``)."""
 
 
+class CorruptArtifact(AepipeError):
+    """An artifact's files differ from what was written (aepipe verify)."""
+
+
 class TrainingError(AepipeError):
     """Training failed as a whole (e.g. a DDP training process exited with an error)."""
 

@@ -16,12 +16,15 @@ run_dir/
   index/                 index.faiss, ids.parquet, index_infos.json (+ index.ivfdata on disk)
   clusters/              assignments.parquet, summary.json, centroids.npy, prototypes.png (images)
                          or topics.json (documents)
+  generations/           gNNNNNN/ {model, store, index, clusters}: published together (hard links),
+                         current.json: the generation readers use (RunLayout.current())
   .staging/              work in progress; swapped into place when complete
                          (update/: a new store + index, swapped when its COMMIT marker exists)
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,6 +167,34 @@ class ClusterFiles:
 
 
 @dataclass(frozen=True)
+class GenerationFiles:
+    """One consistent set of artifacts: a published generation (``RUN/generations/gNNNNNN``), or the
+    run's working artifacts (``RUN`` itself) for a run that has published none."""
+
+    root: Path
+
+    @property
+    def name(self) -> str | None:
+        return self.root.name if self.root.parent.name == "generations" else None
+
+    @property
+    def model(self) -> ModelFiles:
+        return ModelFiles(self.root / "model")
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def index(self) -> IndexFiles:
+        return IndexFiles(self.root / "index")
+
+    @property
+    def clusters(self) -> ClusterFiles:
+        return ClusterFiles(self.root / "clusters")
+
+
+@dataclass(frozen=True)
 class RunLayout:
     root: Path
 
@@ -231,6 +262,32 @@ class RunLayout:
     @property
     def eval_markdown(self) -> Path:
         return self.root / "eval" / "eval.md"
+
+    @property
+    def generations(self) -> Path:
+        """Published generations (aepipe.generations): gNNNNNN/ {model, store, index, clusters}."""
+        return self.root / "generations"
+
+    @property
+    def current_generation(self) -> Path:
+        """The pointer readers follow: {"generation": "gNNNNNN", "model_id": ..., "published": ...}."""
+        return self.generations / "current.json"
+
+    def generation(self, name: str) -> GenerationFiles:
+        return GenerationFiles(self.generations / name)
+
+    def current_generation_name(self) -> str | None:
+        try:
+            return str(json.loads(self.current_generation.read_text())["generation"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def current(self) -> GenerationFiles:
+        """What readers should open: the published generation (model, store, index and clusters that
+        belong together, never rewritten while a reader uses them), or the working artifacts of a run
+        that has published none. Resolve once and keep the result to stay on one generation."""
+        name = self.current_generation_name()
+        return self.generation(name) if name else GenerationFiles(self.root)
 
     def quarantine(self, stage: str) -> Path:
         return self.root / "quarantine" / f"{stage}.parquet"

@@ -14,6 +14,7 @@ from aepipe.codes.encode import encode_corpus
 from aepipe.config import PipelineConfig
 from aepipe.errors import AepipeError
 from aepipe.files import atomic_write_json
+from aepipe.generations import publish_generation
 from aepipe.index.build import IndexResult, build_index
 from aepipe.layout import RunLayout
 from aepipe.model.registry import publish_model_version
@@ -32,7 +33,9 @@ def index_stage(cfg: PipelineConfig) -> IndexResult:
     """Build the index, then publish the model version whose store and index are now complete
     (``RUN/models/current.json``), so queries switch to it."""
     result = build_index(cfg)
-    publish_model_version(RunLayout.at(cfg.run_dir), result.model_id, cfg.training.keep_versions)
+    layout = RunLayout.at(cfg.run_dir)
+    publish_model_version(layout, result.model_id, cfg.training.keep_versions)
+    publish_generation(layout, cfg.training.keep_versions, cfg.training.generation_grace_s)
     return result
 
 

@@ -40,6 +40,7 @@ from aepipe.files import (
     recover_dir,
     replace_dir,
 )
+from aepipe.generations import publish_generation
 from aepipe.index.build import build_index
 from aepipe.index.incremental import update_index
 from aepipe.layout import RunLayout
@@ -86,6 +87,7 @@ def update_run(cfg: PipelineConfig) -> UpdateResult:
         enc = encode_corpus(cfg)
         idx = build_index(cfg)
         publish_model_version(layout, idx.model_id, cfg.training.keep_versions)
+        publish_generation(layout, cfg.training.keep_versions, cfg.training.generation_grace_s)
         return UpdateResult(
             enc.store_dir,
             idx.index_dir,
@@ -144,6 +146,7 @@ def update_run(cfg: PipelineConfig) -> UpdateResult:
     )
     _apply_commit(layout, staging)  # the commit point is the marker above; this only moves directories
     publish_model_version(layout, model.model_id, cfg.training.keep_versions)
+    publish_generation(layout, cfg.training.keep_versions, cfg.training.generation_grace_s)
     if len(quarantine):
         quarantine.write(layout.quarantine("update"))
         log.warning("%d new item(s) quarantined; see %s", len(quarantine), layout.quarantine("update"))
@@ -196,7 +199,9 @@ def _retrain(cfg: PipelineConfig, result: UpdateResult) -> None:
         trained = train_model(cfg)
         encoded = encode_corpus(cfg)
         indexed = build_index(cfg)
-        publish_model_version(RunLayout.at(cfg.run_dir), indexed.model_id, cfg.training.keep_versions)
+        layout = RunLayout.at(cfg.run_dir)
+        publish_model_version(layout, indexed.model_id, cfg.training.keep_versions)
+        publish_generation(layout, cfg.training.keep_versions, cfg.training.generation_grace_s)
     result.retrained, result.model_id = True, trained.model_id
     result.n_items, result.index_ntotal, result.index_update = encoded.n_items, indexed.n_items, "rebuilt"
     result.rebuild_advised = None

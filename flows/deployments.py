@@ -62,6 +62,9 @@ def build_deployments(
                     schedules=[Cron(cron, timezone=timezone)] if cron else None,
                     parameters={"config": config.model_dump(mode="json")},
                     tags=["aepipe"],
+                    # one flow run of a deployment at a time (more wait in the queue); different
+                    # deployments of the same run are serialised by the run's writer lock
+                    concurrency_limit=1,
                     description=f"aepipe {key} on {config.corpus.source} into {config.run_dir}",
                 )
             )

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from prefect import flow, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.client.schemas.objects import State
 from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
+from prefect.tasks import exponential_backoff
 
 from aepipe.codes.encode import (
     EncodePlan,
@@ -19,8 +21,9 @@ from aepipe.codes.encode import (
 )
 from aepipe.config import EncodeConfig, PipelineConfig
 from aepipe.corpus import Shard
-from aepipe.errors import ConfigError
+from aepipe.errors import AepipeError, ConfigError
 from aepipe.runlock import command_line, run_lock
+from aepipe_flows.stages import FLOW_LOCK_WAIT_S, run_name
 
 
 @task(name="plan-encode")
@@ -28,7 +31,28 @@ def plan_task(config: PipelineConfig) -> EncodePlan:
     return plan_encode(config)
 
 
-@task(name="encode-shard", task_run_name="encode-shard-{shard.index}")
+def retry_io_errors(task: object, task_run: object, state: State) -> bool:
+    """Retry a shard that failed on I/O (a flaky network filesystem, an object store); a bad config
+    or a corpus error fails at once. A failed shard never commits: its marker is written last."""
+    try:
+        state.result()
+    except AepipeError:
+        return False
+    except OSError:
+        return True
+    except Exception:  # noqa: BLE001  anything else is not transient
+        return False
+    return False
+
+
+@task(
+    name="encode-shard",
+    task_run_name="encode-shard-{shard.index}",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),  # 2, 4, 8 s
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_io_errors,
+)
 def shard_task(config: PipelineConfig, plan: EncodePlan, shard: Shard) -> ShardResult:
     return encode_shard(config, plan, shard)
 
@@ -66,10 +90,10 @@ def task_runner(cfg: EncodeConfig) -> TaskRunner:
         ) from None
 
 
-@flow(name="aepipe-encode-sharded")
+@flow(name="aepipe-encode-sharded", flow_run_name=run_name("encode"))
 def _encode_sharded(config: PipelineConfig) -> EncodeResult:
     # the flow's process holds the writer lock; shard tasks (threads or worker processes) run under it
-    with run_lock(config.run_dir, f"flow aepipe-encode-sharded: {command_line()}"):
+    with run_lock(config.run_dir, f"flow aepipe-encode-sharded: {command_line()}", wait=FLOW_LOCK_WAIT_S):
         return _encode_shards(config)
 
 
@@ -81,7 +105,8 @@ def _encode_shards(config: PipelineConfig) -> EncodeResult:
         key="aepipe-encode-progress",
         description=f"shards of {config.corpus.source} encoded into {config.run_dir}",
     )
-    futures = [shard_task.submit(config, plan, shard) for shard in plan.pending]
+    shard = shard_task.with_options(timeout_seconds=config.encode.shard_timeout_s)
+    futures = [shard.submit(config, plan, s) for s in plan.pending]
     results = []
     for future in as_completed(futures):  # progress per finished shard, in whatever order they finish
         results.append(future.result())

@@ -12,15 +12,14 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from aepipe.config import PipelineConfig
 from aepipe.pipeline import html_report_stage, save_run_config
 from aepipe.report.summary import build_report, report_markdown, report_rows
-from aepipe.runlock import command_line, run_lock
 from aepipe_flows.encode import encode_sharded_flow
-from aepipe_flows.stages import cluster_task, index_task, train_task
+from aepipe_flows.stages import cluster_task, flow_lock, index_task, run_name, timed_train_task
 
 
-@flow(name="aepipe-pipeline", log_prints=True)
+@flow(name="aepipe-pipeline", log_prints=True, flow_run_name=run_name("pipeline"))
 def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict:
     # one writer for the whole flow: no other writer slips in between two stages
-    with run_lock(config.run_dir, f"flow aepipe-pipeline: {command_line()}"):
+    with flow_lock(config, "aepipe-pipeline"):
         return _pipeline(config)
 
 
@@ -30,7 +29,7 @@ def _pipeline(config: PipelineConfig) -> dict:
     results = []
     # encode is a subflow: one task per shard, fanned out by config.encode.task_runner
     for name, task in (
-        ("train", train_task),
+        ("train", timed_train_task(config)),
         ("encode", encode_sharded_flow),
         ("index", index_task),
         ("cluster", cluster_task),

@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from aepipe.config import PipelineConfig
 from aepipe.update import UpdateResult, update_run
+from aepipe_flows.stages import flow_lock, run_name
 
 
 @task(name="update")
@@ -41,9 +42,10 @@ def update_markdown(r: UpdateResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-@flow(name="aepipe-update")
+@flow(name="aepipe-update", flow_run_name=run_name("update"))
 def update_flow(config: PipelineConfig = PipelineConfig()) -> UpdateResult:
-    result = update_task(config)
+    with flow_lock(config, "aepipe-update"):
+        result = update_task(config)
     create_markdown_artifact(
         update_markdown(result), key="aepipe-update", description=f"aepipe update {config.run_dir}"
     )

@@ -29,8 +29,10 @@ LEVELS = {
     "aepipe.prefetch": 0,
     "aepipe.presets": 0,  # YAML data that config reads
     "aepipe.config": 1,
-    "aepipe.runlock": 1,  # the run's writer lock: needs layout (the path) and errors, used by every writing stage
+    "aepipe.runlock": 1,  # the run's writer lock: layout (the path) and errors; used by every writing stage
+    "aepipe.generations": 1,  # publishes model+store+index together: files and layout only
     "aepipe.runconfig": 2,  # the run's recorded config + the stage decorator (config, runlock)
+    "aepipe.verify": 2,  # checks a generation's checksums (generations, layout): a reader
     "aepipe.quality": 2,  # measures and baselines (numpy, scikit-learn, faiss): used by every stage
     "aepipe.features": 3,  # payload -> model input; knows nothing of corpora
     "aepipe.corpus": 4,  # readers; apply a preprocessor to each payload

@@ -1,5 +1,5 @@
 """``aepipe`` command line: one subcommand per stage, plus ``run``, ``demo``, ``serve``, ``search``,
-``serve-search``, ``topics``, ``report``, ``config`` and ``info``.
+``serve-search``, ``topics``, ``report``, ``config``, ``info`` and ``verify``.
 
 Stage commands call the library directly; ``run`` and ``demo`` run the Prefect pipeline flow
 (ephemeral local server, nothing to start by hand). Each module of this package registers its
@@ -14,11 +14,11 @@ import os
 import sys
 
 from aepipe import __version__
-from aepipe.cli import inspect, pipeline, report, restore, search, serve_search, stages
+from aepipe.cli import inspect, pipeline, report, restore, search, serve_search, stages, verify
 from aepipe.errors import AepipeError
 from aepipe.logs import setup_logging
 
-COMMAND_MODULES = (stages, pipeline, search, restore, serve_search, report, inspect)
+COMMAND_MODULES = (stages, pipeline, search, restore, serve_search, report, inspect, verify)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,6 +30,7 @@ from aepipe.files import (
     recover_dir,
     replace_dir,
 )
+from aepipe.generations import attach_clusters
 from aepipe.index.faissio import normalize
 from aepipe.layout import ClusterFiles, RunLayout
 from aepipe.logs import timed
@@ -129,6 +130,7 @@ def cluster_codes(cfg: PipelineConfig) -> ClusterResult:
         log.warning("could not describe the clusters (prototypes / topics): %s", exc)
     atomic_write_json(files.summary, summary)
     replace_dir(staging, layout.clusters.root)
+    attach_clusters(layout)  # join the published generation of the same model
     return ClusterResult(
         str(layout.clusters.root),
         k,

@@ -56,7 +56,10 @@ class SearchArrays:
 class Searcher:
     def __init__(self, run_dir: str | Path, model_dir: str | Path | None = None):
         self.layout = RunLayout.at(run_dir)
-        files = self.layout.index
+        # pinned: every artifact below comes from this one generation until refresh()
+        self.generation = self.layout.current()
+        self._given_model_dir = model_dir
+        files = self.generation.index
         if not files.infos.is_file() or not files.index.is_file():
             raise MissingArtifact(f"no index in {files.root}; run `aepipe index` first")
         self.infos = read_json(files.infos)
@@ -74,11 +77,25 @@ class Searcher:
         self.dim = int(self.infos["dim"])
         self.metric = self.infos["metric"]
         # default: the model version that matches the live index (not a retrained RUN/model not yet indexed)
-        self._model_dir = Path(model_dir) if model_dir else current_model_dir(self.layout)
+        if model_dir:
+            self._model_dir = Path(model_dir)
+        elif self.generation.name:  # the generation's own model
+            self._model_dir = self.generation.model.root
+        else:  # a run without generations: the model version that matches the live index
+            self._model_dir = current_model_dir(self.layout)
         self._model: LoadedModel | None = None
         self._meta: dict[str, tuple[str | None, str | None, str | None]] | None = None
         self._row_meta: list[tuple[str, str | None, str | None, str | None]] | None = None
         self._store = None
+
+    def refresh(self) -> bool:
+        """Move to the run's newest published generation (True), or stay (False: one small JSON read).
+        Between two calls every answer comes from the same generation."""
+        if self.layout.current_generation_name() == self.generation.name:
+            return False
+        fresh = Searcher(self.layout.root, self._given_model_dir)
+        self.__dict__.update(fresh.__dict__)
+        return True
 
     @property
     def model_id(self) -> str:
@@ -98,7 +115,7 @@ class Searcher:
 
     def _store_checked(self):
         if self._store is None:
-            store = open_store(self.layout.store)
+            store = open_store(self.generation.store)
             if store.model_id != self.model_id:
                 raise IndexMismatch(
                     f"store was encoded with model {store.model_id} but the index with {self.model_id}; "

@@ -140,6 +140,10 @@ def test_store_from_another_model_is_an_index_mismatch(run_copy, tmp_path):
     shutil.copytree(RunLayout.at(run_copy.run_dir).index.root, index_backup)
     new_id = train_model(cfg).model_id
     encode_corpus(cfg)
+    # #11: a Searcher reads the published generation, which the re-encode does not touch
+    assert Searcher(run_copy.run_dir).search_ids(["0000"], k=3)[0]
+    # the working artifacts (what a run without generations reads) are the mismatch
+    shutil.rmtree(RunLayout.at(run_copy.run_dir).generations)
     s = Searcher(run_copy.run_dir)
     with pytest.raises(IndexMismatch, match=new_id):
         s.search_ids(["0000"])

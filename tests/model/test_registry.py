@@ -49,6 +49,7 @@ def test_a_run_without_versions_queries_its_model_dir(run_copy):
     import shutil
 
     layout = RunLayout.at(run_copy.run_dir)
-    shutil.rmtree(layout.models)  # as a run directory made before model versions
+    shutil.rmtree(layout.models)  # as a run directory made before model versions (and generations)
+    shutil.rmtree(layout.generations)
     searcher = Searcher(run_copy.run_dir)
     assert searcher.model.model_id == run_copy.model_id and searcher._model_dir == layout.model.root
