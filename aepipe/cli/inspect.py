@@ -38,11 +38,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("config", help="print the resolved config (or a named preset) as YAML")
+    p = sub.add_parser(
+        "config",
+        help="print the resolved config (or a named preset) as YAML",
+        description="Print the config a command would use: the file, the run directory's saved config.yaml "
+        "and --set overrides, resolved and validated, as YAML.",
+        epilog="example:\n  aepipe config show --run-dir runs/photos --set model.code_size=16",
+    )
     p.add_argument("action", choices=["show"], help="show: print it")
     add_config_args(p)
     p.add_argument("--preset", choices=["images", "documents"], help="print this preset's defaults instead")
     p.set_defaults(func=_cmd_config)
-    p = sub.add_parser("info", help="describe a run directory, model, store or index")
+    p = sub.add_parser(
+        "info",
+        help="describe a run directory, model, store or index",
+        description="Describe a run directory, model, store or index as JSON.",
+        epilog="example:\n  aepipe info runs/photos",
+    )
     p.add_argument("path")
     p.set_defaults(func=_cmd_info)
