@@ -109,3 +109,14 @@ def test_unknown_ids_get_an_error_each_and_the_rest_an_answer(trained_run, capsy
     assert sorted({r["query"] for r in json.loads(out)}) == ["0003", "0004"]
     assert "aepipe: error: id 'nope' is not in the store" in err
     assert main(["search", "--run-dir", str(trained_run.run_dir), "--id", "nope"]) == 2
+
+
+def test_info_is_a_few_lines_and_shows_the_live_cluster_count(run_copy, capsys):
+    from aepipe.cluster.kmeans import cluster_codes
+
+    cluster_codes(run_copy.config("cluster.n_clusters=4"))  # a standalone cluster after the run
+    assert main(["info", str(run_copy.run_dir), "--format", "table"]) == 0
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) <= 12 and "k=4," in out and "Flat (exact)" in out
+    assert main(["info", str(run_copy.run_dir), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["clusters"]["n_clusters"] == 4

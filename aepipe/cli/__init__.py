@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "format", None) is None and args.command == "search":
         args.format = "table" if sys.stdout.isatty() else "json"
-    if getattr(args, "format", None) is None and args.command in ("topics", "eval"):
+    if getattr(args, "format", None) is None and args.command in ("topics", "eval", "info"):
         args.format = "table" if sys.stdout.isatty() else "json"
     if getattr(args, "k", 1) < 1:
         parser.error("-k must be at least 1")
