@@ -642,12 +642,31 @@ def load_preset(name: str) -> dict[str, Any]:
 
 
 def format_validation_error(err: ValidationError) -> str:
-    """One line per problem, 'section.key: message'."""
+    """One line per problem, 'section.key: message', with the nearest known key for a misspelt one."""
     parts = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"]) or "config"
-        parts.append(f"{loc}: {e['msg']}")
+        hint = suggest_key(tuple(str(x) for x in e["loc"])) if e["type"] == "extra_forbidden" else ""
+        parts.append(f"{loc}: {e['msg']}{hint}")
     return "invalid config: " + "; ".join(parts)
+
+
+def suggest_key(loc: tuple[str, ...]) -> str:
+    """' (did you mean 'section.key'?)' for an unknown key at ``loc``, or '' when nothing is close."""
+    import difflib
+    import typing
+
+    model: Any = PipelineConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        if field is None:
+            return ""
+        candidates = (field.annotation, *typing.get_args(field.annotation))
+        model = next((a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return ""
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean '{'.'.join((*loc[:-1], close[0]))}'?)" if close else ""
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:

@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         args.clients, args.requests = 2, 20
     out = Path(args.out)
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    mach = machine()
+    mach, code = machine(), commit()  # at the start: the code the whole run measures
     pipeline = None
     run_dir = Path(args.run_dir) if args.run_dir else out / "run"
     if not args.run_dir:
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `{cmd.strip()}`  ",
         f"Machine: {mach}  ",
-        f"Commit: {commit()}; started {started}  ",
+        f"Commit: {code}; started {started}  ",
         f"Load: {args.clients} concurrent clients (threads, keep-alive httpx) x {args.requests} requests per kind, k=10, "
         f"loopback; index {s.infos['index_string']} of {s.index.ntotal} {s.dim}-d codes; service start-up {startup_s:.1f} s",
         "",

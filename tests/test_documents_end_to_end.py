@@ -170,3 +170,42 @@ def test_newsgroups_benchmark_tiny(tmp_path):
     assert rows[0]["p10"] > 0.9  # the topics are separable by their words
     md = (out / "results.md").read_text()
     assert "| LSA | 4 |" in md and "Machine:" in md and (out / "topics-4.txt").is_file()
+
+
+def test_report_contact_sheet_and_service_of_a_document_run(doc_run, tmp_path):
+    """#14 on documents: the report shows topics (no image grids), the contact sheet snippets, and the
+    service answers text queries (thumbnails are a 400: documents have none)."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from aepipe.index.search import Searcher
+    from aepipe.report.contact import write_contact_sheet
+    from aepipe.report.html import write_html_report
+    from aepipe.serve.app import create_app
+    from aepipe.serve.service import SearchService
+
+    cfg, _ = doc_run
+    write_html_report(cfg.run_dir, tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    sections = set(re.findall(r'<section id="(\w+)">', page))
+    assert {"topics", "map", "index", "curves"} <= sections and not {"recon", "clusters"} & sections
+    assert "orbit" in page.split('<section id="topics">')[1] or "hockey" in page.split('<section id="topics">')[1]
+
+    results = Searcher(cfg.run_dir).search_texts(["rocket orbit launch"], k=4)
+    write_contact_sheet(cfg.run_dir, results, tmp_path / "s.html")
+    sheet = (tmp_path / "s.html").read_text()
+    assert sheet.count('class="doc"') == 4 and "<img" not in sheet and "[space]" in sheet
+
+    with TestClient(create_app(SearchService(cfg.run_dir)), raise_server_exceptions=False) as client:
+        assert client.get("/api/info").json()["kind"] == "documents"
+        body = client.post("/api/search/text", json={"texts": ["rocket orbit launch"], "k": 4}).json()
+        assert [h["id"] for h in body["results"][0]["hits"]] == [h.id for h in results[0]]
+        assert all(h["snippet"] for h in body["results"][0]["hits"])
+        r = client.post("/api/search/text", json={"texts": ["zzzz qqqq"]})
+        assert r.status_code == 400 and "vocabulary" in r.json()["error"]
+        hit = results[0][0].id
+        assert client.get(f"/api/items/{hit}/thumbnail.png").status_code == 400
+        assert client.get(f"/api/items/{hit}").json()["snippet"]
+        r = client.post("/api/search/images", files=[("files", ("x.png", b"abc", "image/png"))])
+        assert r.status_code == 400 and "documents" in r.json()["error"]

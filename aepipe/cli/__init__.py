@@ -28,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
+    for p in sub.choices.values():
+        # global flags also after the subcommand (`aepipe search ... -v`); SUPPRESS keeps an earlier -v
+        p.add_argument(
+            "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output (-vv for debug)"
+        )
+        p.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the examples' line breaks
     return parser
 
 
@@ -42,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "format", None) is None and args.command == "search":
         args.format = "table" if sys.stdout.isatty() else "json"
-    if getattr(args, "format", None) is None and args.command == "topics":
-        args.format = "text" if sys.stdout.isatty() else "json"
+    if getattr(args, "format", None) is None and args.command in ("topics", "eval", "info"):
+        args.format = "table" if sys.stdout.isatty() else "json"
     if getattr(args, "k", 1) < 1:
         parser.error("-k must be at least 1")
     if args.command == "serve":  # flow-run logs at INFO in the Prefect UI, whatever the terminal

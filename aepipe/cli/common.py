@@ -12,7 +12,8 @@ from aepipe.config import PipelineConfig, load_config
 from aepipe.layout import RunLayout
 
 
-def add_config_args(p: argparse.ArgumentParser) -> None:
+def add_config_args(p: argparse.ArgumentParser, corpus: bool = True) -> None:
+    """-c, --run-dir, --set, and --corpus for the commands that read the corpus."""
     p.add_argument(
         "-c",
         "--config",
@@ -20,7 +21,10 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
         "evaluation, drift; see data/example.yaml)",
     )
     p.add_argument("--run-dir", help="run directory (overrides run_dir)")
-    p.add_argument("--corpus", help="corpus source: folder, .parquet, .npy/.npz or 'digits' (overrides corpus.source)")
+    if corpus:
+        p.add_argument(
+            "--corpus", help="corpus source: folder, .parquet, .npy/.npz or 'digits' (overrides corpus.source)"
+        )
     p.add_argument(
         "-s",
         "--set",

@@ -31,18 +31,41 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from aepipe.info import describe
+    from aepipe.info import describe, summarize
 
-    print(json.dumps(describe(Path(args.path)), indent=2, default=str))
+    info = describe(Path(args.path))
+    if args.format == "json":
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        rows = summarize(info)
+        width = max(len(k) for k, _ in rows)
+        print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
     return 0
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("config", help="print the resolved config (or a named preset) as YAML")
+    p = sub.add_parser(
+        "config",
+        help="print the resolved config (or a named preset) as YAML",
+        description="Print the config a command would use: the file, the run directory's saved config.yaml "
+        "and --set overrides, resolved and validated, as YAML.",
+        epilog="example:\n  aepipe config show --run-dir runs/photos --set model.code_size=16",
+    )
     p.add_argument("action", choices=["show"], help="show: print it")
     add_config_args(p)
     p.add_argument("--preset", choices=["images", "documents"], help="print this preset's defaults instead")
     p.set_defaults(func=_cmd_config)
-    p = sub.add_parser("info", help="describe a run directory, model, store or index")
-    p.add_argument("path")
+    p = sub.add_parser(
+        "info",
+        help="describe a run directory, model, store or index",
+        description="Describe a run directory, model, store or index as JSON.",
+        epilog="example:\n  aepipe info runs/photos --format json",
+    )
+    p.add_argument("path", help="run directory, model directory, store or index")
+    p.add_argument(
+        "--format",
+        choices=["table", "json"],
+        default=None,
+        help="table: a few lines; json: everything; default: table on a terminal, else json",
+    )
     p.set_defaults(func=_cmd_info)

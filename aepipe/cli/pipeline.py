@@ -117,12 +117,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("run", help="all stages through the Prefect pipeline flow")
+    p = sub.add_parser(
+        "run",
+        help="all stages through the Prefect pipeline flow",
+        description="Train, encode, index and cluster through the Prefect pipeline flow (a temporary local "
+        "server unless PREFECT_API_URL is set); writes RUN/report.json and RUN/report.html.",
+        epilog="example:\n  aepipe run --corpus path/to/images --run-dir runs/photos --set model.code_size=32",
+    )
     add_config_args(p)
     p.add_argument("--no-prefect", action="store_true", help="call the stage functions directly")
     add_wait_arg(p)
     p.set_defaults(func=_cmd_run)
-    p = sub.add_parser("demo", help="the pipeline on scikit-learn's bundled digits (no download)")
+    p = sub.add_parser(
+        "demo",
+        help="the pipeline on scikit-learn's bundled digits (no download)",
+        description="Run the whole pipeline on scikit-learn's bundled digits (or --documents: Python's "
+        "docstrings) and print a short report; everything goes under --out.",
+        epilog="example:\n  aepipe demo --out /tmp/aepipe-demo --no-prefect",
+    )
     p.add_argument("--out", default="aepipe-demo", help="output directory (default: ./aepipe-demo)")
     p.add_argument("-c", "--config", help=argparse.SUPPRESS)
     p.add_argument("-s", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
@@ -134,7 +146,13 @@ def register(sub: Any) -> None:
     )
     add_wait_arg(p)
     p.set_defaults(func=_cmd_demo)
-    p = sub.add_parser("serve", help="serve the flows as scheduled Prefect deployments (no work pool)")
+    p = sub.add_parser(
+        "serve",
+        help="serve the flows as scheduled Prefect deployments (no work pool)",
+        description="Register a deployment per flow with the config as parameter and run the scheduled and "
+        "triggered runs until stopped (for the search service, see serve-search).",
+        epilog="example:\n  aepipe serve -c nightly.yaml --cron 'pipeline=0 2 * * *'",
+    )
     add_config_args(p)
     p.add_argument("--name", default="default", help="deployment name: runs are <flow>/NAME (default: default)")
     p.add_argument(

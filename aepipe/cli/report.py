@@ -21,7 +21,7 @@ def register(sub: Any) -> None:
         help="write RUN/report.html: training curves, reconstructions, clusters, code map, index tuning",
         description="Write the run's visual report: one self-contained HTML page (images embedded) made "
         "from the run directory's artifacts. Prints {path, bytes, seconds} as JSON.",
-        epilog="example: aepipe report runs/photos && xdg-open runs/photos/report.html",
+        epilog="example:\n  aepipe report runs/photos   # then open runs/photos/report.html",
     )
     p.add_argument("run_dir", metavar="RUN", help="run directory")
     p.add_argument("-o", "--output", help="write the page here instead of RUN/report.html")

@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
         description="Load the run's model, store and index once and answer queries over HTTP: "
         "POST /api/search/{images,text,ids,vectors}, GET /api/items/ID[/thumbnail.png], /api/info, "
         "/api/health, and a web page at /. A rebuilt or updated index is picked up without a restart.",
-        epilog="example: aepipe serve-search --run-dir runs/photos --port 8000   # then open http://127.0.0.1:8000/",
+        epilog="example:\n  aepipe serve-search --run-dir runs/photos --port 8000   # then open http://127.0.0.1:8000/",
     )
     p.add_argument("--run-dir", default="runs/default", help="run directory with an index (default: runs/default)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")

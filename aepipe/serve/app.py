@@ -127,7 +127,7 @@ def create_app(service: SearchService) -> FastAPI:
     return app
 
 
-def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, workers_threads: int | None = None) -> None:
+def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the service until Ctrl-C (uvicorn shuts down cleanly on SIGINT/SIGTERM)."""
     import uvicorn
 
