@@ -313,6 +313,12 @@ class KnnTargetConfig(_Section):
 
 class TrainingConfig(_Section):
     max_epochs: int = Field(60, ge=1)
+    min_steps: int | None = Field(
+        None,
+        ge=1,
+        description="small corpora: raise max_epochs so that training runs at least this many optimizer "
+        "steps (300 items at batch 128 are 3 steps an epoch)",
+    )
     max_steps: int | None = Field(
         None,
         ge=1,

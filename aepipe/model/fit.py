@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from aepipe.config import CorpusConfig, FeaturesConfig, PipelineConfig, TransferConfig
+from aepipe.config import CorpusConfig, FeaturesConfig, PipelineConfig, TrainingConfig, TransferConfig
 from aepipe.corpus import Quarantine, open_corpus
 from aepipe.errors import ConfigError, CorpusError
 from aepipe.features import Preprocessor, TextPreprocessor
@@ -240,7 +241,7 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
             num_nodes=tc.num_nodes,
             strategy=tc.strategy,
             precision=device.precision,  # type: ignore[arg-type]  # Lightning validates it
-            max_epochs=tc.max_epochs,
+            max_epochs=epochs_for(tc, len(split["train"])),
             max_steps=tc.max_steps or -1,
             max_time=timedelta(minutes=tc.max_time_minutes) if tc.max_time_minutes else None,
             callbacks=callbacks,
@@ -280,6 +281,7 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
         loss=loss,
         epochs=int(trainer.current_epoch),
         steps=int(trainer.global_step),
+        max_epochs=int(trainer.max_epochs or 0),
         best_val_loss=float(checkpoint.best_model_score or np.nan),
         n_train=len(split["train"]),
         n_val=len(split["val"]),
@@ -300,6 +302,24 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     return TrainResult(
         str(layout.model.root), model_id, metrics, len(data.ids), len(quarantine), time.perf_counter() - t0
     )
+
+
+def epochs_for(tc: TrainingConfig, n_train: int) -> int:
+    """``training.max_epochs``, raised for small corpora until ``training.min_steps`` optimizer
+    steps fit (one process; DDP splits the steps of an epoch over its ranks)."""
+    if not tc.min_steps:
+        return tc.max_epochs
+    steps_per_epoch = max(math.ceil(n_train / tc.batch_size), 1)
+    epochs = max(tc.max_epochs, math.ceil(tc.min_steps / steps_per_epoch))
+    if epochs > tc.max_epochs:
+        log.info(
+            "%d training items are %d steps an epoch: up to %d epochs for training.min_steps=%d",
+            n_train,
+            steps_per_epoch,
+            epochs,
+            tc.min_steps,
+        )
+    return epochs
 
 
 def _rows(a: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:

@@ -48,3 +48,13 @@ def test_max_steps_bounds_training_and_widths_are_saved(tmp_path):
     files.info.write_text(json.dumps(info))
     with pytest.raises(Exception, match="do not match"):
         load_model(files.root)  # 512 != 256: the old rule cannot rebuild this one, and says so
+
+
+def test_min_steps_raises_the_epochs_of_small_corpora_only():
+    from aepipe.config import TrainingConfig
+    from aepipe.model.fit import epochs_for
+
+    tc = TrainingConfig(max_epochs=60, min_steps=1500, batch_size=128)
+    assert epochs_for(tc, 300) == 500  # 3 steps an epoch
+    assert epochs_for(tc, 60_000) == 60  # 469 steps an epoch: the epoch limit binds
+    assert epochs_for(TrainingConfig(max_epochs=60, min_steps=None), 300) == 60
