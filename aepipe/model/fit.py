@@ -157,6 +157,13 @@ def training_target(
     document's word distribution; with ``training.knn_target`` the average of an item's target and
     the mean target of its k nearest training items (cosine on the inputs)."""
     knn = cfg.training.knn_target
+    if knn is not None and len(train_idx) > knn.max_items:
+        log.warning(
+            "training.knn_target skipped: %d training items > knn_target.max_items=%d (exact search is O(N^2))",
+            len(train_idx),
+            knn.max_items,
+        )
+        knn = None
     if loss != "softmax" and knn is None:
         return None
     target = prep.word_distribution(x) if loss == "softmax" and isinstance(prep, TextPreprocessor) else x.copy()
