@@ -250,6 +250,9 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
             precision=device.precision,  # type: ignore[arg-type]  # Lightning validates it
             max_epochs=epochs_for(tc, len(split["train"])),
             max_steps=tc.max_steps or -1,
+            # Early stopping counts patience in epochs: at 3 steps an epoch (a 400-image folder) it
+            # stopped a run at a third of the steps the image preset asks for. No stop before min_steps.
+            min_steps=tc.min_steps,
             max_time=timedelta(minutes=tc.max_time_minutes) if tc.max_time_minutes else None,
             callbacks=callbacks,
             logger=CSVLogger(save_dir=files.logs, name="", version=""),

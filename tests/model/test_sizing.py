@@ -49,3 +49,22 @@ def test_min_steps_raises_the_epochs_of_small_corpora_only():
     assert epochs_for(tc, 300) == 500  # 3 steps an epoch
     assert epochs_for(tc, 60_000) == 60  # 469 steps an epoch: the epoch limit binds
     assert epochs_for(TrainingConfig(max_epochs=60, min_steps=None), 300) == 60
+
+
+def test_early_stopping_waits_for_min_steps(tmp_path):
+    from tests.conftest import QUICK_OVERRIDES
+
+    cfg = build_config(
+        overrides=[
+            *QUICK_OVERRIDES,
+            "corpus.source=digits",
+            "corpus.limit=200",
+            "training.batch_size=16",  # 10 steps an epoch
+            "training.max_epochs=1",
+            "training.min_steps=45",
+            "training.early_stopping_patience=1",
+            "training.lr=1e-12",  # no progress at all: patience 1 would stop after the second epoch (20 steps)
+            f"run_dir={tmp_path / 'run'}",
+        ]
+    )
+    assert train_model(cfg).metrics["steps"] >= 45
