@@ -222,8 +222,7 @@ class ModelConfig(_Section):
     nodes_per_layer: int | list[int] | None = Field(
         None,
         description="hidden widths (dense) or channels (conv) of the encoder; the decoder mirrors them. "
-        "Default (dense): 4x the input dimension rounded up to a power of two, between 64 and 512, then "
-        "halving (e.g. 256, 128, 64 for 8x8 inputs; 512, 256, 128 for 28x28); conv: 32, 64, 128...",
+        "Default: 512, 256, 128... (dense) or 32, 64, 128... (conv)",
     )
     loss: Literal["auto", "mse", "bce", "softmax"] = Field(
         "auto",
@@ -301,17 +300,16 @@ class ModelConfig(_Section):
         return out
 
     def widths(self, input_dim: int | None = None) -> list[int]:
-        """Encoder widths (dense) or channels (conv), outermost first. Dense default: the first
-        layer 4x the input dimension rounded up to a power of two, between 64 and 512, then halving
-        (digits' 64 inputs: 256-128-64; 784 or more: 512-256-128). Without ``input_dim`` (models
-        saved before widths followed the input): 512-256-128."""
+        """Encoder widths (dense) or channels (conv), outermost first. Dense default: 512, then
+        halving, for any ``input_dim`` (measured, see below)."""
         if isinstance(self.nodes_per_layer, list):
             return list(self.nodes_per_layer)
         if isinstance(self.nodes_per_layer, int):
             return [self.nodes_per_layer] * self.n_layers
         if self.architecture == "dense":
-            first = 512 if input_dim is None else min(max(4 << max(input_dim - 1, 0).bit_length(), 64), 512)
-            return [max(first >> i, 32) for i in range(self.n_layers)]
+            # 512 first whatever the input: narrower layers for small inputs (256-128-64 for 8x8) lost
+            # on validation in benchmarks/RESULTS-sweep.md; ``input_dim`` is kept for the saved widths.
+            return [max(512 >> i, 32) for i in range(self.n_layers)]
         return [min(32 << i, 256) for i in range(self.n_layers)]
 
 
@@ -322,6 +320,12 @@ class KnnTargetConfig(_Section):
     only and no labels; exact search, O(N^2 * dim) once before training."""
 
     k: int = Field(20, ge=1)
+    max_items: int = Field(
+        100_000,
+        ge=1,
+        description="exact neighbour search costs O(N^2 * dim): with more training items the plain "
+        "target is used, with a warning",
+    )
 
 
 class NoiseConfig(_Section):
@@ -376,6 +380,12 @@ class TrainingConfig(_Section):
     noise: list[NoiseConfig] = Field([NoiseConfig()], min_length=1, description="task denoise: the corruptions")
     watermark: WatermarkConfig = WatermarkConfig()
     max_epochs: int = Field(60, ge=1)
+    min_steps: int | None = Field(
+        None,
+        ge=1,
+        description="small corpora: raise max_epochs so that training runs at least this many optimizer "
+        "steps (300 items at batch 128 are 3 steps an epoch)",
+    )
     max_steps: int | None = Field(
         None,
         ge=1,
@@ -607,6 +617,9 @@ class PipelineConfig(_Section):
             preset.get("model", {}).pop("nodes_per_layer", None)
         if model.get("architecture") == "conv":
             preset.get("model", {}).pop("decoder", None)
+        training: dict[str, Any] = data["training"] if isinstance(data.get("training"), dict) else {}
+        if "max_epochs" in training or "max_steps" in training:  # the user sized training: no floor under it
+            preset.get("training", {}).pop("min_steps", None)
         return _merge(preset, data)
 
     @model_validator(mode="after")

@@ -256,3 +256,12 @@ def test_run_logs_progress_but_no_third_party_lines(tmp_path):
         ln for ln in lines if any(s in ln for s in ("httpx", "HTTP Request", "faiss.loader", "prefect", "Prefect"))
     ]
     assert not noisy, noisy
+
+
+def test_the_demos_run_the_defaults():
+    """No hidden recipe: the demos set only the corpus and (documents) the code size."""
+    from aepipe.cli.pipeline import DEMO_OVERRIDES, DOC_DEMO_OVERRIDES
+
+    for overrides in (DEMO_OVERRIDES, DOC_DEMO_OVERRIDES):
+        keys = [o.split("=")[0] for o in overrides]
+        assert all(k.startswith("corpus.") or k == "model.code_size" for k in keys), keys

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from aepipe.config import CorpusConfig, FeaturesConfig, PipelineConfig, TransferConfig
+from aepipe.config import CorpusConfig, FeaturesConfig, PipelineConfig, TrainingConfig, TransferConfig
 from aepipe.corpus import Quarantine, open_corpus
 from aepipe.errors import ConfigError, CorpusError
 from aepipe.features import Preprocessor, TextPreprocessor
@@ -180,6 +181,13 @@ def training_target(
     document's word distribution; with ``training.knn_target`` the average of an item's target and
     the mean target of its k nearest training items (cosine on the inputs)."""
     knn = cfg.training.knn_target
+    if knn is not None and len(train_idx) > knn.max_items:
+        log.warning(
+            "training.knn_target skipped: %d training items > knn_target.max_items=%d (exact search is O(N^2))",
+            len(train_idx),
+            knn.max_items,
+        )
+        knn = None
     if loss != "softmax" and knn is None:
         return None
     target = prep.word_distribution(x) if loss == "softmax" and isinstance(prep, TextPreprocessor) else x.copy()
@@ -298,8 +306,11 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
             num_nodes=tc.num_nodes,
             strategy=tc.strategy,
             precision=device.precision,  # type: ignore[arg-type]  # Lightning validates it
-            max_epochs=tc.max_epochs,
+            max_epochs=epochs_for(tc, len(split["train"])),
             max_steps=tc.max_steps or -1,
+            # Early stopping counts patience in epochs: at 3 steps an epoch (a 400-image folder) it
+            # stopped a run at a third of the steps the image preset asks for. No stop before min_steps.
+            min_steps=tc.min_steps,
             max_time=timedelta(minutes=tc.max_time_minutes) if tc.max_time_minutes else None,
             callbacks=callbacks,
             logger=CSVLogger(save_dir=files.logs, name="", version=""),
@@ -343,6 +354,7 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
         loss=loss,
         epochs=int(trainer.current_epoch),
         steps=int(trainer.global_step),
+        max_epochs=int(trainer.max_epochs or 0),
         best_val_loss=float(checkpoint.best_model_score or np.nan),
         n_train=len(split["train"]),
         n_val=len(split["val"]),
@@ -363,6 +375,24 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     return TrainResult(
         str(layout.model.root), model_id, metrics, len(data.ids), len(quarantine), time.perf_counter() - t0
     )
+
+
+def epochs_for(tc: TrainingConfig, n_train: int) -> int:
+    """``training.max_epochs``, raised for small corpora until ``training.min_steps`` optimizer
+    steps fit (one process; DDP splits the steps of an epoch over its ranks)."""
+    if not tc.min_steps:
+        return tc.max_epochs
+    steps_per_epoch = max(math.ceil(n_train / tc.batch_size), 1)
+    epochs = max(tc.max_epochs, math.ceil(tc.min_steps / steps_per_epoch))
+    if epochs > tc.max_epochs:
+        log.info(
+            "%d training items are %d steps an epoch: up to %d epochs for training.min_steps=%d",
+            n_train,
+            steps_per_epoch,
+            epochs,
+            tc.min_steps,
+        )
+    return epochs
 
 
 def _rows(a: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:

@@ -96,8 +96,12 @@ def loss_hints(
     """Concrete overrides that address the likely cause, most likely first."""
     tc, mc = cfg.training, cfg.model
     hints = []
-    if metrics.get("epochs", 0) + 1 >= tc.max_epochs:
-        hints.append(f"more steps: training.max_epochs={2 * tc.max_epochs} (it stopped at the limit, not early)")
+    if metrics.get("epochs", 0) + 1 >= metrics.get("max_epochs", tc.max_epochs):
+        steps = max(int(metrics.get("steps") or 0), tc.min_steps or 0)
+        hints.append(
+            f"more steps: training.min_steps={2 * steps} or training.max_epochs={2 * tc.max_epochs} "
+            "(it stopped at the limit, not early)"
+        )
     if n_parameters > 100 * max(metrics.get("n_train", 1), 1):
         hints.append(
             f"a smaller network: {n_parameters:,} parameters for {metrics.get('n_train')} training items; "

@@ -32,6 +32,7 @@ BASE = [
     "training.lr=0.005",
     "training.max_epochs=12",
     "training.early_stopping_patience=50",
+    "training.knn_target=null",  # each kind alone: the image preset's neighbour-smoothed targets would blur them
 ]
 
 KINDS = {

@@ -34,7 +34,7 @@ def test_losing_on_retrieval_alone_is_a_loss_with_a_retrieval_hint(caplog):
         v = baseline_verdict(cfg, _metrics(1.0, 2.0, epochs=9), "pca", retrieval, 400_000, (1, 64, 64))
     assert v["ae_beats_reconstruction"] and v["ae_beats_retrieval"] is False and not v["ae_beats_baseline"]
     text = " | ".join(v["hints"])
-    assert "training.max_epochs=20" in text  # stopped at the limit
+    assert "training.max_epochs=20" in text and "training.min_steps=" in text  # stopped at the limit
     assert "model.architecture=conv" in text  # 64x64 dense
     assert "smaller network" in text  # 400k parameters for 1000 items
     assert "training.knn_target" in text
