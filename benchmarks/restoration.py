@@ -27,6 +27,7 @@ import io
 import json
 import platform
 import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -290,201 +291,225 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     models: list[dict] = []
     pictures = out / "pictures"
     cols = np.arange(min(8, len(test)))  # the grids' fixed items: the first test images of the seeded subset
+    t_start = time.perf_counter()
+
+    def checkpoint(done: list[dict]) -> None:
+        """The table so far, after each task: a run stopped later keeps what it measured."""
+        write_results(out, done, markdown(done, models, args, command_line(args), time.perf_counter() - t_start))
 
     # ---- denoising
-    for name, kinds in (("denoise_gaussian", DENOISE[:3]), ("denoise_salt_pepper", DENOISE[3:])):
-        model, info = train(name, npy, out, args.minutes, args.tiny, args.channels)
-        models.append(info)
-        for setting, kind, level in kinds:
-            noisy_tune = add_noise(tune_x, kind, level, np.random.default_rng([args.seed, 1]))
-            noisy = add_noise(test, kind, level, np.random.default_rng([args.seed, 2]))
-            ae = reconstruct(model, noisy)
-            ae_p, ae_s = per_image_scores(ae, test)
-            p, s = per_image_scores(noisy, test)
-            rows.append(row("denoise", setting, "noisy input", len(test), p, s, ae_p))
-            pics = [noisy[cols], ae[cols]]
-            for method, (grid, fn) in classical_denoisers(kind, level).items():
-                n = n_slow if method in SLOW else len(test)
-                t0 = time.perf_counter()
-                best, tune_psnr = tune(
-                    fn,
-                    grid,
-                    noisy_tune[: args.tune_slow if method in SLOW else None],
-                    tune_x[: args.tune_slow if method in SLOW else None],
-                )
-                den = per_image(fn(best), noisy[:n])
-                p, s = per_image_scores(den, test[:n])
-                rows.append(
-                    row(
-                        "denoise",
-                        setting,
-                        method,
-                        n,
-                        p,
-                        s,
-                        ae_p,
-                        param=best,
-                        tune_psnr=round(tune_psnr, 3),
-                        seconds=round(time.perf_counter() - t0, 1),
+    if "denoise" in args.only:
+        for name, kinds in (("denoise_gaussian", DENOISE[:3]), ("denoise_salt_pepper", DENOISE[3:])):
+            model, info = train(name, npy, out, args.minutes, args.tiny, args.channels)
+            models.append(info)
+            for setting, kind, level in kinds:
+                noisy_tune = add_noise(tune_x, kind, level, np.random.default_rng([args.seed, 1]))
+                noisy = add_noise(test, kind, level, np.random.default_rng([args.seed, 2]))
+                ae = reconstruct(model, noisy)
+                ae_p, ae_s = per_image_scores(ae, test)
+                p, s = per_image_scores(noisy, test)
+                rows.append(row("denoise", setting, "noisy input", len(test), p, s, ae_p))
+                pics = [noisy[cols], ae[cols]]
+                for method, (grid, fn) in classical_denoisers(kind, level).items():
+                    n = n_slow if method in SLOW else len(test)
+                    t0 = time.perf_counter()
+                    best, tune_psnr = tune(
+                        fn,
+                        grid,
+                        noisy_tune[: args.tune_slow if method in SLOW else None],
+                        tune_x[: args.tune_slow if method in SLOW else None],
                     )
-                )
-                if method.startswith("non-local"):
-                    pics.append(den[cols])
-            if kind == "gaussian" and level in args.bm3d_sigmas:
-                import bm3d
-
-                t0 = time.perf_counter()
-                den = per_image(lambda im: bm3d.bm3d_rgb(im, sigma_psd=level / 255.0), noisy[:n_bm3d])  # noqa: B023 (called here)
-                p, s = per_image_scores(den, test[:n_bm3d])
-                rows.append(
-                    row(
-                        "denoise",
-                        setting,
-                        "BM3D (bm3d_rgb, true σ)",
-                        n_bm3d,
-                        p,
-                        s,
-                        ae_p,
-                        seconds=round(time.perf_counter() - t0, 1),
+                    den = per_image(fn(best), noisy[:n])
+                    p, s = per_image_scores(den, test[:n])
+                    rows.append(
+                        row(
+                            "denoise",
+                            setting,
+                            method,
+                            n,
+                            p,
+                            s,
+                            ae_p,
+                            param=best,
+                            tune_psnr=round(tune_psnr, 3),
+                            seconds=round(time.perf_counter() - t0, 1),
+                        )
                     )
-                )
-            rows.append(row("denoise", setting, "autoencoder (U-Net)", len(test), ae_p, ae_s, ae_p, model=name))
-            atomic_write_bytes(pictures / f"denoise_{kind}_{level:g}.png", grid_png([*pics, test[cols]], scale=2))
+                    if method.startswith("non-local"):
+                        pics.append(den[cols])
+                if kind == "gaussian" and level in args.bm3d_sigmas:
+                    import bm3d
 
+                    t0 = time.perf_counter()
+                    den = per_image(lambda im: bm3d.bm3d_rgb(im, sigma_psd=level / 255.0), noisy[:n_bm3d])  # noqa: B023 (called here)
+                    p, s = per_image_scores(den, test[:n_bm3d])
+                    rows.append(
+                        row(
+                            "denoise",
+                            setting,
+                            "BM3D (bm3d_rgb, true σ)",
+                            n_bm3d,
+                            p,
+                            s,
+                            ae_p,
+                            seconds=round(time.perf_counter() - t0, 1),
+                        )
+                    )
+                rows.append(row("denoise", setting, "autoencoder (U-Net)", len(test), ae_p, ae_s, ae_p, model=name))
+                atomic_write_bytes(pictures / f"denoise_{kind}_{level:g}.png", grid_png([*pics, test[cols]], scale=2))
+
+        checkpoint(rows)
     # ---- colorization
-    model, info = train("colorize", npy, out, args.minutes, args.tiny, args.channels)
-    models.append(info)
-    gray = grayscale(test)
-    ae = reconstruct(model, gray)
-    ae_p, ae_s = per_image_scores(ae, test)
-    transfer = colour_transfer(gray, fit_x)
-    for method, pred in (
-        ("grayscale as RGB", gray),
-        ("colour transfer from 8 nearest training images in luma", transfer),
-        ("autoencoder (U-Net)", ae),
-    ):
-        p, s = per_image_scores(pred, test)
+    if "colorize" in args.only:
+        model, info = train("colorize", npy, out, args.minutes, args.tiny, args.channels)
+        models.append(info)
+        gray = grayscale(test)
+        ae = reconstruct(model, gray)
+        ae_p, ae_s = per_image_scores(ae, test)
+        transfer = colour_transfer(gray, fit_x)
+        for method, pred in (
+            ("grayscale as RGB", gray),
+            ("colour transfer from 8 nearest training images in luma", transfer),
+            ("autoencoder (U-Net)", ae),
+        ):
+            p, s = per_image_scores(pred, test)
+            rows.append(
+                row(
+                    "colorize",
+                    "gray -> RGB",
+                    method,
+                    len(test),
+                    p,
+                    s,
+                    ae_p,
+                    colourfulness=round(float(colourfulness(pred).mean()), 2),
+                )
+            )
         rows.append(
             row(
                 "colorize",
                 "gray -> RGB",
-                method,
+                "(truth)",
+                len(test),
+                np.full(1, np.nan),
+                np.full(1, np.nan),
+                None,
+                colourfulness=round(float(colourfulness(test).mean()), 2),
+            )
+        )
+        atomic_write_bytes(
+            pictures / "colorize.png", grid_png([gray[cols], ae[cols], transfer[cols], test[cols]], scale=2)
+        )
+
+        checkpoint(rows)
+    # ---- watermark removal
+    if "watermark" in args.only:
+        model, info = train("remove_watermark", npy, out, args.minutes, args.tiny, args.channels)
+        models.append(info)
+        marked, masks = watermarked(test, WatermarkConfig(), np.random.default_rng([args.seed, 3]))
+        ae = reconstruct(model, marked)
+        ae_p, ae_s = per_image_scores(ae, test)
+        p, s = per_image_scores(marked, test)
+        rows.append(row("remove_watermark", "synthetic text/logo", "watermarked input", len(test), p, s, ae_p))
+        telea = inpaint(marked, masks, "telea")
+        p, s = per_image_scores(telea, test)
+        rows.append(
+            row(
+                "remove_watermark",
+                "synthetic text/logo",
+                "OpenCV Telea inpainting given the mask",
                 len(test),
                 p,
                 s,
                 ae_p,
-                colourfulness=round(float(colourfulness(pred).mean()), 2),
             )
         )
-    rows.append(
-        row(
-            "colorize",
-            "gray -> RGB",
-            "(truth)",
-            len(test),
-            np.full(1, np.nan),
-            np.full(1, np.nan),
-            None,
-            colourfulness=round(float(colourfulness(test).mean()), 2),
+        bih = inpaint(marked[:n_slow], masks[:n_slow], "biharmonic")
+        p, s = per_image_scores(bih, test[:n_slow])
+        rows.append(
+            row(
+                "remove_watermark",
+                "synthetic text/logo",
+                "biharmonic inpainting given the mask (scikit-image)",
+                n_slow,
+                p,
+                s,
+                ae_p,
+            )
         )
-    )
-    atomic_write_bytes(pictures / "colorize.png", grid_png([gray[cols], ae[cols], transfer[cols], test[cols]], scale=2))
-
-    # ---- watermark removal
-    model, info = train("remove_watermark", npy, out, args.minutes, args.tiny, args.channels)
-    models.append(info)
-    marked, masks = watermarked(test, WatermarkConfig(), np.random.default_rng([args.seed, 3]))
-    ae = reconstruct(model, marked)
-    ae_p, ae_s = per_image_scores(ae, test)
-    p, s = per_image_scores(marked, test)
-    rows.append(row("remove_watermark", "synthetic text/logo", "watermarked input", len(test), p, s, ae_p))
-    telea = inpaint(marked, masks, "telea")
-    p, s = per_image_scores(telea, test)
-    rows.append(
-        row("remove_watermark", "synthetic text/logo", "OpenCV Telea inpainting given the mask", len(test), p, s, ae_p)
-    )
-    bih = inpaint(marked[:n_slow], masks[:n_slow], "biharmonic")
-    p, s = per_image_scores(bih, test[:n_slow])
-    rows.append(
-        row(
-            "remove_watermark",
-            "synthetic text/logo",
-            "biharmonic inpainting given the mask (scikit-image)",
-            n_slow,
-            p,
-            s,
-            ae_p,
+        rows.append(
+            row("remove_watermark", "synthetic text/logo", "autoencoder (U-Net), blind", len(test), ae_p, ae_s, ae_p)
         )
-    )
-    rows.append(
-        row("remove_watermark", "synthetic text/logo", "autoencoder (U-Net), blind", len(test), ae_p, ae_s, ae_p)
-    )
-    atomic_write_bytes(
-        pictures / "remove_watermark.png", grid_png([marked[cols], ae[cols], telea[cols], test[cols]], scale=2)
-    )
+        atomic_write_bytes(
+            pictures / "remove_watermark.png", grid_png([marked[cols], ae[cols], telea[cols], test[cols]], scale=2)
+        )
 
+        checkpoint(rows)
     # ---- compression: rate-distortion
-    comp_rows = []
-    flat_fit = fit_x.reshape(len(fit_x), -1)
-    for name, code_size in (("compress_64", 64), ("compress_256", 256)):
-        model, info = train(name, npy, out, args.minutes, args.tiny, args.channels)
-        models.append(info)
-        from aepipe.codes.encode import codes_of
+    comp_rows: list[dict] = []
+    if "compress" in args.only:
+        comp_rows = []
+        flat_fit = fit_x.reshape(len(fit_x), -1)
+        for name, code_size in (("compress_64", 64), ("compress_256", 256)):
+            model, info = train(name, npy, out, args.minutes, args.tiny, args.channels)
+            models.append(info)
+            from aepipe.codes.encode import codes_of
 
-        codes = codes_of(model, test)
-        pca = fit_pca(fit_x, code_size, args.seed)
-        pca_codes = pca.transform(test.reshape(len(test), -1)).astype(np.float32)
-        for dtype in ("float16", "int8"):
-            # int8 scales from the training codes (a decoder ships them once), applied to the test codes
-            q_ref = quantise(codes_of(model, fit_x[:2000]), dtype)
-            ae_q = _requantise(codes, q_ref)
-            rec = decode_codes(model, ae_q)
-            p, s = per_image_scores(rec, test)
-            nbytes = code_size * (2 if dtype == "float16" else 1)
-            comp_rows.append(
-                {
-                    "method": f"AE code {code_size}, {dtype}",
-                    "bytes_no_headers": nbytes,
-                    "bytes_with_headers": nbytes,
-                    "psnr": round(float(p.mean()), 3),
-                    "ssim": round(float(s.mean()), 4),
-                    "misses": 0,
-                    "n": len(test),
-                }
-            )
-            pq_ref = quantise(pca.transform(flat_fit[:2000]).astype(np.float32), dtype)
-            rec = (
-                np.clip(pca.inverse_transform(_requantise(pca_codes, pq_ref)), 0, 1)
-                .reshape(test.shape)
-                .astype(np.float32)
-            )
-            p, s = per_image_scores(rec, test)
-            comp_rows.append(
-                {
-                    "method": f"PCA {code_size}, {dtype}",
-                    "bytes_no_headers": nbytes,
-                    "bytes_with_headers": nbytes,
-                    "psnr": round(float(p.mean()), 3),
-                    "ssim": round(float(s.mean()), 4),
-                    "misses": 0,
-                    "n": len(test),
-                }
-            )
-            for fmt in ("JPEG", "WEBP"):
-                for headers in (False, True):
-                    dec, mean_bytes, misses = codec_at(test, fmt, nbytes, headers)
-                    p, s = per_image_scores(dec, test)
-                    key = "bytes_with_headers" if headers else "bytes_no_headers"
-                    comp_rows.append(
-                        {
-                            "method": f"{fmt} ≤ {nbytes} B {'with' if headers else 'without'} headers",
-                            key: round(mean_bytes, 1),
-                            "psnr": round(float(p.mean()), 3),
-                            "ssim": round(float(s.mean()), 4),
-                            "misses": misses,
-                            "n": len(test),
-                        }
-                    )
+            codes = codes_of(model, test)
+            pca = fit_pca(fit_x, code_size, args.seed)
+            pca_codes = pca.transform(test.reshape(len(test), -1)).astype(np.float32)
+            for dtype in ("float16", "int8"):
+                # int8 scales from the training codes (a decoder ships them once), applied to the test codes
+                q_ref = quantise(codes_of(model, fit_x[:2000]), dtype)
+                ae_q = _requantise(codes, q_ref)
+                rec = decode_codes(model, ae_q)
+                p, s = per_image_scores(rec, test)
+                nbytes = code_size * (2 if dtype == "float16" else 1)
+                comp_rows.append(
+                    {
+                        "method": f"AE code {code_size}, {dtype}",
+                        "bytes_no_headers": nbytes,
+                        "bytes_with_headers": nbytes,
+                        "psnr": round(float(p.mean()), 3),
+                        "ssim": round(float(s.mean()), 4),
+                        "misses": 0,
+                        "n": len(test),
+                    }
+                )
+                pq_ref = quantise(pca.transform(flat_fit[:2000]).astype(np.float32), dtype)
+                rec = (
+                    np.clip(pca.inverse_transform(_requantise(pca_codes, pq_ref)), 0, 1)
+                    .reshape(test.shape)
+                    .astype(np.float32)
+                )
+                p, s = per_image_scores(rec, test)
+                comp_rows.append(
+                    {
+                        "method": f"PCA {code_size}, {dtype}",
+                        "bytes_no_headers": nbytes,
+                        "bytes_with_headers": nbytes,
+                        "psnr": round(float(p.mean()), 3),
+                        "ssim": round(float(s.mean()), 4),
+                        "misses": 0,
+                        "n": len(test),
+                    }
+                )
+                for fmt in ("JPEG", "WEBP"):
+                    for headers in (False, True):
+                        dec, mean_bytes, misses = codec_at(test, fmt, nbytes, headers)
+                        p, s = per_image_scores(dec, test)
+                        key = "bytes_with_headers" if headers else "bytes_no_headers"
+                        comp_rows.append(
+                            {
+                                "method": f"{fmt} ≤ {nbytes} B {'with' if headers else 'without'} headers",
+                                key: round(mean_bytes, 1),
+                                "psnr": round(float(p.mean()), 3),
+                                "ssim": round(float(s.mean()), 4),
+                                "misses": misses,
+                                "n": len(test),
+                            }
+                        )
+        checkpoint(rows + [{"task": "compress", **r} for r in comp_rows])
     return rows + [{"task": "compress", **r} for r in comp_rows], models
 
 
@@ -551,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--channels", default="24, 48, 96", help="conv channels of every model's 3 encoder layers")
+    p.add_argument("--only", default="denoise,colorize,watermark,compress", help="comma-separated sections")
     p.add_argument("--tiny", action="store_true", help="synthetic images, tiny models (CI)")
     args = p.parse_args(argv)
     if args.tiny:
@@ -558,13 +584,15 @@ def main(argv: list[str] | None = None) -> int:
         args.channels = "8, 16, 32"
     torch.set_num_threads(args.threads)
     setup_logging(0)
-    t0 = time.perf_counter()
+    args.argv = list(argv if argv is not None else sys.argv[1:])
+    args.only = set(args.only.split(","))
     rows, models = run(args)
-    command = "python -m benchmarks.restoration " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
-    table = markdown(rows, models, args, command, time.perf_counter() - t0)
-    write_results(args.out, rows, table)
     (Path(args.out) / "models.json").write_text(json.dumps(models, indent=2))
     return 0
+
+
+def command_line(args: argparse.Namespace) -> str:
+    return "python -m benchmarks.restoration " + " ".join(args.argv)
 
 
 if __name__ == "__main__":
