@@ -221,54 +221,80 @@ def calibrate(store: Any, names: list[str], cfg: IndexConfig) -> list[dict[str, 
     k = 10
     _, truth = faiss.knn(queries, sample, k, metric=METRICS[cfg.metric])
     excluded = np.full((len(queries), k), -1, np.int64)  # new queries: nothing to set aside
-    out = []
-    for name in names:
-        small = at_nlist(name, ivf_nlist(s)) if nlist_of(name) else name
-        index = faiss.index_factory(sample.shape[1], small, METRICS[cfg.metric])
-        t = time.perf_counter()
-        if not index.is_trained:
-            index.train(sample[rng.permutation(s)[: training_size(index, s)]])
-        train_s = time.perf_counter() - t
-        t = time.perf_counter()
-        index.add(sample)
-        add_s = time.perf_counter() - t
-        params, recall, latency, _ = tune_search(index, queries, excluded, truth, k, cfg.recall_target)
-        quantizer_ms = 0.0
-        ivf = ivf_of(index)
-        if ivf is not None:  # the coarse quantizer's share of the query time scales apart from the scan
-            set_search_params(index, params)
-            quantizer_ms = best_of(2, ivf.quantizer.search, queries, ivf.nprobe) * 1000 / len(queries)
-        sample_costs = {
-            "items": s,
-            "index_string": small,
-            "params": params,
-            "recall_at_10": recall,
-            "train_s": round(train_s, 4),
-            "add_s": round(add_s, 4),
-            "latency_ms_per_query": latency,
-            "quantizer_ms_per_query": round(quantizer_ms, 5),
-        }
-        full_train = training_size(faiss.index_factory(sample.shape[1], name, METRICS[cfg.metric]), n)
-        build_s, query_ms = extrapolate(name, n, sample_costs, full_train)
-        out.append(
-            {
-                "index_string": name,
-                "estimated_build_s": round(build_s, 3),
-                "estimated_query_ms": round(query_ms, 5),
-                "estimated_cost_s": round(build_s + cfg.queries_per_build * query_ms / 1000, 3),
-                "sample": sample_costs,
-            }
-        )
-        log.info(
-            "calibration %s on %d vectors: recall@10 %.3f at %s; estimated build %.1f s, %.4f ms/query",
-            name,
-            s,
-            recall,
-            params,
-            build_s,
-            query_ms,
-        )
-    return out
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # see calibrate_one
+    try:
+        return [calibrate_one(name, n, sample, queries, truth, excluded, rng, cfg, threads) for name in names]
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def sample_nlist(s: int) -> int:
+    """IVF lists for a sample of ``s`` vectors: a power of two, as ivf_nlist, with >= 39 points per list."""
+    return 2 ** int(math.log2(max(ivf_nlist(s), 1)))
+
+
+def calibrate_one(
+    name: str,
+    n: int,
+    sample: np.ndarray,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    excluded: np.ndarray,
+    rng: np.random.Generator,
+    cfg: IndexConfig,
+    threads: int,
+) -> dict[str, Any]:
+    """One candidate built and tuned on the sample with ONE thread: a sample's many short parallel
+    regions (a k-means iteration, a batch of 256 queries) measure OpenMP's synchronisation rather
+    than the work, worst on a busy machine, and the extrapolation multiplies that error by up to
+    ~100x. Estimates are then divided by ``threads`` (the build's and the searches' threads)."""
+    s, k = len(sample), truth.shape[1]
+    small = at_nlist(name, sample_nlist(s)) if nlist_of(name) else name
+    index = faiss.index_factory(sample.shape[1], small, METRICS[cfg.metric])
+    t = time.perf_counter()
+    if not index.is_trained:
+        index.train(sample[rng.permutation(s)[: training_size(index, s)]])
+    train_s = time.perf_counter() - t
+    t = time.perf_counter()
+    index.add(sample)
+    add_s = time.perf_counter() - t
+    params, recall, latency, _ = tune_search(index, queries, excluded, truth, k, cfg.recall_target)
+    quantizer_ms = 0.0
+    ivf = ivf_of(index)
+    if ivf is not None:  # the coarse quantizer's share of the query time scales apart from the scan
+        set_search_params(index, params)
+        quantizer_ms = best_of(2, ivf.quantizer.search, queries, ivf.nprobe) * 1000 / len(queries)
+    sample_costs = {
+        "items": s,
+        "index_string": small,
+        "params": params,
+        "recall_at_10": recall,
+        "train_s": round(train_s, 4),
+        "add_s": round(add_s, 4),
+        "latency_ms_per_query": latency,
+        "quantizer_ms_per_query": round(quantizer_ms, 5),
+    }
+    full_train = training_size(faiss.index_factory(sample.shape[1], name, METRICS[cfg.metric]), n)
+    build_s, query_ms = (v / max(threads, 1) for v in extrapolate(name, n, sample_costs, full_train))
+    log.info(
+        "calibration %s on %d vectors (1 thread): recall@10 %.3f at %s; estimated with %d threads: build %.1f s, "
+        "%.4f ms/query",
+        name,
+        s,
+        recall,
+        params,
+        threads,
+        build_s,
+        query_ms,
+    )
+    return {
+        "index_string": name,
+        "estimated_build_s": round(build_s, 3),
+        "estimated_query_ms": round(query_ms, 5),
+        "estimated_cost_s": round(build_s + cfg.queries_per_build * query_ms / 1000, 3),
+        "sample": {**sample_costs, "threads": 1},
+    }
 
 
 def extrapolate(name: str, n: int, sample: dict[str, Any], n_train: int) -> tuple[float, float]:
