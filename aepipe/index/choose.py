@@ -222,11 +222,34 @@ def calibrate(store: Any, names: list[str], cfg: IndexConfig) -> list[dict[str, 
     _, truth = faiss.knn(queries, sample, k, metric=METRICS[cfg.metric])
     excluded = np.full((len(queries), k), -1, np.int64)  # new queries: nothing to set aside
     threads = faiss.omp_get_max_threads()
+    coarse = coarse_training_cost(store, names, sample.shape[1], rng, cfg)
     faiss.omp_set_num_threads(1)  # see calibrate_one
     try:
-        return [calibrate_one(name, n, sample, queries, truth, excluded, rng, cfg, threads) for name in names]
+        out = [calibrate_one(name, n, sample, queries, truth, excluded, rng, cfg, threads, coarse) for name in names]
     finally:
         faiss.omp_set_num_threads(threads)
+    return out
+
+
+def coarse_training_cost(
+    store: Any, names: list[str], dim: int, rng: np.random.Generator, cfg: IndexConfig
+) -> dict[int, tuple[int, float]]:
+    """For each IVF list count among ``names``: seconds of faiss's k-means (the IVF coarse
+    training, 10 iterations) at that FULL number of lists on its minimum of 39 points per list,
+    with the build's threads. Training cost is linear in points at a fixed number of lists, so the
+    full training (up to 256 points per list) extrapolates by a few times only, where scaling a
+    sample's few hundred lists up to thousands would multiply the measurement by hundreds."""
+    out: dict[int, tuple[int, float]] = {}
+    for nlist in sorted({nl for nl in (nlist_of(name) for name in names) if nl}):
+        m = min(store.n_items, MIN_POINTS_PER_CENTROID * nlist)
+        (x,) = store.gather([np.sort(rng.choice(store.n_items, m, replace=False))])
+        x = normalize(x, cfg.metric)
+        km = faiss.Kmeans(dim, nlist, niter=10, seed=cfg.seed, verbose=False)
+        km.cp.min_points_per_centroid = 1  # no warning: 39 per list is the point
+        t = time.perf_counter()
+        km.train(x)
+        out[nlist] = (m, time.perf_counter() - t)
+    return out
 
 
 def sample_nlist(s: int) -> int:
@@ -244,6 +267,7 @@ def calibrate_one(
     rng: np.random.Generator,
     cfg: IndexConfig,
     threads: int,
+    coarse: dict[int, tuple[int, float]],
 ) -> dict[str, Any]:
     """One candidate built and tuned on the sample with ONE thread: a sample's many short parallel
     regions (a k-means iteration, a batch of 256 queries) measure OpenMP's synchronisation rather
@@ -276,7 +300,11 @@ def calibrate_one(
         "quantizer_ms_per_query": round(quantizer_ms, 5),
     }
     full_train = training_size(faiss.index_factory(sample.shape[1], name, METRICS[cfg.metric]), n)
-    build_s, query_ms = (v / max(threads, 1) for v in extrapolate(name, n, sample_costs, full_train))
+    kmeans = coarse.get(nlist_of(name) or 0)
+    if kmeans is not None:  # measured with `threads` threads; extrapolate's figures are per thread
+        sample_costs["coarse_kmeans"] = {"points": kmeans[0], "seconds": round(kmeans[1], 4), "threads": threads}
+        kmeans = (kmeans[0], kmeans[1] * threads)
+    build_s, query_ms = (v / max(threads, 1) for v in extrapolate(name, n, sample_costs, full_train, kmeans))
     log.info(
         "calibration %s on %d vectors (1 thread): recall@10 %.3f at %s; estimated with %d threads: build %.1f s, "
         "%.4f ms/query",
@@ -297,13 +325,16 @@ def calibrate_one(
     }
 
 
-def extrapolate(name: str, n: int, sample: dict[str, Any], n_train: int) -> tuple[float, float]:
+def extrapolate(
+    name: str, n: int, sample: dict[str, Any], n_train: int, coarse: tuple[int, float] | None = None
+) -> tuple[float, float]:
     """(build seconds, ms per query) of ``name`` over ``n`` vectors from its costs on the sample,
     at the search setting tuned there. The cost model of each kind:
 
     - HNSW: each insertion and each query walks a graph of about log(n) levels of hops:
       add x (n/s) x ln n / ln s; query x ln n / ln s.
-    - IVF, training: k-means on ``n_train`` points against nlist centroids: x n_train*nlist.
+    - IVF, training: k-means on ``n_train`` points against nlist centroids: x n_train*nlist; with
+      ``coarse`` = (points, seconds) of k-means at the full nlist (coarse_training_cost): x n_train/points.
     - IVF, add: one coarse assignment per vector: flat quantizer x n*nlist, HNSW quantizer
       x n * ln nlist.
     - IVF, query: the quantizer part scales like the assignment; the scan of nprobe lists with the
@@ -315,14 +346,16 @@ def extrapolate(name: str, n: int, sample: dict[str, Any], n_train: int) -> tupl
     nlist, nlist_s = nlist_of(name) or 1, nlist_of(sample["index_string"]) or 1
     train_s_items = min(s, training_size(faiss.index_factory(4, f"IVF{nlist_s},Flat"), s))
     train = sample["train_s"] * (n_train * nlist) / (train_s_items * nlist_s)
+    if coarse is not None:
+        train = coarse[1] * n_train / coarse[0]
     if "_HNSW" in name:
-        coarse = math.log(max(nlist, 2)) / math.log(max(nlist_s, 2))
+        assign = math.log(max(nlist, 2)) / math.log(max(nlist_s, 2))
     else:
-        coarse = nlist / nlist_s
-    add = sample["add_s"] * n / s * coarse
+        assign = nlist / nlist_s
+    add = sample["add_s"] * n / s * assign
     quantizer = sample["quantizer_ms_per_query"]
     scan = max(sample["latency_ms_per_query"] - quantizer, 0.0)
-    return train + add, quantizer * coarse + scan * (n / nlist) / (s / nlist_s)
+    return train + add, quantizer * assign + scan * (n / nlist) / (s / nlist_s)
 
 
 def pick(measured: list[dict[str, Any]], cfg: IndexConfig) -> tuple[str, str]:
