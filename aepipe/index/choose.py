@@ -151,6 +151,8 @@ CALIBRATION_QUERIES = 256  # held out of the sample index: new queries, as at se
 
 HNSW_QUANTIZER_MIN_LISTS = 1024  # below this a flat coarse quantizer is as fast as a graph over it
 
+COARSE_POINTS_PER_LIST = 20  # k-means timing sample: cost per iteration is linear in points
+
 
 @dataclass
 class Choice:
@@ -222,9 +224,9 @@ def calibrate(store: Any, names: list[str], cfg: IndexConfig) -> list[dict[str, 
     _, truth = faiss.knn(queries, sample, k, metric=METRICS[cfg.metric])
     excluded = np.full((len(queries), k), -1, np.int64)  # new queries: nothing to set aside
     threads = faiss.omp_get_max_threads()
-    coarse = coarse_training_cost(store, names, sample.shape[1], rng, cfg)
     faiss.omp_set_num_threads(1)  # see calibrate_one
     try:
+        coarse = coarse_training_cost(store, names, sample.shape[1], rng, cfg)
         out = [calibrate_one(name, n, sample, queries, truth, excluded, rng, cfg, threads, coarse) for name in names]
     finally:
         faiss.omp_set_num_threads(threads)
@@ -235,17 +237,17 @@ def coarse_training_cost(
     store: Any, names: list[str], dim: int, rng: np.random.Generator, cfg: IndexConfig
 ) -> dict[int, tuple[int, float]]:
     """For each IVF list count among ``names``: seconds of faiss's k-means (the IVF coarse
-    training, 10 iterations) at that FULL number of lists on its minimum of 39 points per list,
-    with the build's threads. Training cost is linear in points at a fixed number of lists, so the
-    full training (up to 256 points per list) extrapolates by a few times only, where scaling a
+    training, 10 iterations) at that FULL number of lists on ``COARSE_POINTS_PER_LIST`` points per
+    list, one thread (as calibrate_one). Its cost is linear in points at a fixed number of lists,
+    so the full training (up to 256 points per list) extrapolates by ~13x, where scaling a
     sample's few hundred lists up to thousands would multiply the measurement by hundreds."""
     out: dict[int, tuple[int, float]] = {}
     for nlist in sorted({nl for nl in (nlist_of(name) for name in names) if nl}):
-        m = min(store.n_items, MIN_POINTS_PER_CENTROID * nlist)
+        m = min(store.n_items, COARSE_POINTS_PER_LIST * nlist)
         (x,) = store.gather([np.sort(rng.choice(store.n_items, m, replace=False))])
         x = normalize(x, cfg.metric)
         km = faiss.Kmeans(dim, nlist, niter=10, seed=cfg.seed, verbose=False)
-        km.cp.min_points_per_centroid = 1  # no warning: 39 per list is the point
+        km.cp.min_points_per_centroid = 1  # no warning: only the time of an iteration is wanted
         t = time.perf_counter()
         km.train(x)
         out[nlist] = (m, time.perf_counter() - t)
@@ -301,9 +303,8 @@ def calibrate_one(
     }
     full_train = training_size(faiss.index_factory(sample.shape[1], name, METRICS[cfg.metric]), n)
     kmeans = coarse.get(nlist_of(name) or 0)
-    if kmeans is not None:  # measured with `threads` threads; extrapolate's figures are per thread
-        sample_costs["coarse_kmeans"] = {"points": kmeans[0], "seconds": round(kmeans[1], 4), "threads": threads}
-        kmeans = (kmeans[0], kmeans[1] * threads)
+    if kmeans is not None:
+        sample_costs["coarse_kmeans"] = {"points": kmeans[0], "seconds": round(kmeans[1], 4)}
     build_s, query_ms = (v / max(threads, 1) for v in extrapolate(name, n, sample_costs, full_train, kmeans))
     log.info(
         "calibration %s on %d vectors (1 thread): recall@10 %.3f at %s; estimated with %d threads: build %.1f s, "
