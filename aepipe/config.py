@@ -534,6 +534,12 @@ class IndexConfig(_Section):
 
 
 class ClusterConfig(_Section):
+    method: Literal["kmeans", "dec"] = Field(
+        "kmeans",
+        description="kmeans: k-means on the stored codes; dec: first refine the encoder for clustering (IDEC: "
+        "reconstruction + dec_gamma x KL to a sharpened target of Student-t soft assignments, from k-means "
+        "on the pretrained codes), replace the run's model with it and re-encode the store (rebuild the index after)",
+    )
     n_clusters: int | None = Field(None, ge=2, description="default: number of distinct labels, else 10")
     niter: int = Field(50, ge=1)
     n_redo: int = Field(3, ge=1)
@@ -545,6 +551,13 @@ class ClusterConfig(_Section):
         "codes (every item is still assigned); a store no larger trains on all of them",
     )
     n_top_terms: int = Field(10, ge=1, description="documents: terms listed per topic")
+    dec_epochs: int = Field(30, ge=1, description="dec: most epochs of refinement over the sample")
+    dec_gamma: float = Field(0.1, gt=0, description="dec: weight of the clustering (KL) term against reconstruction")
+    dec_lr: float = Field(1e-3, gt=0, description="dec: Adam learning rate")
+    dec_batch_size: int = Field(256, ge=1)
+    dec_tol: float = Field(
+        0.001, ge=0, description="dec: stop when fewer than this share of the sample changed cluster in an epoch"
+    )
     n_exemplars: int = Field(3, ge=0, description="documents: exemplar documents listed per topic")
 
 

@@ -19,7 +19,9 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from aepipe.cluster.dec import refine_encoder
 from aepipe.cluster.topics import topics_report
+from aepipe.codes.encode import encode_corpus
 from aepipe.codes.store import open_store
 from aepipe.config import PipelineConfig
 from aepipe.features import TextPreprocessor
@@ -65,38 +67,57 @@ class _Assigned:
 
 
 @run_stage("cluster")
-def cluster_codes(cfg: PipelineConfig) -> ClusterResult:
+def cluster_codes(cfg: PipelineConfig, centroids: np.ndarray | None = None, extra: dict | None = None) -> ClusterResult:
     """k-means in memory that does not grow with the store (beyond two ints per item): train on a
     seeded sample of at most ``cluster.max_train_items`` codes, then assign every item in one
-    streaming pass that writes assignments.parquet batch by batch."""
+    streaming pass that writes assignments.parquet batch by batch. ``cluster.method=dec`` refines
+    the encoder first (aepipe.cluster.dec), which comes back here with its ``centroids`` (L2)."""
+    if cfg.cluster.method == "dec" and centroids is None:
+        refined = refine_encoder(cfg)
+        encode_corpus(cfg)  # the store now holds the refined encoder's codes
+        info = {key: value for key, value in refined.items() if key != "centroids"}
+        return cluster_codes(cfg, centroids=refined["centroids"], extra={"dec": info})
     t0 = time.perf_counter()
-    cc, metric = cfg.cluster, cfg.index.metric
+    cc, metric = cfg.cluster, "l2" if centroids is not None else cfg.index.metric
     layout = RunLayout.at(cfg.run_dir)
     recover_dir(layout.clusters.root)
     store = open_store(layout.store)
     n = store.n_items
     has_snippets = "snippet" in store.dataset.schema.names
     label_codes, label_names = _label_codes(store)
-    k = cc.n_clusters or (len(label_names) if label_names else 10)
-    k = max(2, min(k, n))
-    (x,) = store.gather([_training_positions(n, max(cc.max_train_items, k), cc.seed)])
-    x = normalize(x, metric)
-    n_train = len(x)
-    with timed(f"k-means with {k} clusters on {len(x)} of {n} codes"):
-        km = faiss.Kmeans(
-            x.shape[1], k, niter=cc.niter, nredo=cc.n_redo, seed=cc.seed, spherical=metric == "cosine", verbose=False
-        )
-        km.train(x)
-    del x  # the sample is not needed to assign
+    if centroids is None:
+        k = cc.n_clusters or (len(label_names) if label_names else 10)
+        k = max(2, min(k, n))
+        (x,) = store.gather([_training_positions(n, max(cc.max_train_items, k), cc.seed)])
+        x = normalize(x, metric)
+        n_train = len(x)
+        with timed(f"k-means with {k} clusters on {len(x)} of {n} codes"):
+            km = faiss.Kmeans(
+                x.shape[1],
+                k,
+                niter=cc.niter,
+                nredo=cc.n_redo,
+                seed=cc.seed,
+                spherical=metric == "cosine",
+                verbose=False,
+            )
+            km.train(x)
+        del x  # the sample is not needed to assign
+        centroids, nearest = np.asarray(km.centroids), km.index
+    else:  # given (DEC): nearest centroid = the argmax of the Student-t soft assignment
+        k, n_train = len(centroids), (extra or {}).get("dec", {}).get("n_train", 0)
+        nearest = faiss.IndexFlatL2(centroids.shape[1])
+        nearest.add(np.ascontiguousarray(centroids, np.float32))
     staging = fresh_dir(layout.staging("clusters"))
     files = ClusterFiles(staging)
     with timed(f"assign {n} codes to {k} clusters"):
-        done = _assign_all(store, km.index, metric, files.assignments, k, cc.n_exemplars, has_snippets)
+        done = _assign_all(store, nearest, metric, files.assignments, k, cc.n_exemplars, has_snippets)
     assign = done.assign
     sizes = np.bincount(assign, minlength=k)
     # mean of the vectors k-means clustered (L2-normalised under cosine); an empty cluster keeps its centroid
-    centroids = np.asarray(km.centroids)
     means = np.where(sizes[:, None] > 0, done.sums / np.maximum(sizes, 1)[:, None], centroids).astype(np.float32)
+    if extra and "dec" in extra:  # DEC's learned centroids, which assigned the items, not their means
+        means = np.asarray(centroids, np.float32)
     summary: dict = {
         "n_clusters": k,
         "n_items": n,
@@ -105,6 +126,8 @@ def cluster_codes(cfg: PipelineConfig) -> ClusterResult:
         "metric": metric,
         "model_id": store.model_id,
         "inertia": done.inertia,
+        "method": cc.method,
+        **(extra or {}),
     }
     if label_names:
         mask = label_codes >= 0

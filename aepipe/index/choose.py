@@ -151,6 +151,8 @@ CALIBRATION_QUERIES = 256  # held out of the sample index: new queries, as at se
 
 HNSW_QUANTIZER_MIN_LISTS = 1024  # below this a flat coarse quantizer is as fast as a graph over it
 
+COARSE_POINTS_PER_LIST = 20  # k-means timing sample: cost per iteration is linear in points
+
 
 @dataclass
 class Choice:
@@ -221,63 +223,119 @@ def calibrate(store: Any, names: list[str], cfg: IndexConfig) -> list[dict[str, 
     k = 10
     _, truth = faiss.knn(queries, sample, k, metric=METRICS[cfg.metric])
     excluded = np.full((len(queries), k), -1, np.int64)  # new queries: nothing to set aside
-    out = []
-    for name in names:
-        small = at_nlist(name, ivf_nlist(s)) if nlist_of(name) else name
-        index = faiss.index_factory(sample.shape[1], small, METRICS[cfg.metric])
-        t = time.perf_counter()
-        if not index.is_trained:
-            index.train(sample[rng.permutation(s)[: training_size(index, s)]])
-        train_s = time.perf_counter() - t
-        t = time.perf_counter()
-        index.add(sample)
-        add_s = time.perf_counter() - t
-        params, recall, latency, _ = tune_search(index, queries, excluded, truth, k, cfg.recall_target)
-        quantizer_ms = 0.0
-        ivf = ivf_of(index)
-        if ivf is not None:  # the coarse quantizer's share of the query time scales apart from the scan
-            set_search_params(index, params)
-            quantizer_ms = best_of(2, ivf.quantizer.search, queries, ivf.nprobe) * 1000 / len(queries)
-        sample_costs = {
-            "items": s,
-            "index_string": small,
-            "params": params,
-            "recall_at_10": recall,
-            "train_s": round(train_s, 4),
-            "add_s": round(add_s, 4),
-            "latency_ms_per_query": latency,
-            "quantizer_ms_per_query": round(quantizer_ms, 5),
-        }
-        full_train = training_size(faiss.index_factory(sample.shape[1], name, METRICS[cfg.metric]), n)
-        build_s, query_ms = extrapolate(name, n, sample_costs, full_train)
-        out.append(
-            {
-                "index_string": name,
-                "estimated_build_s": round(build_s, 3),
-                "estimated_query_ms": round(query_ms, 5),
-                "estimated_cost_s": round(build_s + cfg.queries_per_build * query_ms / 1000, 3),
-                "sample": sample_costs,
-            }
-        )
-        log.info(
-            "calibration %s on %d vectors: recall@10 %.3f at %s; estimated build %.1f s, %.4f ms/query",
-            name,
-            s,
-            recall,
-            params,
-            build_s,
-            query_ms,
-        )
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # see calibrate_one
+    try:
+        coarse = coarse_training_cost(store, names, sample.shape[1], rng, cfg)
+        out = [calibrate_one(name, n, sample, queries, truth, excluded, rng, cfg, threads, coarse) for name in names]
+    finally:
+        faiss.omp_set_num_threads(threads)
     return out
 
 
-def extrapolate(name: str, n: int, sample: dict[str, Any], n_train: int) -> tuple[float, float]:
+def coarse_training_cost(
+    store: Any, names: list[str], dim: int, rng: np.random.Generator, cfg: IndexConfig
+) -> dict[int, tuple[int, float]]:
+    """For each IVF list count among ``names``: seconds of faiss's k-means (the IVF coarse
+    training, 10 iterations) at that FULL number of lists on ``COARSE_POINTS_PER_LIST`` points per
+    list, one thread (as calibrate_one). Its cost is linear in points at a fixed number of lists,
+    so the full training (up to 256 points per list) extrapolates by ~13x, where scaling a
+    sample's few hundred lists up to thousands would multiply the measurement by hundreds."""
+    out: dict[int, tuple[int, float]] = {}
+    for nlist in sorted({nl for nl in (nlist_of(name) for name in names) if nl}):
+        m = min(store.n_items, COARSE_POINTS_PER_LIST * nlist)
+        (x,) = store.gather([np.sort(rng.choice(store.n_items, m, replace=False))])
+        x = normalize(x, cfg.metric)
+        km = faiss.Kmeans(dim, nlist, niter=10, seed=cfg.seed, verbose=False)
+        km.cp.min_points_per_centroid = 1  # no warning: only the time of an iteration is wanted
+        t = time.perf_counter()
+        km.train(x)
+        out[nlist] = (m, time.perf_counter() - t)
+    return out
+
+
+def sample_nlist(s: int) -> int:
+    """IVF lists for a sample of ``s`` vectors: a power of two, as ivf_nlist, with >= 39 points per list."""
+    return 2 ** int(math.log2(max(ivf_nlist(s), 1)))
+
+
+def calibrate_one(
+    name: str,
+    n: int,
+    sample: np.ndarray,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    excluded: np.ndarray,
+    rng: np.random.Generator,
+    cfg: IndexConfig,
+    threads: int,
+    coarse: dict[int, tuple[int, float]],
+) -> dict[str, Any]:
+    """One candidate built and tuned on the sample with ONE thread: a sample's many short parallel
+    regions (a k-means iteration, a batch of 256 queries) measure OpenMP's synchronisation rather
+    than the work, worst on a busy machine, and the extrapolation multiplies that error by up to
+    ~100x. Estimates are then divided by ``threads`` (the build's and the searches' threads)."""
+    s, k = len(sample), truth.shape[1]
+    small = at_nlist(name, sample_nlist(s)) if nlist_of(name) else name
+    index = faiss.index_factory(sample.shape[1], small, METRICS[cfg.metric])
+    t = time.perf_counter()
+    if not index.is_trained:
+        index.train(sample[rng.permutation(s)[: training_size(index, s)]])
+    train_s = time.perf_counter() - t
+    t = time.perf_counter()
+    index.add(sample)
+    add_s = time.perf_counter() - t
+    params, recall, latency, _ = tune_search(index, queries, excluded, truth, k, cfg.recall_target)
+    quantizer_ms = 0.0
+    ivf = ivf_of(index)
+    if ivf is not None:  # the coarse quantizer's share of the query time scales apart from the scan
+        set_search_params(index, params)
+        quantizer_ms = best_of(2, ivf.quantizer.search, queries, ivf.nprobe) * 1000 / len(queries)
+    sample_costs = {
+        "items": s,
+        "index_string": small,
+        "params": params,
+        "recall_at_10": recall,
+        "train_s": round(train_s, 4),
+        "add_s": round(add_s, 4),
+        "latency_ms_per_query": latency,
+        "quantizer_ms_per_query": round(quantizer_ms, 5),
+    }
+    full_train = training_size(faiss.index_factory(sample.shape[1], name, METRICS[cfg.metric]), n)
+    kmeans = coarse.get(nlist_of(name) or 0)
+    if kmeans is not None:
+        sample_costs["coarse_kmeans"] = {"points": kmeans[0], "seconds": round(kmeans[1], 4)}
+    build_s, query_ms = (v / max(threads, 1) for v in extrapolate(name, n, sample_costs, full_train, kmeans))
+    log.info(
+        "calibration %s on %d vectors (1 thread): recall@10 %.3f at %s; estimated with %d threads: build %.1f s, "
+        "%.4f ms/query",
+        name,
+        s,
+        recall,
+        params,
+        threads,
+        build_s,
+        query_ms,
+    )
+    return {
+        "index_string": name,
+        "estimated_build_s": round(build_s, 3),
+        "estimated_query_ms": round(query_ms, 5),
+        "estimated_cost_s": round(build_s + cfg.queries_per_build * query_ms / 1000, 3),
+        "sample": {**sample_costs, "threads": 1},
+    }
+
+
+def extrapolate(
+    name: str, n: int, sample: dict[str, Any], n_train: int, coarse: tuple[int, float] | None = None
+) -> tuple[float, float]:
     """(build seconds, ms per query) of ``name`` over ``n`` vectors from its costs on the sample,
     at the search setting tuned there. The cost model of each kind:
 
     - HNSW: each insertion and each query walks a graph of about log(n) levels of hops:
       add x (n/s) x ln n / ln s; query x ln n / ln s.
-    - IVF, training: k-means on ``n_train`` points against nlist centroids: x n_train*nlist.
+    - IVF, training: k-means on ``n_train`` points against nlist centroids: x n_train*nlist; with
+      ``coarse`` = (points, seconds) of k-means at the full nlist (coarse_training_cost): x n_train/points.
     - IVF, add: one coarse assignment per vector: flat quantizer x n*nlist, HNSW quantizer
       x n * ln nlist.
     - IVF, query: the quantizer part scales like the assignment; the scan of nprobe lists with the
@@ -289,14 +347,16 @@ def extrapolate(name: str, n: int, sample: dict[str, Any], n_train: int) -> tupl
     nlist, nlist_s = nlist_of(name) or 1, nlist_of(sample["index_string"]) or 1
     train_s_items = min(s, training_size(faiss.index_factory(4, f"IVF{nlist_s},Flat"), s))
     train = sample["train_s"] * (n_train * nlist) / (train_s_items * nlist_s)
+    if coarse is not None:
+        train = coarse[1] * n_train / coarse[0]
     if "_HNSW" in name:
-        coarse = math.log(max(nlist, 2)) / math.log(max(nlist_s, 2))
+        assign = math.log(max(nlist, 2)) / math.log(max(nlist_s, 2))
     else:
-        coarse = nlist / nlist_s
-    add = sample["add_s"] * n / s * coarse
+        assign = nlist / nlist_s
+    add = sample["add_s"] * n / s * assign
     quantizer = sample["quantizer_ms_per_query"]
     scan = max(sample["latency_ms_per_query"] - quantizer, 0.0)
-    return train + add, quantizer * coarse + scan * (n / nlist) / (s / nlist_s)
+    return train + add, quantizer * assign + scan * (n / nlist) / (s / nlist_s)
 
 
 def pick(measured: list[dict[str, Any]], cfg: IndexConfig) -> tuple[str, str]:

@@ -43,6 +43,8 @@ def test_auto_builds_candidates_on_a_sample_and_records_why_the_winner_won(tmp_p
     assert {c["index_string"] for c in measured} == {"HNSW32", f"IVF{ivf_nlist(6000)},Flat"}
     for c in measured:
         sample = c["sample"]
+        if c["index_string"].startswith("IVF"):  # the coarse k-means timed at the full number of lists
+            assert sample["coarse_kmeans"]["points"] == 20 * ivf_nlist(6000)
         assert sample["items"] == 2000 and sample["recall_at_10"] >= 0.95  # tuned on the sample to the target
         assert c["estimated_build_s"] > 0 and c["estimated_query_ms"] > 0
         assert c["estimated_cost_s"] == pytest.approx(
@@ -140,6 +142,9 @@ def test_extrapolation_follows_each_kinds_cost_model():
     assert build == pytest.approx(0.1 * (1e6 * 4096) / (1e4 * 256) + 0.01 * 100 * 16)
     # quantizer 16x the centroids; scan of lists 244 long against 39
     assert query == pytest.approx(0.005 * 16 + 0.015 * (1e6 / 4096) / (1e4 / 256))
+    # k-means measured at the full 4096 lists on 159,744 points: training scales with the points only
+    build_measured, _ = extrapolate("IVF4096,Flat", 1_000_000, ivf_sample, 1_000_000, (159_744, 0.8))
+    assert build_measured == pytest.approx(0.8 * 1e6 / 159_744 + 0.01 * 100 * 16)
     hnsw_q = extrapolate("IVF4096_HNSW32,Flat", 1_000_000, ivf_sample, 1_000_000)[1]
     assert hnsw_q < query  # log of the centroids, not their number
 
