@@ -76,9 +76,11 @@ class SearchService:
     # -- generations ---------------------------------------------------------------------------
 
     def _stamp(self) -> tuple:
-        """What changes when a new index is in place: size and mtime of its files and the model pointer."""
+        """What changes when a new index is in place: the published generation's pointer (the Searcher
+        answers from that generation), and for runs without generations the working index files and
+        the model pointer."""
         files = self.layout.index
-        paths = [files.index, files.ids, files.infos, self.layout.current_model]
+        paths = [self.layout.current_generation, files.index, files.ids, files.infos, self.layout.current_model]
         return tuple((st.st_mtime_ns, st.st_size) if (st := _stat(p)) else None for p in paths)
 
     def _open(self) -> Generation:
@@ -132,7 +134,7 @@ class SearchService:
         return {
             "run_dir": str(self.layout.root),
             "model_id": s.model_id,
-            "generation": infos.get("generation"),  # set by runs with index generations (#8); else null
+            "generation": s.generation.name or None,  # the published generation answering (None: a run without)
             "kind": "documents" if isinstance(s.model.prep, TextPreprocessor) else "images",
             "index_type": infos["index_string"],
             "metric": infos["metric"],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import subprocess
 import sys
 
@@ -116,23 +115,21 @@ def test_web_page_is_served(client):
     assert r.status_code == 200 and 'id="results"' in r.text and "/api/search/ids" in r.text
 
 
-def test_refresh_reopens_a_changed_index(run_copy):
-    """A rebuilt index (here: new files with a different recall recorded) is served without a restart."""
-    from aepipe.layout import RunLayout
+def test_refresh_moves_to_a_newly_published_generation(run_copy):
+    """A rebuilt index, published as a new generation, is served without a restart; until then the
+    service keeps answering from the generation it opened."""
+    from aepipe.pipeline import index_stage
     from aepipe.serve.service import SearchService
 
     svc = SearchService(run_copy.run_dir, check_every_s=0)
     assert svc.refresh() is False
-    infos = RunLayout.at(run_copy.run_dir).index.infos
-    data = json.loads(infos.read_text())
-    data["recall_at_10"], data["generation"] = 0.5, 7
-    tmp = infos.with_name("new.json")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(infos)
-    assert svc.info()["recall_at_10"] == 0.5 and svc.info()["generation"] == 7
-    # a half-swapped index keeps the previous generation
-    shutil.move(RunLayout.at(run_copy.run_dir).index.index, run_copy.run_dir / "away.faiss")
-    assert svc.refresh() is False and svc.info()["generation"] == 7
+    before = svc.info()
+    assert before["generation"] is not None
+    index_stage(run_copy.config("index.factory=IVF4,Flat"))
+    assert svc.refresh() is True
+    after = svc.info()
+    assert after["generation"] != before["generation"] and "IVF4" in json.dumps(after)
+    assert svc.refresh() is False and svc.info()["generation"] == after["generation"]
 
 
 def test_importing_the_cli_does_not_load_fastapi():
