@@ -10,6 +10,7 @@ Failures the user can fix are AepipeErrors: one line on stderr, exit status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -60,9 +61,29 @@ def main(argv: list[str] | None = None) -> int:
     except AepipeError as exc:
         print(f"aepipe: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if not _disk_full(exc):
+            raise
+        # a full disk (or a file-size limit) is the user's to fix: the stage left the previous
+        # artifacts in place (it writes to staging and swaps only when complete)
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(
+            f"aepipe: error: no space left{where} ({exc.strerror or str(exc).splitlines()[0]}); "
+            "the previous artifacts are intact: free space and rerun",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print("aepipe: interrupted", file=sys.stderr)
         return 130
+
+
+def _disk_full(exc: OSError) -> bool:
+    """ENOSPC, EDQUOT or EFBIG (a file-size limit), from the OS or as pyarrow/faiss report it."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    text = str(exc)
+    return any(s in text for s in ("No space left", "Disk quota exceeded", "File too large"))
 
 
 if __name__ == "__main__":

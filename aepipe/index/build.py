@@ -22,7 +22,7 @@ from aepipe.config import PipelineConfig
 from aepipe.errors import ConfigError
 from aepipe.files import atomic_write_json, fresh_dir, recover_dir, replace_dir
 from aepipe.index.choose import Choice, choose_index, training_size, wants_on_disk
-from aepipe.index.faissio import METRICS, ivf_of, normalize
+from aepipe.index.faissio import METRICS, ivf_of, normalize, write_index_file
 from aepipe.index.ondisk import add_on_disk
 from aepipe.index.tune import exact_neighbours, latency_percentiles, load_eval_queries, tune_search
 from aepipe.index.vectors import add_all
@@ -125,7 +125,7 @@ def write_index(cfg: PipelineConfig, store_dir: Path, dest: Path) -> dict[str, A
         seconds["add"] = time.perf_counter() - t
         if not on_disk:
             t = time.perf_counter()
-            faiss.write_index(index, str(files.index))
+            write_index_file(index, files.index)
             seconds["write"] = time.perf_counter() - t
         eval_pos: np.ndarray | None = query_pos
         if external is not None:  # the user's own queries: not stored items, nothing to leave out

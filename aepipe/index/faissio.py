@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import faiss
@@ -65,3 +67,16 @@ def quiet_stdout() -> Iterator[None]:
     finally:
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def write_index_file(index: faiss.Index, path: str | Path) -> None:
+    """faiss.write_index, with a failed write (full disk, file-size limit) raised as the OSError it
+    is rather than faiss's RuntimeError, so the CLI reports it in one line."""
+    try:
+        faiss.write_index(index, str(path))
+    except RuntimeError as exc:
+        text = str(exc)
+        if "write error" not in text:
+            raise
+        code = errno.EFBIG if "File too large" in text else errno.ENOSPC
+        raise OSError(code, os.strerror(code), str(path)) from None

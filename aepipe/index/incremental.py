@@ -20,7 +20,7 @@ from aepipe.codes.store import (
 from aepipe.config import PipelineConfig
 from aepipe.files import atomic_write_json, atomic_write_table, read_json
 from aepipe.index.build import write_index
-from aepipe.index.faissio import ivf_of, normalize, read_index_file
+from aepipe.index.faissio import ivf_of, normalize, read_index_file, write_index_file
 from aepipe.layout import IndexFiles, RunLayout
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def update_index(
         out = pa.table({"id": out_ids, "label": pa.array(np.concatenate([labels[~dropped], new_labels]), pa.int64())})
     dest.mkdir(parents=True, exist_ok=True)
     out_files = IndexFiles(dest)
-    faiss.write_index(index, str(out_files.index))
+    write_index_file(index, out_files.index)
     atomic_write_table(out_files.ids, out)
     infos = dict(infos)
     n_at_build = int(infos.get("n_items_at_build") or infos["n_items"])

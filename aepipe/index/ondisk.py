@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 
 from aepipe.config import IndexConfig
-from aepipe.index.faissio import quiet_stdout
+from aepipe.index.faissio import quiet_stdout, write_index_file
 from aepipe.index.vectors import add_all
 from aepipe.layout import IndexFiles
 from aepipe.logs import timed
@@ -29,7 +29,7 @@ def add_on_disk(index: faiss.Index, store, ic: IndexConfig, files: IndexFiles) -
         nonlocal part
         if part is not None and part.ntotal:
             paths.append(str(shard_dir / f"shard-{len(paths):05d}.index"))
-            faiss.write_index(part, paths[-1])
+            write_index_file(part, paths[-1])
         part = None
 
     def add(x: np.ndarray, position: int) -> None:
@@ -44,5 +44,5 @@ def add_on_disk(index: faiss.Index, store, ic: IndexConfig, files: IndexFiles) -
     flush()
     with timed(f"merge {len(paths)} partial index(es) into {files.ivfdata.name}"), quiet_stdout():
         merge_ondisk(index, paths, str(files.ivfdata))  # faiss prints progress on the C stdout
-        faiss.write_index(index, str(files.index))
+        write_index_file(index, files.index)
     shutil.rmtree(shard_dir)
