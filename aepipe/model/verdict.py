@@ -97,11 +97,9 @@ def loss_hints(
     tc, mc = cfg.training, cfg.model
     hints = []
     if metrics.get("epochs", 0) + 1 >= metrics.get("max_epochs", tc.max_epochs):
-        steps = max(int(metrics.get("steps") or 0), tc.min_steps or 0)
-        hints.append(
-            f"more steps: training.min_steps={2 * steps} or training.max_epochs={2 * tc.max_epochs} "
-            "(it stopped at the limit, not early)"
-        )
+        steps = int(metrics.get("steps") or tc.min_steps or 0)
+        more = f"training.min_steps={2 * steps} or " if steps else ""
+        hints.append(f"more steps: {more}training.max_epochs={2 * tc.max_epochs} (it stopped at the limit, not early)")
     if n_parameters > 100 * max(metrics.get("n_train", 1), 1):
         hints.append(
             f"a smaller network: {n_parameters:,} parameters for {metrics.get('n_train')} training items; "

@@ -15,7 +15,14 @@ from aepipe.report.summary import baseline_lines
 
 
 def _metrics(ae: float, pca: float, epochs: int = 10) -> dict:
-    return {"ae": {"sse_per_item": ae}, "pca": {"sse_per_item": pca}, "epochs": epochs, "n_train": 1000, "n_test": 50}
+    return {
+        "ae": {"sse_per_item": ae},
+        "pca": {"sse_per_item": pca},
+        "epochs": epochs,
+        "steps": 90,
+        "n_train": 1000,
+        "n_test": 50,
+    }
 
 
 def test_a_winning_ae_gets_no_warning_and_no_hints(caplog):
@@ -28,13 +35,13 @@ def test_a_winning_ae_gets_no_warning_and_no_hints(caplog):
 
 
 def test_losing_on_retrieval_alone_is_a_loss_with_a_retrieval_hint(caplog):
-    cfg = build_config(overrides=["training.max_epochs=10"])
+    cfg = build_config(overrides=["training.max_epochs=10", "training.knn_target=null"])
     retrieval = {"ae_precision_at_10": 0.45, "baseline_precision_at_10": 0.84, "metric": "l2", "n_queries": 50}
     with caplog.at_level(logging.WARNING, logger="aepipe"):
         v = baseline_verdict(cfg, _metrics(1.0, 2.0, epochs=9), "pca", retrieval, 400_000, (1, 64, 64))
     assert v["ae_beats_reconstruction"] and v["ae_beats_retrieval"] is False and not v["ae_beats_baseline"]
     text = " | ".join(v["hints"])
-    assert "training.max_epochs=20" in text and "training.min_steps=" in text  # stopped at the limit
+    assert "training.max_epochs=20" in text and "training.min_steps=180" in text  # stopped at the limit
     assert "model.architecture=conv" in text  # 64x64 dense
     assert "smaller network" in text  # 400k parameters for 1000 items
     assert "training.knn_target" in text
