@@ -633,11 +633,15 @@ class PipelineConfig(_Section):
         training: dict[str, Any] = data["training"] if isinstance(data.get("training"), dict) else {}
         if "max_epochs" in training or "max_steps" in training:  # the user sized training: no floor under it
             preset.get("training", {}).pop("min_steps", None)
+        if training.get("task", "reconstruct") != "reconstruct":  # restoration: the target is the clean
+            preset.get("training", {}).pop("knn_target", None)  # item, never a neighbour average
         return _merge(preset, data)
 
     @model_validator(mode="after")
     def _check_task(self) -> PipelineConfig:
         task = self.training.task
+        if task != "reconstruct" and self.training.knn_target is not None:
+            raise ValueError(f"training.task={task} restores the item itself; it does not combine with knn_target")
         if task != "reconstruct" and self.corpus.kind == "documents":
             raise ValueError(f"training.task={task} is for images; documents use task: reconstruct")
         if (task == "paired") != (self.corpus.target_source is not None):

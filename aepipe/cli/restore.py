@@ -67,7 +67,14 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("decode", help="stored codes, a .npy of codes, or images -> PNG files (+ AE/PCA grid)")
+    p = sub.add_parser(
+        "decode",
+        help="stored codes, a .npy of codes, or images -> PNG files (+ AE/PCA grid)",
+        description="Turn codes back into images with the run's decoder: stored items by id, a .npy of codes "
+        "made by the run's model, or image files reconstructed through the autoencoder. One PNG per item; "
+        "--grid adds original / autoencoder / PCA at the same code size.",
+        epilog="example:\n  aepipe decode --run-dir runs/photos --id cats/001.jpg cats/002.jpg --out decoded --grid",
+    )
     add_config_args(p)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--id", nargs="+", help="stored ids: decode their codes")
@@ -77,7 +84,14 @@ def register(sub: Any) -> None:
     p.add_argument("--grid", action="store_true", help="also grid.png: original / autoencoder / PCA (same code size)")
     p.set_defaults(func=_cmd_decode)
 
-    p = sub.add_parser("compress", help="quantised codes + ids + model id in one compact file")
+    p = sub.add_parser(
+        "compress",
+        help="quantised codes + ids + model id in one compact file",
+        description="Write the codes of stored items (or of image files) as one compact Parquet file: "
+        "quantised codes (float32, float16, or int8 with a per-dimension scale), ids and the model id; "
+        "prints the bytes per item.",
+        epilog="example:\n  aepipe compress --run-dir runs/photos --dtype int8 --out photos.codes.parquet",
+    )
     add_config_args(p)
     p.add_argument("--out", required=True, type=Path, help="the code file to write (Parquet)")
     p.add_argument("--dtype", choices=["float32", "float16", "int8"], default="int8", help="code quantisation")
@@ -86,13 +100,26 @@ def register(sub: Any) -> None:
     which.add_argument("--image", nargs="+", help="encode these image files instead of reading the store")
     p.set_defaults(func=_cmd_compress)
 
-    p = sub.add_parser("decompress", help="a file from `aepipe compress` -> one PNG per item")
+    p = sub.add_parser(
+        "decompress",
+        help="a file from `aepipe compress` -> one PNG per item",
+        description="Decode a file written by `aepipe compress` with the run's model (the model id must "
+        "match) into one PNG per item.",
+        epilog="example:\n  aepipe decompress --run-dir runs/photos photos.codes.parquet --out restored",
+    )
     add_config_args(p)
     p.add_argument("file", type=Path, help="code file written by `aepipe compress`")
     p.add_argument("--out", required=True, type=Path, help="folder for the PNG files")
     p.set_defaults(func=_cmd_decompress)
 
-    p = sub.add_parser("restore", help="apply the run's model to folders of images (denoise, colorize, ...)")
+    p = sub.add_parser(
+        "restore",
+        help="apply the run's model to folders of images (denoise, colorize, ...)",
+        description="Run the run's restoration model (training.task: denoise, colorize, remove_watermark) "
+        "over image files and folders; outputs keep the relative paths, bad files are quarantined, "
+        "finished outputs are skipped on a rerun.",
+        epilog="example:\n  aepipe restore --run-dir runs/denoise scans/ --out cleaned/",
+    )
     add_config_args(p)
     p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders (recursive)")
     p.add_argument("--out", required=True, type=Path, help="output folder: same relative paths, as PNG")

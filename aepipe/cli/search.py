@@ -44,10 +44,11 @@ def _known_ids(searcher: Any, ids: list[str]) -> list[str]:
     """The ids in the store; each unknown one is reported on stderr (partial results, exit status 1)."""
     meta = searcher.metadata()
     unknown = [i for i in ids if i not in meta]
-    for i in unknown:
+    if len(unknown) == len(ids):  # nothing to answer: one line, exit status 2
+        shown = ", ".join(repr(i) for i in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+        raise ConfigError(f"none of the {len(ids)} id(s) is in the store ({shown})")
+    for i in unknown:  # partial results: one line per unknown id, exit status 1
         print(f"aepipe: error: id {i!r} is not in the store", file=sys.stderr)
-    if len(unknown) == len(ids):
-        raise ConfigError(f"none of the {len(ids)} id(s) is in the store")
     return [i for i in ids if i in meta]
 
 

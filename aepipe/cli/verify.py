@@ -25,6 +25,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("verify", help="check the run's published artifacts against their recorded checksums")
-    p.add_argument("run_dir", metavar="RUN")
+    p = sub.add_parser(
+        "verify",
+        help="check the run's published artifacts against their recorded checksums",
+        description="Check the published generation (model, store, index, clusters) and the working "
+        "artifacts of the same model against the checksums recorded when it was published; any "
+        "missing, truncated or altered file is one line naming it, and exit status 2.",
+        epilog="example:\n  aepipe verify runs/photos",
+    )
+    p.add_argument("run_dir", metavar="RUN", help="run directory")
     p.set_defaults(func=_cmd_verify)
