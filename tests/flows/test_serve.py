@@ -193,7 +193,7 @@ def _check_served_run(client, cfg, proc, log) -> None:
 
     lines = _wait_for(library_logs, 30, proc, log, "library logs in the flow-run logs")
     assert any("fit dense autoencoder" in entry.message for entry in lines), [e.message for e in lines]
-    assert any(entry.name == "aepipe.model.train" and "AE SSE/item" in entry.message for entry in lines)
+    assert any(entry.name == "aepipe.model.fit" and "AE SSE/item" in entry.message for entry in lines)
 
     artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id={"any_": [flow_run.id]}))
     by_key = {a.key: a for a in artifacts}
