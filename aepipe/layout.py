@@ -195,7 +195,7 @@ class GenerationFiles:
 
 
 @dataclass(frozen=True)
-class RunLayout:
+class RunLayout(GenerationFiles):  # its model, store, index, clusters: the working artifacts
     root: Path
 
     @classmethod
@@ -226,10 +226,6 @@ class RunLayout:
         return self.root / "report.html"
 
     @property
-    def model(self) -> ModelFiles:
-        return ModelFiles(self.root / "model")
-
-    @property
     def models(self) -> Path:
         """Published model versions (see aepipe.model.registry)."""
         return self.root / "models"
@@ -241,18 +237,6 @@ class RunLayout:
     def current_model(self) -> Path:
         """Pointer to the model version that matches the live index: {"model_id": ...}."""
         return self.models / "current.json"
-
-    @property
-    def store(self) -> Path:
-        return self.root / "store"
-
-    @property
-    def index(self) -> IndexFiles:
-        return IndexFiles(self.root / "index")
-
-    @property
-    def clusters(self) -> ClusterFiles:
-        return ClusterFiles(self.root / "clusters")
 
     @property
     def eval_json(self) -> Path:
