@@ -1,8 +1,16 @@
 """Deployments against a REAL Prefect server (not the ephemeral one): `prefect server start`
 on loopback with its own SQLite database, `aepipe serve` registering and executing the
-deployments, a run triggered through the API as `prefect deployment run` does, then the
-result on disk, the final state, the library's log lines in the flow-run logs and the
-report artifacts. Both processes are stopped (their whole process groups) in teardown."""
+deployments, two runs of the pipeline deployment triggered together through the API as
+`prefect deployment run` does, then: both completed one after the other (the deployment's
+concurrency limit of 1: the later one waited in Scheduled/AwaitingConcurrencySlot, their Running
+intervals do not overlap), the result on disk, the library's log lines in the flow-run logs and
+the report artifacts. Both processes are stopped (their whole process groups) in teardown.
+
+Prefect 3.9 enforces a deployment's concurrency limit on the server (SecureFlowConcurrencySlots,
+on the proposed Scheduled -> Pending transition the runner of `serve` makes before it starts a
+run): a run that finds no free slot is rejected into Scheduled named AwaitingConcurrencySlot, due
+PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS later (30 s by default; 3 s here, with
+the runner polling every 2 s instead of 10, to keep the test short)."""
 
 from __future__ import annotations
 
@@ -86,7 +94,12 @@ def prefect_server(tmp_path_factory):
     """`prefect server start` on a free loopback port, SQLite in its own PREFECT_HOME."""
     root = tmp_path_factory.mktemp("prefect-server")
     port, log = _free_port(), root / "server.log"
-    env = _env(root / "home", PREFECT_UI_ENABLED="false", PREFECT_SERVER_LOGGING_LEVEL="WARNING")
+    env = _env(
+        root / "home",
+        PREFECT_UI_ENABLED="false",
+        PREFECT_SERVER_LOGGING_LEVEL="WARNING",
+        PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="3",  # a run refused a slot retries then
+    )
     proc = _start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, log)
     url = f"http://127.0.0.1:{port}/api"
 
@@ -111,7 +124,12 @@ def served(prefect_server, tmp_path):
     cfg_file = tmp_path / "serve.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     log = tmp_path / "serve.log"
-    env = _env(tmp_path / "home", PREFECT_API_URL=prefect_server, PREFECT_LOGGING_EXTRA_LOGGERS="aepipe")
+    env = _env(
+        tmp_path / "home",
+        PREFECT_API_URL=prefect_server,
+        PREFECT_LOGGING_EXTRA_LOGGERS="aepipe",
+        PREFECT_RUNNER_POLL_FREQUENCY="2",  # how often serve looks for due runs (10 s by default)
+    )
     proc = _start([str(BIN / "aepipe"), "serve", "-c", str(cfg_file), "--cron", "train=0 3 * * 0"], env, log)
     try:
         yield cfg, proc, log
@@ -158,7 +176,8 @@ def test_served_deployment_runs_to_completion_on_a_real_server(prefect_server, s
 
 
 def _check_served_run(client, cfg, proc, log) -> None:
-    """The deployments `aepipe serve` registered; one run of the pipeline, triggered through the API."""
+    """The deployments `aepipe serve` registered; two runs of the pipeline, triggered together
+    through the API: the deployment's concurrency limit of 1 runs them one after the other."""
     from prefect.client.schemas.filters import ArtifactFilter, LogFilter
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
@@ -175,16 +194,46 @@ def _check_served_run(client, cfg, proc, log) -> None:
     assert [s.schedule.cron for s in deployments["train"].schedules] == ["0 3 * * 0"]
     assert deployments["index"].schedules == []
     assert pipeline.parameters["config"]["run_dir"] == cfg.run_dir  # parameters from the served config file
+    assert pipeline.global_concurrency_limit is not None and pipeline.global_concurrency_limit.limit == 1
 
     t0 = time.monotonic()
-    flow_run = run_deployment("aepipe-pipeline/default", timeout=180, poll_interval=1, as_subflow=False)
+    triggered = [run_deployment("aepipe-pipeline/default", timeout=0, as_subflow=False) for _ in range(2)]
+
+    def finished():
+        runs = [client.read_flow_run(r.id) for r in triggered]
+        return runs if all(r.state is not None and r.state.is_final() for r in runs) else None
+
+    runs = _wait_for(finished, 300, proc, log, "two pipeline runs")
     seconds = time.monotonic() - t0
-    assert flow_run.state.is_completed(), f"{flow_run.state}\n{log.read_text()[-3000:]}"
+    for r in runs:
+        assert r.state.is_completed(), f"{r.name}: {r.state}\n{log.read_text()[-3000:]}"
+    first, second = sorted(runs, key=lambda r: r.start_time)
+    states = {r.id: sorted(client.read_flow_run_states(r.id), key=lambda s: s.timestamp) for r in runs}
+    histories = {run_id: [s.name for s in history] for run_id, history in states.items()}
+    # one at a time: the later run started (entered Running) only after the earlier one ended...
+    assert first.end_time <= second.start_time, (
+        f"the runs overlap: {first.start_time}..{first.end_time} and {second.start_time}..{second.end_time}; "
+        f"states {histories}"
+    )
+    # ...and got its slot (Pending: before its process is even started) only then
+    assert min(s.timestamp for s in states[second.id] if s.is_pending()) >= first.end_time, histories
+    # ...because the server refused it a slot (not by luck of the runner's polling)
+    assert "AwaitingConcurrencySlot" in histories[second.id], histories
+    assert "AwaitingConcurrencySlot" not in histories[first.id], histories
+    print(
+        f"two served pipeline runs: {seconds:.1f} s from trigger to both Completed; first "
+        f"{first.start_time:%H:%M:%S}..{first.end_time:%H:%M:%S} {histories[first.id]}, second "
+        f"{second.start_time:%H:%M:%S}..{second.end_time:%H:%M:%S} {histories[second.id]}"
+    )
+    flow_run = second
 
     run = Path(cfg.run_dir)
     assert list((run / "store").glob("part-*.parquet")) and (run / "index" / "index.faiss").is_file()
     report = json.loads((run / "report.json").read_text())
     assert report["counts"]["n_items"] == 200 and report["index"]["n_items"] == 200
+    from aepipe.verify import verify_run
+
+    assert verify_run(run).problems == []  # two pipelines one after the other leave one consistent run
 
     def library_logs():  # the run's process ships its logs in batches; wait for the last stage's
         logs = client.read_logs(log_filter=LogFilter(flow_run_id={"any_": [flow_run.id]}))
@@ -202,4 +251,3 @@ def _check_served_run(client, cfg, proc, log) -> None:
     rows = by_key["aepipe-metrics"].data
     rows = json.loads(rows) if isinstance(rows, str) else rows
     assert {"metric": "n_items", "value": 200} in rows
-    print(f"served pipeline run: {seconds:.1f} s from trigger to Completed")
