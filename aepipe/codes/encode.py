@@ -37,7 +37,7 @@ from aepipe.corpus.fingerprint import (
     first_per_id,
     shard_fingerprints,
 )
-from aepipe.errors import IndexMismatch, MissingArtifact
+from aepipe.errors import CorpusError, IndexMismatch, MissingArtifact
 from aepipe.features import TextPreprocessor
 from aepipe.files import (
     atomic_write_json,
@@ -117,6 +117,8 @@ def plan_encode(cfg: PipelineConfig) -> EncodePlan:
     _corpus.cache_clear()
     model = _model(str(layout.model.root))
     corpus = _corpus(cfg.corpus.model_dump_json())
+    if corpus.n_items == 0:
+        raise CorpusError(f"corpus {cfg.corpus.source} holds no items; nothing encoded, the store is unchanged")
     key = encode_key(cfg, model.model_id)
     staging = layout.staging(f"store-{key}")
     _remove_stale_stagings(layout, staging)
@@ -277,19 +279,26 @@ def finalize_store(cfg: PipelineConfig, plan: EncodePlan, seconds: float = 0.0) 
     dups = _drop_duplicate_ids(staging, len(plan.shards))
     tables = [pq.read_table(p) for p in StoreFiles(staging).all_shard_quarantines()] + [dups]
     quarantine = pa.concat_tables(tables)
-    atomic_write_table(layout.quarantine("encode"), quarantine)
     prints = [pq.read_table(p) for p in StoreFiles(staging).all_shard_fingerprints()]
     atomic_write_table(
         StoreFiles(staging).items,
         first_per_id(pa.concat_tables(prints) if prints else FINGERPRINT_SCHEMA.empty_table()),
     )
     results = [read_json(_marker(staging, s.index)) for s in plan.shards]
+    n_items = sum(r["n_items"] for r in results) - dups.num_rows
+    if n_items == 0:  # a store of nothing would replace a usable one: keep the old one (and its quarantine)
+        atomic_write_table(layout.quarantine("encode-refused"), quarantine)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise CorpusError(
+            f"no item of {cfg.corpus.source} could be encoded ({quarantine.num_rows} quarantined, reasons in "
+            f"{layout.quarantine('encode-refused')}); the store is unchanged"
+        )
+    atomic_write_table(layout.quarantine("encode"), quarantine)
     atomic_write_json(
         StoreFiles(staging).manifest,
         {"key": plan.key, "model_id": plan.model_id, "complete": True, "shards": {str(r["shard"]): r for r in results}},
     )
     replace_dir(staging, layout.store)
-    n_items = sum(r["n_items"] for r in results) - dups.num_rows
     if quarantine.num_rows:
         log.warning("%d item(s) quarantined; see %s", quarantine.num_rows, layout.quarantine("encode"))
     return EncodeResult(

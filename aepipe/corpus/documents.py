@@ -326,7 +326,7 @@ def _read_csv(cfg: CorpusConfig) -> list[tuple[str, Any, str | None, str]]:
     path = Path(cfg.source)
     data = path.read_bytes()
     try:
-        doc = decode_text(data, cfg.documents.encoding)
+        doc = decode_text(data, cfg.documents.encoding, check=False)  # rows are checked one by one
     except BadItem as bad:
         raise CorpusError(f"cannot read CSV corpus {path}: {bad.reason}") from None
     if doc.encoding.endswith("(fallback)"):

@@ -47,21 +47,25 @@ def _detect(data: bytes) -> str | None:
     return best.encoding if best is not None else None
 
 
-def decode_text(data: bytes, declared: str | None = None, max_bytes: int | None = None) -> DecodedText:
+def decode_text(
+    data: bytes, declared: str | None = None, max_bytes: int | None = None, check: bool = True
+) -> DecodedText:
     """UTF-8 (or the encoding of a byte-order mark), then the declared encoding (``declared``, or a
     ``charset=`` / ``coding:`` declaration near the start), then a detected one, then Latin-1.
-    Raises BadItem for binary data, undecodable bytes, empty and oversized documents."""
+    Raises BadItem for binary data, undecodable bytes, empty and oversized documents. ``check=False``
+    only decodes: for a file of many documents (a CSV), whose rows are checked one by one."""
+    checked = check_text if check else (lambda doc: doc)
     if max_bytes is not None and len(data) > max_bytes:
         raise BadItem(f"document of {len(data)} bytes exceeds corpus.documents.max_doc_bytes {max_bytes}")
     for bom, name in _BOMS:
         if data.startswith(bom):
             try:
-                return check_text(DecodedText(data.decode(name), name))
+                return checked(DecodedText(data.decode(name), name))
             except UnicodeDecodeError:
                 raise BadItem(
                     f"undecodable bytes: starts with a {name} byte-order mark but does not decode as {name}"
                 ) from None
-    if b"\x00" in data[:8192]:
+    if check and b"\x00" in data[:8192]:
         raise BadItem("binary file (NUL bytes)")
     candidates = ["utf-8"]
     found = _DECLARED.search(data[:1024])
@@ -71,16 +75,16 @@ def decode_text(data: bytes, declared: str | None = None, max_bytes: int | None 
             candidates.append(codec)
     for codec in candidates:
         try:
-            return check_text(DecodedText(data.decode(codec), codec))
+            return checked(DecodedText(data.decode(codec), codec))
         except (UnicodeDecodeError, LookupError):
             continue
     detected = _detect(data)
     if detected and _codec(detected) not in candidates:
         try:
-            return check_text(DecodedText(data.decode(detected), _codec(detected) or detected))
+            return checked(DecodedText(data.decode(detected), _codec(detected) or detected))
         except (UnicodeDecodeError, LookupError):
             pass
-    return check_text(DecodedText(data.decode("latin-1"), "latin-1 (fallback)"))
+    return checked(DecodedText(data.decode("latin-1"), "latin-1 (fallback)"))
 
 
 def check_text(doc: DecodedText) -> DecodedText:
@@ -89,6 +93,8 @@ def check_text(doc: DecodedText) -> DecodedText:
     if not text.strip():
         raise BadItem("empty document")
     sample = text[:65_536]
+    if "\x00" in sample:
+        raise BadItem("binary data (NUL characters)")
     controls = sum(1 for ch in sample if (ord(ch) < 32 and ch not in "\t\n\r\f\v") or 0x7F <= ord(ch) < 0xA0)
     if controls > MAX_CONTROL_SHARE * len(sample):
         raise BadItem(

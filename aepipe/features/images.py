@@ -57,7 +57,9 @@ class ImagePreprocessor:
         """Raw payload (encoded bytes or array in [0, 1]) -> (C, H, W) float32 in [0, 1]."""
         if isinstance(payload, (bytes, bytearray, memoryview)):
             return self._from_bytes(bytes(payload), max_pixels)
-        return self._from_array(np.asarray(payload))
+        if isinstance(payload, str):
+            raise BadItem("the image column holds text, not image bytes")
+        return self._from_array(payload)
 
     def _from_bytes(self, data: bytes, max_pixels: int) -> np.ndarray:
         # JPEG: decode at the smallest DCT scale still at least twice the input size (a 4000x3000
@@ -71,7 +73,10 @@ class ImagePreprocessor:
 
     def _from_array(self, arr: np.ndarray) -> np.ndarray:
         # arr: (H, W) or (H, W, C) in [0, 1]
-        arr = np.asarray(arr, dtype=np.float32)
+        try:
+            arr = np.asarray(arr, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise BadItem(f"a {type(arr).__name__} that is not an array of numbers") from None
         if arr.ndim == 2:
             arr = arr[:, :, None]
         if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):

@@ -13,7 +13,7 @@ from PIL import Image
 
 from aepipe.codes.encode import codes_of, encode_corpus
 from aepipe.codes.store import open_store
-from aepipe.errors import MissingArtifact
+from aepipe.errors import CorpusError, MissingArtifact
 from aepipe.layout import RunLayout
 from aepipe.model import load_model
 
@@ -95,6 +95,26 @@ def test_duplicate_ids_are_quarantined_across_shards(run_copy, tmp_path, digits_
     q = pq.read_table(RunLayout.at(run_copy.run_dir).quarantine("encode")).to_pylist()
     assert [(r["id"], r["source"].rsplit("=", 1)[1]) for r in q] == [("a", "3"), ("c", "5")]
     assert all("duplicate id" in r["reason"] for r in q)
+
+
+@pytest.mark.parametrize("what", ["zero rows", "nothing usable"])
+def test_a_corpus_with_nothing_to_encode_leaves_the_store_as_it_was(run_copy, tmp_path, what):
+    layout = RunLayout.at(run_copy.run_dir)
+    before = open_store(layout.store).read_codes()
+    quarantine_before = pq.read_table(layout.quarantine("encode"))
+    path = tmp_path / "bad.parquet"
+    images = [] if what == "zero rows" else [b"not an image", None, b"\x89PNG\r\n"]
+    pq.write_table(
+        pa.table({"id": [f"x{i}" for i in range(len(images))], "image": pa.array(images, pa.binary())}), path
+    )
+    with pytest.raises(CorpusError, match="the store is unchanged"):
+        encode_corpus(run_copy.config(f"corpus.source={path}", "corpus.limit=null"))
+    after = open_store(layout.store).read_codes()
+    assert after[0] == before[0] and np.array_equal(after[1], before[1])
+    assert pq.read_table(layout.quarantine("encode")).equals(quarantine_before)
+    if what == "nothing usable":  # the reasons are kept beside it
+        assert pq.read_table(layout.quarantine("encode-refused")).num_rows == 3
+    assert not list((layout.root / ".staging").glob("store-*"))
 
 
 def test_encode_without_a_model_is_a_missing_artifact(tmp_path):

@@ -129,6 +129,18 @@ def test_csv_and_parquet_corpora_with_configurable_columns(tmp_path):
         open_corpus(corpus_cfg(pq_path, "corpus.documents.text_column=body"))
 
 
+def test_a_nul_byte_in_one_csv_cell_quarantines_that_row_not_the_file(tmp_path):
+    csv_path = tmp_path / "docs.csv"
+    rows = [f"{i},{DOCS[i % len(DOCS)]}" for i in range(4)]
+    rows[2] = "2,rocket\0orbit"  # one row of a real export with a stray NUL
+    csv_path.write_bytes(("id,text\n" + "\n".join(rows) + "\n").encode())
+    corpus = open_corpus(corpus_cfg(csv_path))
+    prep = corpus.infer_preprocessor(build_config().features)
+    q = Quarantine("test")
+    assert next(corpus.iter_batches(prep, 10, q)).ids == ["0", "1", "3"]
+    assert [(i, r) for i, _, r in q.items] == [("2", "binary data (NUL characters)")]
+
+
 def test_python_docs_is_a_real_labelled_corpus():
     corpus = open_corpus(corpus_cfg("python-docs"))
     assert corpus.n_items > 500 and corpus.has_labels

@@ -14,7 +14,7 @@ from PIL import Image
 
 from aepipe.config import CorpusConfig, FeaturesConfig, build_config
 from aepipe.corpus import Quarantine, open_image_corpus
-from aepipe.errors import ConfigError
+from aepipe.errors import BadItem, ConfigError
 from aepipe.features.images import ImagePreprocessor, choose_input_size, probe_image
 from aepipe.model.budget import check_memory_budget, estimate_training_memory
 from aepipe.model.train import train_model
@@ -171,3 +171,17 @@ def test_training_refuses_before_reading_when_over_budget(tmp_path):
     with pytest.raises(ConfigError, match="memory_budget_mb"):
         train_model(cfg)
     assert not (tmp_path / "run" / "model").exists()
+
+
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        ("not bytes", "holds text, not image bytes"),
+        ([["a", "b"]], "not an array of numbers"),
+        (None, "is not an image"),
+    ],
+)
+def test_payloads_that_are_not_images_are_bad_items_not_crashes(payload, reason):
+    prep = ImagePreprocessor(height=8, width=8, channels=1)
+    with pytest.raises(BadItem, match=reason):
+        prep(payload)
