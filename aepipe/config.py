@@ -243,6 +243,13 @@ class ModelConfig(_Section):
     denoising: DenoisingConfig | None = None
     contractive: ContractiveConfig | None = None
     transfer: TransferConfig | None = None
+    linear_path: Literal["none", "pca", "pca-frozen"] = Field(
+        "none",
+        description="dense only: a linear path beside the deep one, initialised to PCA on the training items, "
+        "so training starts as PCA (code = P(x - mean) + f(x), output = mean + P'code + g(code), f and g "
+        "starting at zero); pca trains P and the mean with the rest, pca-frozen keeps them. Needs an "
+        "identity output: loss auto becomes mse (outputs clamped to [0, 1] for inputs in [0, 1])",
+    )
     skip_connections: bool = Field(
         False,
         description="conv only: U-Net-style additive skips from each encoder resolution but the deepest to the "
@@ -269,12 +276,29 @@ class ModelConfig(_Section):
             raise ValueError("a variational autoencoder samples a Gaussian code; use code_activation: linear")
         if self.variational and self.sparsity:
             raise ValueError("variational and sparsity do not combine: the VAE's KL term already regularises the code")
+        if self.linear_path != "none":
+            self._check_linear_path()
         if self.contractive and self.contractive.method == "exact" and not self.exact_contractive_possible():
             raise ValueError(
                 "contractive.method exact needs a dense encoder with n_layers: 0 and "
                 "code_activation: sigmoid (one sigmoid layer); use method: projections"
             )
         return self
+
+    def _check_linear_path(self) -> None:
+        """The PCA start is exact only for a dense, deterministic, linear code and an identity output."""
+        fix = "or set model.linear_path: none"
+        if self.architecture != "dense":
+            raise ValueError(f"model.linear_path: {self.linear_path} is for architecture: dense; {fix}")
+        if self.variational:
+            raise ValueError(f"model.linear_path: {self.linear_path} does not combine with variational; {fix}")
+        if self.code_activation != "linear":
+            raise ValueError(f"model.linear_path: {self.linear_path} needs code_activation: linear; {fix}")
+        if self.loss not in ("auto", "mse"):
+            raise ValueError(
+                f"model.linear_path: {self.linear_path} needs loss: mse (or auto), not {self.loss}: PCA is the "
+                f"start only with an identity output; {fix}"
+            )
 
     def exact_contractive_possible(self) -> bool:
         return (

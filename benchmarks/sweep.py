@@ -44,6 +44,18 @@ RECIPES: dict[str, list[str]] = {
         "training.knn_target={k: 10}",
     ],
     "widths-auto, 1500 steps, knn_target k=10": [*STEPS, "training.knn_target={k: 10}"],
+    # The PCA-initialised linear path (model.linear_path, #12): MSE with an identity output, so the
+    # network starts as PCA; trainable or frozen P, with and without neighbour-smoothed targets.
+    # "mse, no path" separates the loss change from the path itself.
+    "pca-path, 1500 steps": [*STEPS, "model.linear_path=pca"],
+    "pca-path, 1500 steps, knn_target k=10": [*STEPS, "model.linear_path=pca", "training.knn_target={k: 10}"],
+    "pca-path frozen, 1500 steps": [*STEPS, "model.linear_path=pca-frozen"],
+    "pca-path frozen, 1500 steps, knn_target k=10": [
+        *STEPS,
+        "model.linear_path=pca-frozen",
+        "training.knn_target={k: 10}",
+    ],
+    "mse, no path, 1500 steps, knn_target k=10": [*STEPS, "model.loss=mse", "training.knn_target={k: 10}"],
     "demo: 256-128, 100 epochs, batch 64, lr 3e-3": [
         "model.n_layers=2",
         "model.nodes_per_layer=[256, 128]",

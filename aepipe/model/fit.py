@@ -31,13 +31,13 @@ from aepipe.layout import ModelFiles, RunLayout
 from aepipe.logs import timed
 from aepipe.model.budget import check_memory_budget
 from aepipe.model.device import resolve_device
-from aepipe.model.module import AutoencoderModule
-from aepipe.model.networks import Autoencoder, build_autoencoder
+from aepipe.model.module import AutoencoderModule, reconstruction_loss
+from aepipe.model.networks import Autoencoder, DenseAutoencoder, build_autoencoder
 from aepipe.model.progress import EpochLog
 from aepipe.model.saved import encode_array, load_model, save_model
 from aepipe.model.tasks import RESTORATION_TASKS, evaluate_task, match_targets
 from aepipe.model.verdict import baseline_summary, baseline_verdict, linear_codes, retrieval_comparison
-from aepipe.quality.metrics import pca_baseline, reconstruction_scores
+from aepipe.quality.metrics import fit_pca, pca_baseline, reconstruction_scores
 
 log = logging.getLogger(__name__)
 
@@ -160,17 +160,22 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
 
 
 def resolve_loss(cfg: PipelineConfig, x: np.ndarray) -> str:
-    """The config's loss, or for ``auto``: softmax for documents, BCE when all inputs lie in [0, 1], else MSE."""
+    """The config's loss, or for ``auto``: MSE with a linear path, softmax for documents, BCE when all
+    inputs lie in [0, 1], else MSE."""
     if cfg.model.loss != "auto":
         return cfg.model.loss
+    if cfg.model.linear_path != "none":  # the PCA start needs an identity output
+        return "mse"
     if cfg.corpus.kind == "documents":
         return "softmax"
     return "bce" if float(x.min()) >= 0.0 and float(x.max()) <= 1.0 else "mse"
 
 
-def output_activation(loss: str, x: np.ndarray) -> str:
+def output_activation(loss: str, x: np.ndarray, linear_path: bool = False) -> str:
     if loss == "softmax":
         return "softmax"
+    if linear_path:  # PCA's output is unbounded: clamp it when reconstructing inputs that lie in [0, 1]
+        return "clamp" if float(x.min()) >= 0.0 and float(x.max()) <= 1.0 else "identity"
     return "sigmoid" if loss == "bce" or x.max() <= 1.0 else "identity"
 
 
@@ -278,7 +283,10 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
         with timed("fit the vocabulary and idf on the training split"):
             data, prep, split = fit_vocabulary_on_training_items(cfg, data, split)
     loss = resolve_loss(cfg, data.x)
-    net = build_autoencoder(cfg.model, prep.shape, output_activation(loss, data.x))
+    linear_path = cfg.model.linear_path != "none"
+    net = build_autoencoder(cfg.model, prep.shape, output_activation(loss, data.x, linear_path))
+    if linear_path:
+        init_linear_path(net, data.x[split["train"]], cfg)
     target = training_target(cfg, prep, loss, data.x, split["train"])  # None: reconstruct the input
     if paired is not None:
         target = paired[1]
@@ -325,6 +333,9 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
         ) from None
     if trainer.is_global_zero:  # other ranks start later (Lightning's launcher) or never write
         fresh_dir(staging)
+    # The linear path starts as PCA: keep that start unless training beat it on the validation items.
+    guard = linear_path and has_val and cfg.training.task == "reconstruct"
+    start = {k: v.detach().clone() for k, v in module.net.state_dict().items()} if guard else None
     x = data.x
     with timed(f"fit {cfg.model.architecture} autoencoder on {len(split['train'])} items"):
         trainer.fit(
@@ -340,6 +351,7 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(best)
     net = module.net.cpu().eval()
+    kept_start = keep_better_start(net, start, x[split["val"]], loss) if start is not None else False
 
     with timed("evaluate held-out items against the linear baseline"):
         metrics = evaluate_reconstruction(net, x, split, cfg, data.labels)
@@ -356,6 +368,7 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
         steps=int(trainer.global_step),
         max_epochs=int(trainer.max_epochs or 0),
         best_val_loss=float(checkpoint.best_model_score or np.nan),
+        kept_pca_start=kept_start,
         n_train=len(split["train"]),
         n_val=len(split["val"]),
         n_test=len(split["test"]),
@@ -375,6 +388,40 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     return TrainResult(
         str(layout.model.root), model_id, metrics, len(data.ids), len(quarantine), time.perf_counter() - t0
     )
+
+
+def init_linear_path(net: Autoencoder, x_train: np.ndarray, cfg: PipelineConfig) -> None:
+    """Set the linear path of ``net`` to PCA at the code size, fitted on the training items."""
+    if not isinstance(net, DenseAutoencoder):  # the config allows the path only for dense networks
+        raise ConfigError("model.linear_path needs architecture: dense")
+    with timed(f"fit PCA-{cfg.model.code_size} on {len(x_train)} training items for the linear path"):
+        pca = fit_pca(x_train, cfg.model.code_size, cfg.training.seed)
+    net.init_linear_path(torch.from_numpy(pca.components_).float(), torch.from_numpy(pca.mean_).float())
+
+
+@torch.no_grad()
+def keep_better_start(net: Autoencoder, start: dict[str, torch.Tensor], x_val: np.ndarray, loss: str) -> bool:
+    """Put the PCA start (``start``: its state) back into the trained ``net`` when it reconstructs the
+    validation items better (mean training loss; the best checkpoint compares epochs only, never the
+    start). Returns whether it did."""
+
+    def val_loss() -> float:
+        parts = [torch.from_numpy(x_val[i : i + 4096]) for i in range(0, len(x_val), 4096)]
+        total = sum(float(reconstruction_loss(net(xb).out, xb, loss, net)) * len(xb) for xb in parts)
+        return total / len(x_val)
+
+    trained_loss, trained = val_loss(), {k: v.clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(start)
+    start_loss = val_loss()
+    if start_loss <= trained_loss:
+        log.warning(
+            "training did not beat its PCA start on the validation items (loss %.4g vs %.4g): keeping the start",
+            trained_loss,
+            start_loss,
+        )
+        return True
+    net.load_state_dict(trained)
+    return False
 
 
 def epochs_for(tc: TrainingConfig, n_train: int) -> int:

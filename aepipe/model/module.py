@@ -22,12 +22,15 @@ from aepipe.model.regularizers import (
 
 
 def reconstruction_loss(out: torch.Tensor, x: torch.Tensor, loss: str, net: Autoencoder) -> torch.Tensor:
-    """Mean over items of the per-element loss (BCE on logits, or MSE on activated outputs), or for
+    """Mean over items of the per-element loss (BCE on logits, or MSE on activated outputs; on raw
+    outputs for the "clamp" activation), or for
     ``softmax`` the multinomial cross-entropy -sum_v x_v log softmax(out)_v per item (x: a distribution)."""
     if loss == "softmax":
         return -(x * F.log_softmax(out, dim=-1)).sum(-1).mean()  # (B, V) -> scalar
     if loss == "bce":
         return F.binary_cross_entropy_with_logits(out, x)
+    if net.output_activation == "clamp":  # the linear path: MSE on the raw output, so no pixel loses its gradient
+        return F.mse_loss(out, x)
     return F.mse_loss(net.activate(out), x)
 
 

@@ -39,7 +39,9 @@ class Autoencoder(nn.Module):
     input_shape: tuple[int, ...]
     widths: list[int]  # hidden widths (dense) or channels (conv) of the encoder, saved in info.json
     code_size: int
-    output_activation: str  # "sigmoid", "softmax" (over the last dimension: word distributions) or "identity"
+    # "sigmoid", "softmax" (over the last dimension: word distributions), "identity" or "clamp" (identity,
+    # clamped to [0, 1] when reconstructing: the linear path's output for inputs in [0, 1])
+    output_activation: str
     variational: bool
     body: nn.Module  # (B, *input_shape) -> (B, features)
     decodes_codes = True  # False for a U-Net: its decoder also needs the encoder's feature maps
@@ -80,6 +82,8 @@ class Autoencoder(nn.Module):
     def activate(self, out: torch.Tensor) -> torch.Tensor:
         if self.output_activation == "softmax":
             return torch.softmax(out, dim=-1)
+        if self.output_activation == "clamp":  # identity in training (MSE on ``out``), [0, 1] when reconstructing
+            return out.clamp(0.0, 1.0)
         return torch.sigmoid(out) if self.output_activation == "sigmoid" else out
 
     def code_and_output(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +104,13 @@ def _dense_block(d_in: int, d_out: int, act: str, batch_norm: bool) -> list[nn.M
 
 
 class DenseAutoencoder(Autoencoder):
-    """Stacked fully connected layers, e.g. 784-512-256-128-code-128-256-512-784."""
+    """Stacked fully connected layers, e.g. 784-512-256-128-code-128-256-512-784.
+
+    ``linear_path`` ("pca" or "pca-frozen") adds a linear path beside the deep one:
+    code = P (x - mean) + f(x) and output = mean + P' code + g(code), where f and g are the deep
+    encoder and decoder. ``init_linear_path`` sets P and the mean from a fitted PCA and zeroes the
+    last layers of f and g, so the network starts as exactly that PCA and training moves away from
+    it only where the loss improves; with "pca-frozen" P and the mean stay fixed."""
 
     def __init__(
         self,
@@ -113,6 +123,7 @@ class DenseAutoencoder(Autoencoder):
         code_activation: str = "linear",
         variational: bool = False,
         decoder: str = "mirror",
+        linear_path: str = "none",
     ):
         super().__init__()
         self.input_shape = tuple(input_shape)
@@ -133,9 +144,39 @@ class DenseAutoencoder(Autoencoder):
             dec += _dense_block(a, b, activation, batch_norm)
         dec.append(nn.Linear(rdims[-1], d_in))
         self.decoder = nn.Sequential(*dec)
+        self.linear_path = linear_path
+        if linear_path != "none":
+            trainable = linear_path == "pca"
+            # Until init_linear_path: no linear path (zero components), so the network is the plain one.
+            self.pca_components = nn.Parameter(torch.zeros(code_size, d_in), requires_grad=trainable)  # (code, D)
+            self.pca_mean = nn.Parameter(torch.zeros(d_in), requires_grad=trainable)  # (D,)
+
+    @torch.no_grad()
+    def init_linear_path(self, components: torch.Tensor, mean: torch.Tensor) -> None:
+        """Start as PCA: P = ``components`` (k <= code rows, e.g. sklearn's ``components_``), the mean =
+        ``mean``, and the deep path's last encoder and decoder layers at zero. (k, D), (D,)"""
+        if self.linear_path == "none":
+            raise ValueError("this network was built without a linear path (model.linear_path: none)")
+        self.pca_components.zero_()
+        self.pca_components[: len(components)] = components.to(self.pca_components)  # fewer rows: spare code units
+        self.pca_mean.copy_(mean.to(self.pca_mean))
+        for layer in (self.code_head, self.decoder[-1]):
+            assert isinstance(layer, nn.Linear)  # for the type checker: both are the last Linear layers
+            layer.weight.zero_()
+            layer.bias.zero_()
+
+    def encode_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        z, logvar = super().encode_stats(x)
+        if self.linear_path == "none":
+            return z, logvar
+        # (B, D) @ (D, code) -> (B, code); the config allows the path only for a linear, deterministic code
+        return z + (x.flatten(1) - self.pca_mean) @ self.pca_components.T, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z).view(-1, *self.input_shape)  # (B, code) -> (B, C, H, W)
+        out = self.decoder(z)  # (B, code) -> (B, D)
+        if self.linear_path != "none":
+            out = out + self.pca_mean + z @ self.pca_components  # (B, code) @ (code, D) -> (B, D)
+        return out.view(-1, *self.input_shape)  # (B, D) -> (B, C, H, W)
 
 
 class ConvAutoencoder(Autoencoder):
@@ -269,6 +310,7 @@ def build_autoencoder(
             cfg.code_activation,
             cfg.variational,
             cfg.decoder,
+            cfg.linear_path,
         )
     c, h, w = input_shape  # conv: (C, H, W)
     return ConvAutoencoder(

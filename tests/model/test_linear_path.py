@@ -1,0 +1,137 @@
+"""model.linear_path: a dense autoencoder that starts as exactly PCA (sklearn's, fitted on the
+training items), keeps that start unless training beats it, and saves / reloads like any other."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+from sklearn.decomposition import PCA
+
+from aepipe.config import ModelConfig, build_config
+from aepipe.features import ImagePreprocessor
+from aepipe.layout import ModelFiles, RunLayout
+from aepipe.model import build_autoencoder, load_model, save_model
+from aepipe.model.fit import keep_better_start, resolve_loss
+from aepipe.model.networks import DenseAutoencoder
+from aepipe.model.saved import encode_array
+from aepipe.model.train import train_model
+from tests.conftest import QUICK_OVERRIDES
+
+CFG = ModelConfig(code_size=5, n_layers=2, nodes_per_layer=[32, 16], linear_path="pca")
+
+
+def _pca_net(digits_x: np.ndarray, cfg: ModelConfig = CFG) -> tuple[DenseAutoencoder, PCA]:
+    torch.manual_seed(0)
+    net = build_autoencoder(cfg, (1, 8, 8), "clamp")
+    assert isinstance(net, DenseAutoencoder)
+    pca = PCA(n_components=cfg.code_size, random_state=0).fit(digits_x[:300].reshape(300, -1))
+    net.init_linear_path(torch.from_numpy(pca.components_).float(), torch.from_numpy(pca.mean_).float())
+    return net.eval(), pca
+
+
+def test_network_starts_as_exactly_the_fitted_pca(digits_x):
+    net, pca = _pca_net(digits_x)
+    x = digits_x[300:400]  # held out from the PCA fit
+    flat = x.reshape(len(x), -1)
+    with torch.inference_mode():
+        z, out = net.code_and_output(torch.from_numpy(x))
+        recon = net.reconstruct(torch.from_numpy(x))
+    np.testing.assert_allclose(z.numpy(), pca.transform(flat), atol=1e-4)
+    pca_recon = pca.inverse_transform(pca.transform(flat))
+    np.testing.assert_allclose(out.reshape(len(x), -1).numpy(), pca_recon, atol=1e-4)
+    # Clamping to [0, 1] only moves outputs towards inputs in [0, 1]: never worse than PCA.
+    assert float(recon.min()) >= 0.0 and float(recon.max()) <= 1.0
+    ae_sse = ((recon.reshape(len(x), -1).numpy() - flat) ** 2).sum(1).mean()
+    pca_sse = ((pca_recon - flat) ** 2).sum(1).mean()
+    assert ae_sse <= pca_sse + 1e-5 and ae_sse > 0
+
+
+@pytest.mark.parametrize("mode", ["pca", "pca-frozen"])
+def test_deep_path_learns_and_frozen_pca_stays(digits_x, mode):
+    net, pca = _pca_net(digits_x, CFG.model_copy(update={"linear_path": mode}))
+    net.train()
+    before = net.pca_components.detach().clone()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    x = torch.from_numpy(digits_x[:64])
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(net(x).out, x).backward()
+        opt.step()
+    assert float(net.code_head.weight.detach().abs().sum()) > 0  # the zero-initialised deep path moved
+    assert float(net.decoder[-1].weight.detach().abs().sum()) > 0
+    assert torch.equal(net.pca_components, before) == (mode == "pca-frozen")
+
+
+def test_keep_better_start_restores_the_pca_start_when_training_made_it_worse(digits_x):
+    net, _ = _pca_net(digits_x)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        net.decoder[-1].bias.add_(0.3)  # "training" that hurts every pixel
+    assert keep_better_start(net, start, digits_x[300:400], "mse")
+    assert all(torch.equal(v, start[k]) for k, v in net.state_dict().items())
+    with torch.no_grad():
+        net.pca_mean.add_(0.3)  # now the start is the worse one
+    worse_start = {k: v.clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(start)
+    assert not keep_better_start(net, worse_start, digits_x[300:400], "mse")
+    assert all(torch.equal(v, start[k]) for k, v in net.state_dict().items())
+
+
+def test_saved_model_with_a_linear_path_reloads_and_encodes_identically(digits_x, tmp_path):
+    net, _ = _pca_net(digits_x)
+    with torch.no_grad():
+        net.code_head.weight.normal_()  # not the start: every weight must round-trip
+    prep = ImagePreprocessor(height=8, width=8, channels=1)
+    cfg = build_config(
+        overrides=["model.code_size=5", "model.n_layers=2", "model.nodes_per_layer=[32, 16]", "model.linear_path=pca"]
+    )
+    save_model(ModelFiles(tmp_path / "m"), net, cfg, prep)
+    loaded = load_model(tmp_path / "m")
+    assert isinstance(loaded.net, DenseAutoencoder) and loaded.net.linear_path == "pca"
+    assert loaded.net.output_activation == "clamp"
+    x = torch.from_numpy(digits_x[:50])
+    (z1, e1), (z2, e2) = encode_array(net, x), encode_array(loaded.net, x)
+    assert torch.equal(z1, z2) and torch.equal(e1, e2)
+
+
+def test_training_with_a_linear_path_starts_from_pca_and_is_not_worse_on_held_out_items(tmp_path):
+    cfg = build_config(
+        overrides=[
+            *QUICK_OVERRIDES,
+            "corpus.source=digits",
+            "corpus.limit=300",
+            "model.linear_path=pca",
+            f"run_dir={tmp_path / 'run'}",
+        ]
+    )
+    result = train_model(cfg)
+    m = result.metrics
+    assert m["loss"] == "mse"
+    assert m["ae"]["sse_per_item"] <= m["pca"]["sse_per_item"] * 1.05  # one epoch: about PCA, not far worse
+    files = RunLayout.at(cfg.run_dir).model
+    assert json.loads(files.info.read_text())["output_activation"] == "clamp"
+    model = load_model(files.root)
+    assert model.config.model.linear_path == "pca" and model.model_id == result.model_id
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"architecture": "conv"}, "architecture: dense"),
+        ({"variational": True}, "variational"),
+        ({"code_activation": "sigmoid"}, "code_activation: linear"),
+        ({"loss": "bce"}, "needs loss: mse"),
+    ],
+)
+def test_linear_path_refuses_what_cannot_start_as_pca(fields, message):
+    with pytest.raises(ValidationError, match=message):
+        ModelConfig(linear_path="pca", **fields)
+
+
+def test_auto_loss_is_mse_with_a_linear_path():
+    cfg = build_config(overrides=["model.linear_path=pca-frozen"])
+    assert resolve_loss(cfg, np.array([0.0, 0.5, 1.0])) == "mse"
