@@ -100,6 +100,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     serve_deployments(cfg, schedules, args.name, args.timezone, args.limit)
+    print("aepipe serve: stopped", file=sys.stderr)
     return 0
 
 
