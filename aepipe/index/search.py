@@ -9,7 +9,7 @@ res = s.search_arrays(vectors, k=10)        # batch jobs: (Q, k) arrays of ids a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,16 @@ class Hit:
     snippet: str | None = None  # documents: the start of the text
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # by hand: dataclasses.asdict deep-copies field by field, ~5 % of a by-id request in the service
+        return {
+            "query": self.query,
+            "rank": self.rank,
+            "id": self.id,
+            "distance": self.distance,
+            "label": self.label,
+            "source": self.source,
+            "snippet": self.snippet,
+        }
 
 
 @dataclass
