@@ -7,13 +7,15 @@ after each case.
 
 Each stage runs as a real ``python -m aepipe.cli`` process on a run of scikit-learn's digits. Per
 stage, one unkilled calibration run first measures how long the stage holds the lock: from the
-moment RUN/.lock names the process (the CLI process itself takes the lock, aepipe/cli/stages.py,
+moment RUN/.lock names the process (the median of ``--calibrations`` runs, default 3) (the CLI process itself takes the lock, aepipe/cli/stages.py,
 and writes its pid there) until the lock file stops naming it (the holder truncates it on release),
 and on to its exit. The hold time, not the exit: the interpreter's teardown after the release
 (torch, Lightning) takes longer than the stage's work for some stages (train: ~0.8 s held, exit
 ~1.5 s later), and kills there would test nothing. Each killed case then waits until the started
 process holds the lock and SIGKILLs its process group a seeded uniform fraction u in [0, 1.1) of
-the calibrated hold time later. Each kill is classed by what it hit: the lock holder (the lock
+the calibrated hold time later; every other kill (odd cases) is aimed instead: uniform in the
+calibrated writing window, from the first write seen to the release, where a kill is most likely
+to catch a half-written file. Each kill is classed by what it hit: the lock holder (the lock
 file still named it just before the kill), a process past its release (still exiting), or a miss
 (it had exited already: counted apart, not as a kill). Where each kill landed is recorded at that
 moment (the process is dead, so nothing changes until the rerun): u, seconds after the lock, the
@@ -72,6 +74,7 @@ class Kill:
 
     case: int
     u: float
+    aimed: bool  # drawn inside the calibrated writing window (first write -> release), not the whole hold
     planned_s: float  # u * the calibrated hold time
     after_lock_s: float | None  # lock taken -> the kill (or -> the exit, for a miss); None: lock never seen
     holding: bool  # the lock file still named the process just before the kill
@@ -269,9 +272,21 @@ def calibrate(run: Path, stage: str) -> tuple[float, float, float | None, list[s
     return (released or exited) - taken, exited - taken, writes_s, [f"calibration: {p}" for p in problems]
 
 
-def kill_and_rerun(run: Path, stage: str, kills: int, rng: random.Random) -> Row:
+def calibrate_median(run: Path, stage: str, runs: int) -> tuple[float, float, float | None, list[str]]:
+    """``calibrate`` ``runs`` times; the median of each time (one run's timing moved 3x on a shared machine)."""
+    results = [calibrate(run, stage) for _ in range(runs)]
+    writes = [r[2] for r in results if r[2] is not None]
+    return (
+        statistics.median(r[0] for r in results),
+        statistics.median(r[1] for r in results),
+        statistics.median(writes) if writes else None,
+        [p for r in results for p in r[3]],
+    )
+
+
+def kill_and_rerun(run: Path, stage: str, kills: int, rng: random.Random, calibrations: int = 3) -> Row:
     row = Row(f"SIGKILL during {stage}, then rerun")
-    duration, exit_s, writes_s, row.problems = calibrate(run, stage)
+    duration, exit_s, writes_s, row.problems = calibrate_median(run, stage, calibrations)
     writes = f"first writes seen {writes_s:.2f} s" if writes_s is not None else "no writes seen"
     print(
         f"{stage}: holds the lock {duration:.2f} s ({writes}), exits {exit_s:.2f} s after taking it",
@@ -283,6 +298,9 @@ def kill_and_rerun(run: Path, stage: str, kills: int, rng: random.Random) -> Row
     for case in range(kills):
         args = _stage_args(stage, case)
         u = rng.uniform(0.0, U_MAX)
+        aimed = case % 2 == 1 and writes_s is not None and writes_s < duration
+        if aimed:  # every other kill inside the writing window: first write seen -> release
+            u = (writes_s + rng.uniform(0.0, 1.0) * (duration - writes_s)) / duration
         before, current = _generations(run), _current_generation(run)
         proc = _start(run, args)
         taken = _wait_for_lock(proc, run)
@@ -306,6 +324,7 @@ def kill_and_rerun(run: Path, stage: str, kills: int, rng: random.Random) -> Row
         kill = Kill(
             case=case,
             u=round(u, 4),
+            aimed=aimed,
             planned_s=round(u * duration, 3),
             after_lock_s=round(after, 3) if after is not None else None,
             holding=holding and not missed,
@@ -373,7 +392,7 @@ def concurrent_writers(run: Path, n: int, rounds: int) -> Row:
     return row
 
 
-def torture(workdir: Path, kills: int, writers: int, seed: int) -> list[Row]:
+def torture(workdir: Path, kills: int, writers: int, seed: int, calibrations: int = 3) -> list[Row]:
     run = workdir / "run"
     setup = _run(
         [sys.executable, "-m", "aepipe.cli", "run", "--no-prefect", "--run-dir", str(run)]
@@ -382,7 +401,7 @@ def torture(workdir: Path, kills: int, writers: int, seed: int) -> list[Row]:
     if setup.returncode:
         raise RuntimeError(f"setup run failed: {setup.stderr[-2000:]}")
     rng = random.Random(seed)
-    rows = [kill_and_rerun(run, stage, kills, rng) for stage in STAGES]
+    rows = [kill_and_rerun(run, stage, kills, rng, calibrations) for stage in STAGES]
     rows.append(concurrent_writers(run, writers, max(1, kills // 3)))
     return rows
 
@@ -410,9 +429,9 @@ def landed_table(rows: list[Row]) -> str:
     """Where the kills landed, per stage: only the kills that hit a process holding the lock."""
     lines = [
         "| stage | calibrated: lock held (to exit) s | first write seen s | u of the kills: min / q1 / median / q3 / max "
-        "| s after the lock (median) | after the first write | saw .staging files | saw .tmp-/.old- "
-        "| new generation dir | published |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| s after the lock (median) | aimed at the writes | after the first write | saw .staging files "
+        "| saw .tmp-/.old- | new generation dir | published |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r.calibrated_s is None:
@@ -424,6 +443,7 @@ def landed_table(rows: list[Row]) -> str:
         lines.append(
             f"| {r.fault.split()[2].rstrip(',')} | {r.calibrated_s:.2f} ({r.calibrated_exit_s:.2f}) "
             f"| {'-' if writes is None else f'{writes:.2f}'} | {_quartiles([k.u for k in hit])} | {median} "
+            f"| {sum(k.aimed for k in hit)}/{n} "
             f"| {'-' if writes is None else f'{sum(k.after_lock_s >= writes for k in hit)}/{n}'} "
             f"| {sum(k.staging_files > 0 for k in hit)}/{n} | {sum(bool(k.in_flight) for k in hit)}/{n} "
             f"| {sum(bool(k.new_generations) for k in hit)}/{n} | {sum(k.published for k in hit)}/{n} |"
@@ -436,11 +456,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kills", type=int, default=20, help="SIGKILLs per stage (default 20; CI: 3)")
     p.add_argument("--writers", type=int, default=10, help="writers started together (2-10)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calibrations", type=int, default=3, help="unkilled runs per stage; their median times (CI: 1)")
     p.add_argument("--out", help="write torture.json and RESULTS-torture.md here")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="aepipe-torture-") as tmp:
-        rows = torture(Path(tmp), args.kills, args.writers, args.seed)
+        rows = torture(Path(tmp), args.kills, args.writers, args.seed, args.calibrations)
     seconds = time.perf_counter() - t0
     text = (
         f"{table(rows)}\n\nWhere the kills landed (the kills that hit the lock holder; u: the fraction of the "
