@@ -1,6 +1,6 @@
 """The torture suite's CI form (slow): 3 SIGKILLs per writing stage, each landing while the stage
-holds the run's lock (after a calibration run of it; every other kill aimed at the writes), followed by a rerun and a check of the
-published generation, and 4 writers started together. The long form:
+holds the run's lock (after a calibration run of it; every other kill aimed at the writes),
+followed by a rerun and a check of the published generation, and 4 writers started together. The long form:
 ``python -m benchmarks.torture --kills 20 --writers 10``."""
 
 from __future__ import annotations
