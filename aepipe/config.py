@@ -654,6 +654,8 @@ class PipelineConfig(_Section):
             preset.get("model", {}).pop("nodes_per_layer", None)
         if model.get("architecture") == "conv":
             preset.get("model", {}).pop("decoder", None)
+        if not _linear_path_fits(model, data):  # the preset's PCA start, only where it can be exact
+            preset.get("model", {}).pop("linear_path", None)
         training: dict[str, Any] = data["training"] if isinstance(data.get("training"), dict) else {}
         if "max_epochs" in training or "max_steps" in training:  # the user sized training: no floor under it
             preset.get("training", {}).pop("min_steps", None)
@@ -685,6 +687,19 @@ class PipelineConfig(_Section):
 
 
 PRESETS = ("images", "documents")
+
+
+def _linear_path_fits(model: dict[str, Any], data: dict[str, Any]) -> bool:
+    """Whether a preset's ``model.linear_path`` combines with the model keys the user set (the
+    refusals of ModelConfig) and with the task: restoration keeps its sigmoid output and loss."""
+    training: dict[str, Any] = data["training"] if isinstance(data.get("training"), dict) else {}
+    return (
+        model.get("architecture", "dense") == "dense"
+        and not model.get("variational", False)
+        and model.get("code_activation", "linear") == "linear"
+        and model.get("loss", "auto") in ("auto", "mse")
+        and training.get("task", "reconstruct") == "reconstruct"
+    )
 
 
 def load_preset(name: str) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 from TRAINING data only, never on a benchmark's held-out split.
 
     python -m benchmarks.sweep --out benchmarks/sweep-digits            # scikit-learn digits, every recipe
-    python -m benchmarks.sweep --recipes widths-auto,steps-3000 --out DIR
+    python -m benchmarks.sweep --recipes "pca-path, 1500 steps; pca-path frozen, 1500 steps" --out DIR
 
 Protocol: the defaults benchmark's digits row trains with the pipeline's own split
 (``split_indices(1797, 0.1, 0.1, seed 0)``) and reports on its test items. The sweep keeps only
@@ -11,6 +11,10 @@ the same pipeline code: each run's own 10 % test split (144 items carved from th
 items) is the sweep's validation set, where AE and PCA are compared (SSE per item, P@10 of
 validation queries against the run's training items). The benchmark's test items are never read.
 Each recipe is one set of overrides on top of the defaults; one row per recipe, all in one run.
+
+``--dataset digits32`` (a png400 stand-in, 1,024 inputs): 400 of those training items outside the
+first 400 digits (png400's items), upscaled 4x bilinear to 32x32 as png400 is; the same protocol
+(each run's 40-item test split is the validation set). Neither png400 nor any test split is read.
 """
 
 from __future__ import annotations
@@ -33,11 +37,12 @@ from aepipe.model.train import train_model
 from benchmarks import write_results
 
 STEPS = ["training.max_steps=1500", "training.max_epochs=1000"]
+NO_KNN = "training.knn_target=null"  # the images preset sets knn_target: a recipe without it must say so
 # Recipes: overrides on top of the defaults (the code size is set by --code-size for all).
 RECIPES: dict[str, list[str]] = {
     "before: 512-256-128, 60 epochs": ["model.nodes_per_layer=[512, 256, 128]", "training.max_epochs=60"],
     "widths-auto (256-128-64), 60 epochs": ["training.max_epochs=60"],
-    "512-256-128, 1500 steps": ["model.nodes_per_layer=[512, 256, 128]", *STEPS],
+    "512-256-128, 1500 steps": ["model.nodes_per_layer=[512, 256, 128]", *STEPS, NO_KNN],
     "512-256-128, 1500 steps, knn_target k=10": [
         "model.nodes_per_layer=[512, 256, 128]",
         *STEPS,
@@ -47,15 +52,22 @@ RECIPES: dict[str, list[str]] = {
     # The PCA-initialised linear path (model.linear_path, #12): MSE with an identity output, so the
     # network starts as PCA; trainable or frozen P, with and without neighbour-smoothed targets.
     # "mse, no path" separates the loss change from the path itself.
-    "pca-path, 1500 steps": [*STEPS, "model.linear_path=pca"],
+    "pca-path, 1500 steps": [*STEPS, "model.linear_path=pca", NO_KNN],
     "pca-path, 1500 steps, knn_target k=10": [*STEPS, "model.linear_path=pca", "training.knn_target={k: 10}"],
-    "pca-path frozen, 1500 steps": [*STEPS, "model.linear_path=pca-frozen"],
+    "pca-path frozen, 1500 steps": [*STEPS, "model.linear_path=pca-frozen", NO_KNN],
     "pca-path frozen, 1500 steps, knn_target k=10": [
         *STEPS,
         "model.linear_path=pca-frozen",
         "training.knn_target={k: 10}",
     ],
     "mse, no path, 1500 steps, knn_target k=10": [*STEPS, "model.loss=mse", "training.knn_target={k: 10}"],
+    # On top of the images preset as a user gets it (min_steps 1500, then early stopping; knn_target
+    # k=10): max_steps above turns the min_steps floor off, so 400 items stop after ~50 steps there.
+    "defaults": [],
+    "defaults + pca-path": ["model.linear_path=pca"],
+    "defaults + pca-path frozen": ["model.linear_path=pca-frozen"],
+    "defaults + pca-path, no knn": ["model.linear_path=pca", NO_KNN],
+    "defaults + pca-path frozen, no knn": ["model.linear_path=pca-frozen", NO_KNN],
     "demo: 256-128, 100 epochs, batch 64, lr 3e-3": [
         "model.n_layers=2",
         "model.nodes_per_layer=[256, 128]",
@@ -76,6 +88,27 @@ def carve_digits(out: Path) -> Path:
     x = np.round(d.images[train] / 16.0 * 255).astype(np.uint8)  # (N, 8, 8)
     np.savez(path, x=x, y=d.target[train])
     return path
+
+
+def carve_digits32(out: Path, n_items: int = 400) -> Path:
+    """A stand-in for the png400 row (1,024 inputs, 400 items) that shares no item with it nor with
+    the digits row's test split: ``n_items`` of the digits row's training items outside the first
+    400 digits (png400's), upscaled 4x bilinear to 32x32 as ``benchmarks.defaults`` makes png400."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    train = split_indices(len(d.target), 0.1, 0.1, 0)["train"]
+    pool = train[train >= 400]  # png400 is digits 0..399
+    rows = np.sort(np.random.default_rng(0).choice(pool, n_items, replace=False))
+    small = np.round(d.images[rows] / 16.0 * 255).astype(np.uint8)  # (N, 8, 8)
+    x = np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.Resampling.BILINEAR)) for im in small])
+    path = out / "digits32-train-split.npz"
+    np.savez(path, x=x, y=d.target[rows])  # (N, 32, 32) uint8
+    return path
+
+
+CARVES = {"digits": carve_digits, "digits32": carve_digits32}
 
 
 def run_recipe(source: Path, name: str, overrides: list[str], code_size: int, out: Path) -> dict:
@@ -124,6 +157,8 @@ def table(rows: list[dict], argv: list[str]) -> str:
             f"| {r['val_pca_p10']:.3f} | {'yes' if r['beats_both'] else 'no'} | {r['epochs']} | {r['seconds']:.0f} |"
         )
     lines += ["", f"Validation: {rows[0]['n_val']} items per run, carved from the digits row's training split."]
+    if "digits32" in argv:
+        lines[-1] += " Inputs: 400 of those items outside png400's, upscaled to 32x32 (--dataset digits32)."
     return "\n".join(lines)
 
 
@@ -132,16 +167,24 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="benchmarks/sweep-digits")
     p.add_argument("--code-size", type=int, default=10)
-    p.add_argument("--recipes", help="comma-separated recipe names (default: all): " + "; ".join(RECIPES))
+    p.add_argument(
+        "--dataset",
+        choices=list(CARVES),
+        default="digits",
+        help="digits: the digits row's 1,437 training items (8x8); digits32: 400 of them outside png400, "
+        "upscaled to 32x32 (a png400 stand-in)",
+    )
+    # Recipe names hold commas: the list is separated by semicolons.
+    p.add_argument("--recipes", help="semicolon-separated recipe names (default: all): " + "; ".join(RECIPES))
     args = p.parse_args(argv)
-    names = list(RECIPES) if not args.recipes else [n.strip() for n in args.recipes.split(",")]
+    names = list(RECIPES) if not args.recipes else [n.strip() for n in args.recipes.split(";") if n.strip()]
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         p.error(f"unknown recipe(s) {unknown}; choose from {list(RECIPES)}")
     setup_logging(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    source = carve_digits(out)
+    source = CARVES[args.dataset](out)
     rows = []
     for name in names:
         rows.append(run_recipe(source, name, RECIPES[name], args.code_size, out))

@@ -27,10 +27,12 @@ def reconstruction_loss(out: torch.Tensor, x: torch.Tensor, loss: str, net: Auto
     ``softmax`` the multinomial cross-entropy -sum_v x_v log softmax(out)_v per item (x: a distribution)."""
     if loss == "softmax":
         return -(x * F.log_softmax(out, dim=-1)).sum(-1).mean()  # (B, V) -> scalar
+    if net.output_activation == "clamp":
+        # The linear path: MSE on the raw output, so no pixel loses its gradient; also when a caller
+        # infers "bce" from inputs in [0, 1] (DEC does), as BCE needs logits this output does not give.
+        return F.mse_loss(out, x)
     if loss == "bce":
         return F.binary_cross_entropy_with_logits(out, x)
-    if net.output_activation == "clamp":  # the linear path: MSE on the raw output, so no pixel loses its gradient
-        return F.mse_loss(out, x)
     return F.mse_loss(net.activate(out), x)
 
 

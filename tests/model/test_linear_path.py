@@ -135,3 +135,25 @@ def test_linear_path_refuses_what_cannot_start_as_pca(fields, message):
 def test_auto_loss_is_mse_with_a_linear_path():
     cfg = build_config(overrides=["model.linear_path=pca-frozen"])
     assert resolve_loss(cfg, np.array([0.0, 0.5, 1.0])) == "mse"
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ([], "pca"),  # the images preset
+        (["model.architecture=conv"], "none"),
+        (["model.variational=true"], "none"),
+        (["model.code_activation=sigmoid"], "none"),
+        (["model.loss=bce"], "none"),
+        (["training.task=denoise"], "none"),  # restoration keeps its sigmoid output
+        (["corpus.kind=documents"], "none"),
+        (["preset=none"], "none"),
+        (["model.architecture=conv", "model.linear_path=pca"], None),  # set by the user: refused, not dropped
+    ],
+)
+def test_images_preset_starts_dense_models_as_pca_only_where_it_can(overrides, expected):
+    if expected is None:
+        with pytest.raises(Exception, match="architecture: dense"):
+            build_config(overrides=overrides)
+        return
+    assert build_config(overrides=overrides).model.linear_path == expected

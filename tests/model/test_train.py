@@ -48,7 +48,8 @@ def test_model_directory_holds_every_artifact(trained_run):
     metrics = json.loads(files.metrics.read_text())
     assert metrics["ae"]["sse_per_item"] > 0 and metrics["pca"]["sse_per_item"] > 0
     assert metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == 400
-    assert metrics["n_test"] == 40 and metrics["loss"] == "bce"
+    assert metrics["n_test"] == 40 and metrics["loss"] == "mse"  # the images preset's PCA start needs MSE
+    assert cfg.model.linear_path == "pca" and info["output_activation"] == "clamp"
     assert not (RunLayout.at(trained_run.run_dir).root / ".staging" / "model").exists()  # swapped into place
 
 
@@ -144,7 +145,7 @@ def test_split_indices_partition_all_items():
 
 
 def test_auto_loss_is_bce_only_for_unit_range_inputs():
-    cfg = build_config()
+    cfg = build_config(overrides=["model.linear_path=none"])  # the images preset's linear path asks for MSE
     assert resolve_loss(cfg, np.array([0.0, 0.5, 1.0])) == "bce"
     assert resolve_loss(cfg, np.array([-0.1, 0.5])) == "mse"
     assert resolve_loss(build_config(overrides=["model.loss=mse"]), np.array([0.5])) == "mse"
