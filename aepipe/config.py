@@ -690,12 +690,14 @@ PRESETS = ("images", "documents")
 
 
 def _linear_path_fits(model: dict[str, Any], data: dict[str, Any]) -> bool:
-    """Whether a preset's ``model.linear_path`` combines with the model keys the user set (the
-    refusals of ModelConfig) and with the task: restoration keeps its sigmoid output and loss."""
+    """Whether a preset's ``model.linear_path`` combines with the model keys the user set: the
+    refusals of ModelConfig, and the plain autoencoder only (it was measured there; a contractive
+    penalty, say, fights the fixed-norm PCA projection). Restoration keeps its sigmoid output and loss."""
     training: dict[str, Any] = data["training"] if isinstance(data.get("training"), dict) else {}
+    kinds = ("variational", "sparsity", "denoising", "contractive", "transfer")
     return (
         model.get("architecture", "dense") == "dense"
-        and not model.get("variational", False)
+        and not any(model.get(k) for k in kinds)
         and model.get("code_activation", "linear") == "linear"
         and model.get("loss", "auto") in ("auto", "mse")
         and training.get("task", "reconstruct") == "reconstruct"

@@ -143,6 +143,8 @@ def test_auto_loss_is_mse_with_a_linear_path():
         ([], "pca"),  # the images preset
         (["model.architecture=conv"], "none"),
         (["model.variational=true"], "none"),
+        (["model.contractive={weight: 0.05}"], "none"),  # other kinds keep the plain network
+        (["model.denoising={noise: gaussian, level: 0.4}"], "none"),
         (["model.code_activation=sigmoid"], "none"),
         (["model.loss=bce"], "none"),
         (["training.task=denoise"], "none"),  # restoration keeps its sigmoid output
