@@ -6,20 +6,37 @@ User errors are 4xx with ``{"error": "..."}``: 400 a query that cannot be used, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from aepipe.errors import AepipeError, DimensionMismatch
 from aepipe.serve.service import BadQuery, SearchService, TooLarge, UnknownItem, hits_json
 
+try:  # Prefect installs orjson; the standard library's encoder is the fallback
+    import orjson
+except ImportError:  # pragma: no cover
+    orjson = None  # type: ignore[assignment]
+
 STATUS = {UnknownItem: 404, TooLarge: 413, DimensionMismatch: 422, BadQuery: 400}
+T = TypeVar("T")
+
+
+class HitsResponse(JSONResponse):
+    """JSON of search results, encoded by orjson where installed (several times faster than json.dumps)."""
+
+    def render(self, content: Any) -> bytes:
+        if orjson is None:
+            return super().render(content)
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 class IdsQuery(BaseModel):
@@ -70,18 +87,24 @@ def create_app(service: SearchService) -> FastAPI:
         # a JSONResponse as is: FastAPI's jsonable_encoder pass over every hit would cost more than the search
         s = service.searcher
         body = {"model_id": s.model_id, "generation": s.infos.get("generation"), "results": hits_json(results, names)}
-        return JSONResponse({**body, **extra})
+        return HitsResponse({**body, **extra})
 
-    @app.post("/api/search/ids")
-    def search_ids(q: IdsQuery) -> JSONResponse:
+    async def run(inline: bool, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the event loop when the service deems the work small, else in a worker
+        thread (SearchService.runs_inline). The once-a-second index check goes to a thread: when
+        the files changed, reopening the run can take seconds, and the loop must keep answering."""
+        if service.refresh_due():
+            await run_in_threadpool(service.refresh)
+        return fn(*args) if inline else await run_in_threadpool(fn, *args)
+
+    def by_ids(q: IdsQuery) -> JSONResponse:
         results, errors = service.search_ids(q.ids, q.k, q.label)
         if not results and errors:
             raise UnknownItem(f"none of the ids is in the store: {', '.join(e['id'] for e in errors[:5])}")
-        known = [i for i in q.ids if i not in {e["id"] for e in errors}]
-        return answer(results, known, errors=errors)
+        unknown = {e["id"] for e in errors}
+        return answer(results, [i for i in q.ids if i not in unknown], errors=errors)
 
-    @app.post("/api/search/vectors")
-    def search_vectors(q: VectorsQuery) -> JSONResponse:
+    def by_vectors(q: VectorsQuery) -> JSONResponse:
         lengths = {len(v) for v in q.vectors}
         if len(lengths) != 1:
             raise DimensionMismatch(f"query vectors have different lengths {sorted(lengths)}")
@@ -90,12 +113,20 @@ def create_app(service: SearchService) -> FastAPI:
             raise BadQuery("query vectors hold NaN or infinite values")
         return answer(service.search_vectors(vecs, q.k, q.label), [str(i) for i in range(len(vecs))])
 
+    @app.post("/api/search/ids")
+    async def search_ids(q: IdsQuery) -> JSONResponse:
+        return await run(service.runs_inline(len(q.ids), q.label, by_id=True), by_ids, q)
+
+    @app.post("/api/search/vectors")
+    async def search_vectors(q: VectorsQuery) -> JSONResponse:
+        return await run(service.runs_inline(len(q.vectors), q.label), by_vectors, q)
+
     @app.post("/api/search/text")
-    def search_text(q: TextQuery) -> JSONResponse:
+    def search_text(q: TextQuery) -> JSONResponse:  # a worker thread: vectorizing and the encoder pass
         return answer(service.search_texts(q.texts, q.k, q.label), [t[:80] for t in q.texts])
 
     @app.post("/api/search/images")
-    def search_images(
+    def search_images(  # a worker thread: decoding and the encoder pass run largely without the GIL
         files: list[UploadFile] = File(..., description="image file(s)"),
         k: int = Form(10),
         label: str | None = Form(None),

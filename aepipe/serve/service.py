@@ -17,17 +17,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from aepipe.codes.encode import codes_of
 from aepipe.errors import AepipeError
 from aepipe.features import ImagePreprocessor, TextPreprocessor
 from aepipe.index.search import Hit, Searcher
 from aepipe.layout import RunLayout
+from aepipe.model.saved import LoadedModel
 from aepipe.report.figures import thumbnail_png
 from aepipe.report.html import open_run
 from aepipe.report.items import ItemImages, stored_rows
 
 log = logging.getLogger(__name__)
+
+# a search by stored vectors that compares at most this many floats (query vectors x stored items
+# x dim; a Flat scan of ~1 ms) is answered on the event loop, see runs_inline
+INLINE_MAX_SCAN = 2**22
 
 
 class UnknownItem(AepipeError):
@@ -53,6 +58,7 @@ class Generation:
     labels: list[str]
     codes: np.ndarray | None  # every stored code in memory when it fits codes_in_memory_mb: by-id queries skip Parquet
     position: dict[str, int]  # id -> row of ``codes``
+    scan: int  # stored floats one query may compare: n_items x dim (an upper bound for approximate indexes)
 
 
 class SearchService:
@@ -100,7 +106,12 @@ class SearchService:
             position = {i: p for p, i in enumerate(ids)}
         self._thumbnail.cache_clear()
         log.info("serving index %s (model %s, %d items)", searcher.infos["index_string"], searcher.model_id, len(rows))
-        return Generation(searcher, items, stamp, time.time(), labels, codes, position)
+        scan = int(searcher.index.ntotal) * searcher.dim
+        return Generation(searcher, items, stamp, time.time(), labels, codes, position, scan)
+
+    def refresh_due(self) -> bool:
+        """Whether the next ``refresh()`` will look at the index files (once every ``check_every_s``)."""
+        return time.monotonic() - self._checked_at >= self.check_every_s
 
     def refresh(self, force: bool = False) -> bool:
         """Reopen the run if its index files changed since they were opened; True if it did.
@@ -125,6 +136,19 @@ class SearchService:
     def searcher(self) -> Searcher:
         self.refresh()
         return self._gen.searcher
+
+    def runs_inline(self, n_queries: int, label: str | None = None, by_id: bool = False) -> bool:
+        """Whether a search of ``n_queries`` stored (``by_id``) or given vectors is small enough to
+        answer on the event loop. Handing a ~0.1 ms search to a worker thread costs more than the
+        search, and under load the threads and the loop queue for the GIL. A big scan still goes
+        to a thread (faiss releases the GIL: other requests go on meanwhile), and so do a label
+        filter (it may turn every stored item into a hit) and stored codes read from Parquet.
+        Uploads and texts always do: their decoding and encoder pass also run largely without the
+        GIL (inline, 28x28 uploads under 8 clients measured slower)."""
+        gen = self._gen
+        if label is not None or (by_id and gen.codes is None):
+            return False
+        return n_queries * gen.scan <= INLINE_MAX_SCAN
 
     # -- what it answers -----------------------------------------------------------------------
 
@@ -201,7 +225,7 @@ class SearchService:
                 xs.append(model.prep(data, model.config.corpus.images.max_pixels))  # (C, H, W)
             except Exception as exc:  # BadItem (not an image, truncated, too many pixels) or a decoder error
                 raise BadQuery(f"{name} is not a usable image: {getattr(exc, 'reason', exc)}") from None
-        codes = codes_of(model, np.stack(xs))  # (Q, C, H, W) -> (Q, code)
+        codes = query_codes(model, np.stack(xs))  # (Q, C, H, W) -> (Q, code)
         return self.search_vectors(codes, k, label, names=[n for n, _ in images])
 
     def search_texts(self, texts: list[str], k: int, label: str | None = None) -> list[list[Hit]]:
@@ -213,7 +237,7 @@ class SearchService:
         empty = [t for t, n in zip(texts, x.sum(1)) if n <= 0]
         if empty:
             raise BadQuery(f"query {empty[0][:60]!r} has no term of the model's vocabulary; use other words")
-        return self.search_vectors(codes_of(model, x), k, label, names=[t[:80] for t in texts])
+        return self.search_vectors(query_codes(model, x), k, label, names=[t[:80] for t in texts])
 
     def item(self, item_id: str) -> dict[str, Any]:
         rows = stored_rows(self.searcher._store_checked(), [item_id])  # noqa: SLF001
@@ -236,6 +260,16 @@ class SearchService:
         if item_id not in found:
             raise UnknownItem(f"id {item_id!r} is not in the store")
         return thumbnail_png(found[item_id][0], size)
+
+
+@torch.inference_mode()
+def query_codes(model: LoadedModel, x: np.ndarray) -> np.ndarray:
+    """Codes of query inputs, (Q, C, H, W) or (Q, V) -> (Q, code): the same encoder pass as
+    ``codes_of``, without the decoder pass that ``codes_of`` makes to measure reconstruction error
+    (a third of an upload's time in the service)."""
+    net = model.net
+    device = next(net.parameters()).device
+    return net.encode(torch.from_numpy(np.asarray(x, dtype=np.float32)).to(device)).float().cpu().numpy()
 
 
 def _reranked(hit: Hit, rank: int) -> Hit:

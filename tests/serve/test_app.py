@@ -151,3 +151,63 @@ def test_by_id_without_codes_in_memory_reads_the_store_and_agrees(trained_run):
         == [h.id for h in Searcher(trained_run.run_dir).search_ids(["0003"], 6)[0]]
     )
     assert errs_a == errs_b == [{"id": "x", "error": "id not in the store"}]
+
+
+def test_small_searches_run_inline_big_ones_in_a_thread_with_the_same_answer(trained_run, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    import aepipe.serve.service as service_module
+    from aepipe.serve.app import create_app
+    from aepipe.serve.service import SearchService
+
+    svc = SearchService(trained_run.run_dir)
+    assert svc.runs_inline(1) and svc.runs_inline(5, by_id=True)
+    assert not svc.runs_inline(1, label="3")  # a label filter may turn every item into a hit
+    assert not SearchService(trained_run.run_dir, codes_in_memory_mb=0).runs_inline(1, by_id=True)  # reads Parquet
+    vec = Searcher(trained_run.run_dir).vectors_for_ids(["0042"]).tolist()
+    with TestClient(create_app(svc)) as c:
+        inline = [c.post("/api/search/ids", json={"ids": ["0003"], "k": 5}).json()]
+        inline.append(c.post("/api/search/vectors", json={"vectors": vec, "k": 5}).json())
+        monkeypatch.setattr(service_module, "INLINE_MAX_SCAN", 0)
+        assert not svc.runs_inline(1)
+        threaded = [c.post("/api/search/ids", json={"ids": ["0003"], "k": 5}).json()]
+        threaded.append(c.post("/api/search/vectors", json={"vectors": vec, "k": 5}).json())
+    assert inline == threaded and inline[1]["results"][0]["hits"][0]["id"] == "0042"
+
+
+def test_query_codes_equal_the_encoders_codes(trained_run, digits_x):
+    from aepipe.codes.encode import codes_of
+    from aepipe.serve.service import query_codes
+
+    model = Searcher(trained_run.run_dir).model
+    x = digits_x[:7]
+    assert np.array_equal(query_codes(model, x), codes_of(model, x))
+
+
+def test_hit_to_dict_is_asdict():
+    from dataclasses import asdict
+
+    from aepipe.index.search import Hit
+
+    hit = Hit("q.png", 2, "0007", 0.25, "7", "digits[7]", None)
+    assert hit.to_dict() == asdict(hit) and list(hit.to_dict()) == list(asdict(hit))
+
+
+def test_an_inline_search_answers_from_a_newly_published_generation(run_copy):
+    """A search answered on the event loop (its index check runs in a thread first) moves to a
+    newly published generation like one in a worker thread."""
+    from fastapi.testclient import TestClient
+
+    from aepipe.pipeline import index_stage
+    from aepipe.serve.app import create_app
+    from aepipe.serve.service import SearchService
+
+    svc = SearchService(run_copy.run_dir, check_every_s=0)
+    before = svc._gen.searcher.generation.name
+    with TestClient(create_app(svc)) as c:
+        index_stage(run_copy.config("index.factory=IVF4,Flat"))
+        assert svc.runs_inline(1, by_id=True)
+        r = c.post("/api/search/ids", json={"ids": ["0003"], "k": 3})
+    after = svc._gen.searcher  # what the answer came from: no other call refreshed the service
+    assert r.status_code == 200 and before and after.generation.name != before
+    assert "IVF4" in after.infos["index_string"] and len(r.json()["results"][0]["hits"]) == 3
