@@ -79,7 +79,13 @@ def load_model(files: ModelFiles | str | Path) -> LoadedModel:
         files = ModelFiles(Path(files))
     if not files.weights.is_file() or not files.info.is_file():
         raise MissingArtifact(f"no trained model in {files.root}; run `aepipe train` first")
-    config = PipelineConfig.model_validate(read_json(files.config))
+    saved = read_json(files.config)
+    # The saved config is complete as trained: no preset fills what it lacks. (A model saved before a
+    # key existed was trained without it; the images preset's model.linear_path: pca would otherwise
+    # describe another network than the weights.)
+    config = PipelineConfig.model_validate({**saved, "preset": "none"}).model_copy(
+        update={"preset": saved.get("preset", "auto")}
+    )
     prep = preprocessor_from_dict(read_json(files.preprocess))
     info = read_json(files.info)
     # Widths as trained (info.json); models saved before that key used the input-independent rule.
