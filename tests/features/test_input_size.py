@@ -138,7 +138,8 @@ def test_estimate_counts_parameters_without_allocating_them():
     big = (3, 3000, 4000)  # a dense layer of 36M x 512 weights: 74 GB if it were allocated
     est = estimate_training_memory(cfg, big, n_items=61)
     d = 3 * 3000 * 4000
-    assert est.n_parameters == (d * 512 + 512) + (512 * 32 + 32) + (32 * 512 + 512) + (512 * d + d)
+    pca_path = 32 * d + d  # the images preset's model.linear_path: pca: components (32 x d) and mean (d)
+    assert est.n_parameters == (d * 512 + 512) + (512 * 32 + 32) + (32 * 512 + 512) + (512 * d + d) + pca_path
     assert est.peak_mb > 100_000
     small = estimate_training_memory(cfg, (1, 8, 8), n_items=1797)
     assert small.peak_mb < 1000
