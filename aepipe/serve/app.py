@@ -86,7 +86,7 @@ def create_app(service: SearchService) -> FastAPI:
     def answer(results: list, names: list[str], **extra: Any) -> JSONResponse:
         # a JSONResponse as is: FastAPI's jsonable_encoder pass over every hit would cost more than the search
         s = service.searcher
-        body = {"model_id": s.model_id, "generation": s.infos.get("generation"), "results": hits_json(results, names)}
+        body = {"model_id": s.model_id, "generation": s.generation.name or None, "results": hits_json(results, names)}
         return HitsResponse({**body, **extra})
 
     async def run(inline: bool, fn: Callable[..., T], *args: Any) -> T:

@@ -48,6 +48,8 @@ def test_search_by_ids_matches_the_library_and_reports_unknown_ids(client, train
     assert [res["query"] for res in body["results"]] == ["0003", "0010"]
     assert [[h["id"] for h in res["hits"]] for res in body["results"]] == [[h.id for h in hits] for hits in expected]
     assert body["model_id"] == trained_run.model_id
+    # the published generation that answered, as /api/info names it (the page shows it)
+    assert body["generation"] is not None and body["generation"] == client.get("/api/info").json()["generation"]
 
 
 def test_only_unknown_ids_is_a_404(client):
