@@ -6,18 +6,6 @@ deployments in infra/prefect.yaml."""
 
 from __future__ import annotations
 
-import logging
-import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
@@ -27,8 +15,6 @@ from aepipe.errors import ConfigError
 from aepipe_flows.pipeline import pipeline_flow
 from aepipe_flows.stages import cluster_flow, encode_flow, index_flow, train_flow
 from aepipe_flows.update import update_flow
-
-log = logging.getLogger(__name__)
 
 FLOWS = {
     "pipeline": pipeline_flow,
@@ -98,64 +84,4 @@ def serve_deployments(
 ) -> None:
     """Register the deployments with the Prefect API and run their flow runs here until stopped
     (Ctrl-C or SIGTERM: the runner pauses the schedules and returns)."""
-    deployments = build_deployments(config, schedules, name, timezone)
-    with _api_that_outlives_ctrl_c():
-        serve(*deployments, limit=limit)
-
-
-@contextmanager
-def _api_that_outlives_ctrl_c(startup_timeout_s: float = 180) -> Iterator[None]:
-    """Without PREFECT_API_URL, a Prefect server for the length of ``aepipe serve``, in a session of
-    its own. (Prefect's own temporary server is a child in the terminal's process group: Ctrl-C
-    reached it too, it died first, and the runner then hung on shutdown retrying to pause its
-    schedules on a dead API, printing a websocket traceback.) ``prefect server start`` also runs the
-    scheduler, so cron schedules fire. Its log goes to a temporary file named in the log."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    if PREFECT_API_URL.value():
-        yield
-        return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    fd, log_name = tempfile.mkstemp(prefix="aepipe-prefect-server-", suffix=".log")
-    env = {**os.environ, "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    with os.fdopen(fd, "wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        _wait_until_healthy(url, proc, log_name, startup_timeout_s)
-        log.info("Prefect server for this session on %s (log: %s)", url, log_name)
-        with temporary_settings({PREFECT_API_URL: url}):
-            yield
-    finally:
-        _stop_session(proc)
-
-
-def _wait_until_healthy(url: str, proc: subprocess.Popen, log_name: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ConfigError(f"prefect server start exited with status {proc.returncode}; see {log_name}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise ConfigError(f"the Prefect server did not answer within {timeout_s:.0f} s; see {log_name}")
-
-
-def _stop_session(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's session (server and its workers), SIGKILL what is left after 20 s."""
-    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(wait_s)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    serve(*build_deployments(config, schedules, name, timezone), limit=limit)

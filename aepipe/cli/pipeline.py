@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -81,25 +81,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     """Serve every flow as a deployment (flow/NAME) with cron schedules; no work pool. Runs until
     interrupted; flow runs execute in subprocesses of this one."""
-    cfg = config_from_args(args)
-    from aepipe_flows.deployments import (  # imports Prefect (env defaults in flows/)
-        parse_schedules,
-        serve_deployments,
-    )
+    from aepipe.cli.prefect_server import api_url_configured, session_server
 
-    schedules = parse_schedules(args.cron)
-    if not os.environ.get("PREFECT_API_URL"):
+    cfg = config_from_args(args)
+    server: AbstractContextManager[object] = nullcontext()
+    if not api_url_configured():
         print(
-            "aepipe serve: PREFECT_API_URL is not set, so runs and schedules live in a temporary local server "
-            "that stops with this process; start `prefect server start` and set PREFECT_API_URL for a lasting one",
+            "aepipe serve: PREFECT_API_URL is not set: starting a Prefect server for this session (runs and "
+            "schedules stop with it); start `prefect server start` and set PREFECT_API_URL for a lasting one",
             file=sys.stderr,
         )
-    planned = ", ".join(f"{k} '{v}'" for k, v in schedules.items() if v) or "none"
-    print(
-        f"aepipe serve: deployments <flow>/{args.name} for {cfg.run_dir}; schedules ({args.timezone}): {planned}",
-        file=sys.stderr,
-    )
-    serve_deployments(cfg, schedules, args.name, args.timezone, args.limit)
+        server = session_server()
+    with server:  # before Prefect is imported: it reads PREFECT_API_URL from the environment
+        from aepipe_flows.deployments import (  # imports Prefect (env defaults in flows/)
+            parse_schedules,
+            serve_deployments,
+        )
+
+        schedules = parse_schedules(args.cron)
+        planned = ", ".join(f"{k} '{v}'" for k, v in schedules.items() if v) or "none"
+        print(
+            f"aepipe serve: deployments <flow>/{args.name} for {cfg.run_dir}; schedules ({args.timezone}): {planned}",
+            file=sys.stderr,
+        )
+        serve_deployments(cfg, schedules, args.name, args.timezone, args.limit)
     print("aepipe serve: stopped", file=sys.stderr)
     return 0
 

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # starts a Prefect server and the runner: about a minute
-
 BIN = Path(sys.executable).parent
 
 
@@ -26,6 +24,7 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
+@pytest.mark.slow  # starts a Prefect server and the runner: about a minute
 def test_ctrl_c_stops_serve_cleanly(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(tmp_path / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false", OMP_NUM_THREADS="1")
@@ -64,3 +63,20 @@ def test_ctrl_c_stops_serve_cleanly(tmp_path):
     finally:
         if _group_alive(pgid):
             os.killpg(pgid, signal.SIGKILL)
+
+
+def test_an_api_url_in_the_environment_or_the_active_profile_counts_as_configured(tmp_path, monkeypatch):
+    from aepipe.cli.prefect_server import api_url_configured
+
+    for key in ("PREFECT_API_URL", "PREFECT_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    assert not api_url_configured()  # no profiles file
+    (tmp_path / "profiles.toml").write_text(
+        'active = "prod"\n[profiles.prod]\nPREFECT_API_URL = "http://prefect:4200/api"\n[profiles.local]\n'
+    )
+    assert api_url_configured()
+    monkeypatch.setenv("PREFECT_PROFILE", "local")
+    assert not api_url_configured()
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    assert api_url_configured()
