@@ -243,12 +243,14 @@ class ModelConfig(_Section):
     denoising: DenoisingConfig | None = None
     contractive: ContractiveConfig | None = None
     transfer: TransferConfig | None = None
-    linear_path: Literal["none", "pca", "pca-frozen"] = Field(
+    linear_path: Literal["none", "pca", "pca-frozen", "lsa", "lsa-frozen"] = Field(
         "none",
         description="dense only: a linear path beside the deep one, initialised to PCA on the training items, "
         "so training starts as PCA (code = P(x - mean) + f(x), output = mean + P'code + g(code), f and g "
         "starting at zero); pca trains P and the mean with the rest, pca-frozen keeps them. Needs an "
-        "identity output: loss auto becomes mse (outputs clamped to [0, 1] for inputs in [0, 1])",
+        "identity output: loss auto becomes mse (outputs clamped to [0, 1] for inputs in [0, 1]). "
+        "lsa / lsa-frozen: P from an uncentred truncated SVD (LSA, the documents' baseline), so codes start "
+        "as LSA's; also with loss softmax (documents), whose decoder then starts from zero weights",
     )
     skip_connections: bool = Field(
         False,
@@ -294,10 +296,10 @@ class ModelConfig(_Section):
             raise ValueError(f"model.linear_path: {self.linear_path} does not combine with variational; {fix}")
         if self.code_activation != "linear":
             raise ValueError(f"model.linear_path: {self.linear_path} needs code_activation: linear; {fix}")
-        if self.loss not in ("auto", "mse"):
+        if self.loss not in ("auto", "mse") and not (self.linear_path.startswith("lsa") and self.loss == "softmax"):
             raise ValueError(
                 f"model.linear_path: {self.linear_path} needs loss: mse (or auto), not {self.loss}: PCA is the "
-                f"start only with an identity output; {fix}"
+                f"start only with an identity output (lsa also takes softmax); {fix}"
             )
 
     def exact_contractive_possible(self) -> bool:
@@ -654,7 +656,8 @@ class PipelineConfig(_Section):
             preset.get("model", {}).pop("nodes_per_layer", None)
         if model.get("architecture") == "conv":
             preset.get("model", {}).pop("decoder", None)
-        if not _linear_path_fits(model, data):  # the preset's PCA start, only where it can be exact
+        path = preset.get("model", {}).get("linear_path", "none")
+        if not _linear_path_fits(path, model, data):  # the preset's PCA/LSA start, only where it can be exact
             preset.get("model", {}).pop("linear_path", None)
         training: dict[str, Any] = data["training"] if isinstance(data.get("training"), dict) else {}
         if "max_epochs" in training or "max_steps" in training:  # the user sized training: no floor under it
@@ -689,17 +692,19 @@ class PipelineConfig(_Section):
 PRESETS = ("images", "documents")
 
 
-def _linear_path_fits(model: dict[str, Any], data: dict[str, Any]) -> bool:
-    """Whether a preset's ``model.linear_path`` combines with the model keys the user set: the
-    refusals of ModelConfig, and the plain autoencoder only (it was measured there; a contractive
-    penalty, say, fights the fixed-norm PCA projection). Restoration keeps its sigmoid output and loss."""
+def _linear_path_fits(path: str, model: dict[str, Any], data: dict[str, Any]) -> bool:
+    """Whether a preset's ``model.linear_path`` (``path``) combines with the model keys the user set:
+    the refusals of ModelConfig, and the plain autoencoder only (it was measured there; a contractive
+    penalty, say, fights the fixed-norm PCA projection). Restoration keeps its sigmoid output and loss.
+    (The document preset's own denoising is not the user's: it is part of what was measured.)"""
     training: dict[str, Any] = data["training"] if isinstance(data.get("training"), dict) else {}
     kinds = ("variational", "sparsity", "denoising", "contractive", "transfer")
+    losses = ("auto", "mse", "softmax") if path.startswith("lsa") else ("auto", "mse")
     return (
         model.get("architecture", "dense") == "dense"
         and not any(model.get(k) for k in kinds)
         and model.get("code_activation", "linear") == "linear"
-        and model.get("loss", "auto") in ("auto", "mse")
+        and model.get("loss", "auto") in losses
         and training.get("task", "reconstruct") == "reconstruct"
     )
 

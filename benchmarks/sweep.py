@@ -12,6 +12,12 @@ items) is the sweep's validation set, where AE and PCA are compared (SSE per ite
 validation queries against the run's training items). The benchmark's test items are never read.
 Each recipe is one set of overrides on top of the defaults; one row per recipe, all in one run.
 
+``--dataset python-docs`` (documents, code size 32 as the defaults row): the python-docs row's
+training split only (the same read and ``split_indices(n, 0.1, 0.1, seed 0)`` as the pipeline),
+written as a JSONL of text and label (the package); each run's 10 % test split of it is the
+validation set, AE against LSA (P@10, cosine) and PCA on the word distributions (SSE). Only the
+document recipes (``doc:``) apply to it.
+
 ``--dataset digits32`` (a png400 stand-in, 1,024 inputs): 400 of those training items outside the
 first 400 digits (png400's items), upscaled 4x bilinear to 32x32 as png400 is; the same protocol
 (each run's 40-item test split is the validation set). Neither png400 nor any test split is read.
@@ -78,6 +84,34 @@ RECIPES: dict[str, list[str]] = {
 }
 
 
+DOCS = ["corpus.kind=documents"]
+# Document recipes, on top of the document preset (model.code_size from --code-size, 32 for python-docs).
+DOC_RECIPES: dict[str, list[str]] = {
+    "doc: before: no knn_target": [*DOCS, NO_KNN],  # the document preset before #12's sweep
+    "doc: defaults": [*DOCS],  # the document preset as a user gets it (knn_target k=10 since that sweep)
+    # The LSA start (model.linear_path: lsa, #12): code = P x + f(x) with P from the verdict's LSA, the
+    # softmax decoder from zero weights (the unigram model); trainable or frozen P; with and without
+    # neighbour-smoothed targets.
+    "doc: lsa-path": [*DOCS, "model.linear_path=lsa", NO_KNN],
+    "doc: lsa-path frozen": [*DOCS, "model.linear_path=lsa-frozen", NO_KNN],
+    "doc: lsa-path, knn_target k=10": [*DOCS, "model.linear_path=lsa", "training.knn_target={k: 10}"],
+    "doc: lsa-path frozen, knn_target k=10": [*DOCS, "model.linear_path=lsa-frozen", "training.knn_target={k: 10}"],
+    "doc: lsa-path, knn_target k=20": [*DOCS, "model.linear_path=lsa", "training.knn_target={k: 20}"],
+    "doc: lsa-path, lr 1e-3": [*DOCS, "model.linear_path=lsa", "training.lr=0.001", NO_KNN],
+    "doc: lsa-path, lr 1e-3, knn_target k=10": [
+        *DOCS,
+        "model.linear_path=lsa",
+        "training.lr=0.001",
+        "training.knn_target={k: 10}",
+    ],
+    "doc: lsa-path, no denoising": [*DOCS, "model.linear_path=lsa", "model.denoising=null", NO_KNN],
+    "doc: knn_target k=10": [*DOCS, "training.knn_target={k: 10}"],
+    "doc: knn_target k=20": [*DOCS, "training.knn_target={k: 20}"],
+    "doc: lr 1e-3": [*DOCS, "training.lr=0.001", NO_KNN],
+}
+RECIPES.update(DOC_RECIPES)
+
+
 def carve_digits(out: Path) -> Path:
     """The digits row's training split only, as an .npz (uint8 0..16 scaled as the digits reader does)."""
     from sklearn.datasets import load_digits
@@ -108,16 +142,41 @@ def carve_digits32(out: Path, n_items: int = 400) -> Path:
     return path
 
 
-CARVES = {"digits": carve_digits, "digits32": carve_digits32}
+def carve_python_docs(out: Path) -> Path:
+    """The python-docs row's training split only, as a JSONL of id, text and label: the items read as
+    the training stage reads them (``load_training_data``), split as it splits them."""
+    import json
+
+    from aepipe.corpus import Quarantine, open_corpus
+    from aepipe.model.fit import load_training_data
+
+    cfg = build_config(overrides=["corpus.kind=documents", "corpus.source=python-docs", "model.code_size=32"])
+    data, _ = load_training_data(cfg, Quarantine("train"))
+    tc = cfg.training
+    train = split_indices(len(data.ids), tc.val_fraction, tc.test_fraction, tc.seed)["train"]
+    keep = {data.ids[i] for i in train}
+    path = out / "python-docs-train-split.jsonl"
+    with open(path, "w") as fh:
+        for raw in open_corpus(cfg.corpus).iter_raw():
+            if raw.id in keep:
+                fh.write(json.dumps({"id": raw.id, "text": raw.payload.text, "label": raw.label}) + "\n")
+                keep.discard(raw.id)
+    return path
 
 
-def run_recipe(source: Path, name: str, overrides: list[str], code_size: int, out: Path) -> dict:
+CARVES = {"digits": carve_digits, "digits32": carve_digits32, "python-docs": carve_python_docs}
+
+
+def run_recipe(
+    source: Path, name: str, overrides: list[str], code_size: int, out: Path, seed: int | None = None
+) -> dict:
     cfg = build_config(
         overrides=[
             f"corpus.source={source}",
             f"run_dir={out / 'runs' / str(abs(hash(name)))}",
             f"model.code_size={code_size}",
             *overrides,
+            *([f"training.seed={seed}"] if seed is not None else []),
         ]
     )
     t0 = time.perf_counter()
@@ -125,6 +184,8 @@ def run_recipe(source: Path, name: str, overrides: list[str], code_size: int, ou
     m, b = result.metrics, result.metrics["baseline"]
     r = b["retrieval"]
     return {
+        "baseline": b["name"],
+        "kept_start": m.get("kept_pca_start"),
         "recipe": name,
         "overrides": overrides,
         "val_ae_sse": m["ae"]["sse_per_item"],
@@ -138,6 +199,22 @@ def run_recipe(source: Path, name: str, overrides: list[str], code_size: int, ou
     }
 
 
+def mean_over_seeds(runs: list[dict]) -> dict:
+    """One row from a recipe's runs with different ``training.seed`` (each its own validation split
+    of the same carved training items): means, and on how many seeds the AE beat the baseline on both."""
+    row = dict(runs[0])
+    for key in ("val_ae_sse", "val_pca_sse", "val_ae_p10", "val_pca_p10", "epochs", "seconds"):
+        row[key] = float(np.mean([r[key] for r in runs]))
+    row["beats_both"] = sum(r["beats_both"] for r in runs) if len(runs) > 1 else runs[0]["beats_both"]
+    row["kept_start"] = sum(bool(r["kept_start"]) for r in runs) if len(runs) > 1 else runs[0]["kept_start"]
+    row["n_seeds"], row["runs"] = len(runs), runs
+    return row
+
+
+def _count(v: bool | int, n: int) -> str:
+    return f"{int(v)}/{n}" if n > 1 else ("yes" if v else "no")
+
+
 def table(rows: list[dict], argv: list[str]) -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lines = [
@@ -148,15 +225,24 @@ def table(rows: list[dict], argv: list[str]) -> str:
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; commit {commit}; "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
-        "| recipe | val SSE/item AE | PCA | val P@10 AE | PCA | beats PCA on both | epochs | train s |",
-        "|---|---:|---:|---:|---:|:-:|---:|---:|",
+        "| recipe | val SSE/item AE | PCA | val P@10 AE | PCA (LSA) | beats it on both | kept start | epochs "
+        "| train s |",
+        "|---|---:|---:|---:|---:|:-:|:-:|---:|---:|",
     ]
     for r in rows:
+        base = "" if r["baseline"] == "pca" else f" ({r['baseline']})"
         lines.append(
-            f"| {r['recipe']} | {r['val_ae_sse']:.3f} | {r['val_pca_sse']:.3f} | {r['val_ae_p10']:.3f} "
-            f"| {r['val_pca_p10']:.3f} | {'yes' if r['beats_both'] else 'no'} | {r['epochs']} | {r['seconds']:.0f} |"
+            f"| {r['recipe']} | {r['val_ae_sse']:.4g} | {r['val_pca_sse']:.4g} | {r['val_ae_p10']:.3f} "
+            f"| {r['val_pca_p10']:.3f}{base} | {_count(r['beats_both'], r['n_seeds'])} "
+            f"| {_count(r['kept_start'], r['n_seeds'])} | {r['epochs']:.0f} | {r['seconds']:.0f} |"
         )
-    lines += ["", f"Validation: {rows[0]['n_val']} items per run, carved from the digits row's training split."]
+    row = "python-docs" if "python-docs" in argv else "digits"
+    lines += ["", f"Validation: {rows[0]['n_val']} items per run, carved from the {row} row's training split."]
+    if rows[0]["n_seeds"] > 1:
+        lines[-1] += (
+            f" Means over {rows[0]['n_seeds']} seeds (training.seed: each run's own validation split of those "
+            "items and its own initialisation); 'beats it on both' and 'kept start' count the seeds."
+        )
     if "digits32" in argv:
         lines[-1] += " Inputs: 400 of those items outside png400's, upscaled to 32x32 (--dataset digits32)."
     return "\n".join(lines)
@@ -172,12 +258,21 @@ def main(argv: list[str] | None = None) -> int:
         choices=list(CARVES),
         default="digits",
         help="digits: the digits row's 1,437 training items (8x8); digits32: 400 of them outside png400, "
-        "upscaled to 32x32 (a png400 stand-in)",
+        "upscaled to 32x32 (a png400 stand-in); python-docs: the python-docs row's training documents "
+        "(use --code-size 32, as the defaults row)",
     )
     # Recipe names hold commas: the list is separated by semicolons.
-    p.add_argument("--recipes", help="semicolon-separated recipe names (default: all): " + "; ".join(RECIPES))
+    p.add_argument(
+        "--recipes", help="semicolon-separated recipe names (default: all of the dataset's kind): " + "; ".join(RECIPES)
+    )
+    p.add_argument(
+        "--seeds",
+        type=lambda v: [int(s) for s in v.split(",")],
+        help="comma-separated training.seed values: each recipe runs once per seed, the table shows means",
+    )
     args = p.parse_args(argv)
-    names = list(RECIPES) if not args.recipes else [n.strip() for n in args.recipes.split(";") if n.strip()]
+    default = [n for n in RECIPES if (n in DOC_RECIPES) == (args.dataset == "python-docs")]
+    names = default if not args.recipes else [n.strip() for n in args.recipes.split(";") if n.strip()]
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         p.error(f"unknown recipe(s) {unknown}; choose from {list(RECIPES)}")
@@ -187,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     source = CARVES[args.dataset](out)
     rows = []
     for name in names:
-        rows.append(run_recipe(source, name, RECIPES[name], args.code_size, out))
+        runs = [run_recipe(source, name, RECIPES[name], args.code_size, out, s) for s in args.seeds or [None]]
+        rows.append(mean_over_seeds(runs))
         print(rows[-1], file=sys.stderr, flush=True)
     write_results(out, rows, table(rows, argv))
     return 0

@@ -19,6 +19,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from sklearn.decomposition import TruncatedSVD
 from torch.utils.data import DataLoader, TensorDataset
 
 from aepipe.config import CorpusConfig, FeaturesConfig, PipelineConfig, TrainingConfig, TransferConfig
@@ -37,7 +38,7 @@ from aepipe.model.progress import EpochLog
 from aepipe.model.saved import encode_array, load_model, save_model
 from aepipe.model.tasks import RESTORATION_TASKS, evaluate_task, match_targets
 from aepipe.model.verdict import baseline_summary, baseline_verdict, linear_codes, retrieval_comparison
-from aepipe.quality.metrics import fit_pca, pca_baseline, reconstruction_scores
+from aepipe.quality.metrics import fit_pca, label_retrieval, pca_baseline, reconstruction_scores
 
 log = logging.getLogger(__name__)
 
@@ -160,14 +161,16 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
 
 
 def resolve_loss(cfg: PipelineConfig, x: np.ndarray) -> str:
-    """The config's loss, or for ``auto``: MSE with a linear path, softmax for documents, BCE when all
-    inputs lie in [0, 1], else MSE."""
+    """The config's loss, or for ``auto``: MSE with a PCA path, softmax for documents, MSE with an LSA
+    path, BCE when all inputs lie in [0, 1], else MSE."""
     if cfg.model.loss != "auto":
         return cfg.model.loss
-    if cfg.model.linear_path != "none":  # the PCA start needs an identity output
+    if cfg.model.linear_path.startswith("pca"):  # the PCA start needs an identity output
         return "mse"
-    if cfg.corpus.kind == "documents":
+    if cfg.corpus.kind == "documents":  # an LSA path starts the codes; the word logits keep softmax
         return "softmax"
+    if cfg.model.linear_path != "none":
+        return "mse"
     return "bce" if float(x.min()) >= 0.0 and float(x.max()) <= 1.0 else "mse"
 
 
@@ -285,9 +288,9 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     loss = resolve_loss(cfg, data.x)
     linear_path = cfg.model.linear_path != "none"
     net = build_autoencoder(cfg.model, prep.shape, output_activation(loss, data.x, linear_path))
-    if linear_path:
-        init_linear_path(net, data.x[split["train"]], cfg)
     target = training_target(cfg, prep, loss, data.x, split["train"])  # None: reconstruct the input
+    if linear_path:
+        init_linear_path(net, data.x[split["train"]], cfg, _rows(target, split["train"]))
     if paired is not None:
         target = paired[1]
     transferred = init_from_model(net, cfg.model.transfer) if cfg.model.transfer else 0
@@ -333,8 +336,9 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
         ) from None
     if trainer.is_global_zero:  # other ranks start later (Lightning's launcher) or never write
         fresh_dir(staging)
-    # The linear path starts as PCA: keep that start unless training beat it on the validation items.
+    # The linear path starts as PCA (LSA): keep that start unless training beat it on the validation items.
     guard = linear_path and has_val and cfg.training.task == "reconstruct"
+    criterion = start_criterion(cfg, data, split, target, loss) if guard else None
     start = {k: v.detach().clone() for k, v in module.net.state_dict().items()} if guard else None
     x = data.x
     with timed(f"fit {cfg.model.architecture} autoencoder on {len(split['train'])} items"):
@@ -351,7 +355,7 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(best)
     net = module.net.cpu().eval()
-    kept_start = keep_better_start(net, start, x[split["val"]], loss) if start is not None else False
+    kept_start = keep_better_start(net, start, *criterion) if start is not None and criterion else False
 
     with timed("evaluate held-out items against the linear baseline"):
         metrics = evaluate_reconstruction(net, x, split, cfg, data.labels)
@@ -390,34 +394,89 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     )
 
 
-def init_linear_path(net: Autoencoder, x_train: np.ndarray, cfg: PipelineConfig) -> None:
-    """Set the linear path of ``net`` to PCA at the code size, fitted on the training items."""
+def init_linear_path(
+    net: Autoencoder, x_train: np.ndarray, cfg: PipelineConfig, target_train: np.ndarray | None = None
+) -> None:
+    """Set the linear path of ``net`` to PCA (``lsa*``: an uncentred truncated SVD, as the verdict's LSA
+    baseline) at the code size, fitted on the training items. A softmax decoder starts at the log of
+    the mean training target (``target_train``: word distributions), the unigram model."""
     if not isinstance(net, DenseAutoencoder):  # the config allows the path only for dense networks
         raise ConfigError("model.linear_path needs architecture: dense")
-    with timed(f"fit PCA-{cfg.model.code_size} on {len(x_train)} training items for the linear path"):
-        pca = fit_pca(x_train, cfg.model.code_size, cfg.training.seed)
-    net.init_linear_path(torch.from_numpy(pca.components_).float(), torch.from_numpy(pca.mean_).float())
+    a = x_train.reshape(len(x_train), -1)
+    if cfg.model.linear_path.startswith("lsa"):
+        k = max(1, min(cfg.model.code_size, a.shape[1] - 1, len(a) - 1))  # as verdict.linear_codes
+        with timed(f"fit LSA-{k} on {len(a)} training items for the linear path"):
+            svd = TruncatedSVD(n_components=k, random_state=cfg.training.seed).fit(a)
+        components, mean = svd.components_, np.zeros(a.shape[1])
+    else:
+        with timed(f"fit PCA-{cfg.model.code_size} on {len(a)} training items for the linear path"):
+            pca = fit_pca(a, cfg.model.code_size, cfg.training.seed)
+        components, mean = pca.components_, pca.mean_
+    bias = None
+    if net.output_activation == "softmax" and target_train is not None:
+        bias = torch.from_numpy(np.log(np.maximum(target_train.reshape(len(a), -1).mean(0), 1e-12))).float()
+    net.init_linear_path(torch.from_numpy(components).float(), torch.from_numpy(mean).float(), bias)
+
+
+Score = Callable[[Autoencoder], float]  # a network's score on the validation items, lower is better
+
+
+def start_criterion(
+    cfg: PipelineConfig,
+    data: Dataset,
+    split: dict[str, np.ndarray],
+    target: np.ndarray | None,
+    loss: str,
+) -> tuple[Score, str]:
+    """How ``keep_better_start`` compares the start with the trained network on the validation
+    items: with a label on every training and validation item, precision@10 of the validation
+    queries against the training items (the index's metric), the measure the verdict holds against
+    the linear baseline; else the training loss."""
+    train, val = split["train"], split["val"]
+    y = np.array(data.labels, dtype=object)
+    if all(v is not None for v in y[np.concatenate([train, val])]) and len(set(y[train])) >= 2:
+        x_train, x_val, metric = data.x[train], data.x[val], cfg.index.metric
+
+        @torch.no_grad()
+        def precision(net: Autoencoder) -> float:
+            codes_train, codes_val = _encode_all(net, x_train)[0], _encode_all(net, x_val)[0]
+            return -label_retrieval(codes_train, codes_val, y[train], y[val], metric=metric, k=10)["precision_at_10"]
+
+        return precision, "precision@10"
+    return validation_loss(data.x[val], _rows(target, val), loss), "loss"
+
+
+def validation_loss(x_val: np.ndarray, target_val: np.ndarray | None, loss: str) -> Score:
+    """Mean training loss on the validation items (``target_val``: what the decoder reconstructs,
+    when not the input)."""
+    y_val = x_val if target_val is None else target_val
+
+    @torch.no_grad()
+    def score(net: Autoencoder) -> float:
+        total = 0.0
+        for i in range(0, len(x_val), 4096):
+            xb, yb = torch.from_numpy(x_val[i : i + 4096]), torch.from_numpy(y_val[i : i + 4096])
+            total += float(reconstruction_loss(net(xb).out, yb, loss, net)) * len(xb)
+        return total / len(x_val)
+
+    return score
 
 
 @torch.no_grad()
-def keep_better_start(net: Autoencoder, start: dict[str, torch.Tensor], x_val: np.ndarray, loss: str) -> bool:
-    """Put the PCA start (``start``: its state) back into the trained ``net`` when it reconstructs the
-    validation items better (mean training loss; the best checkpoint compares epochs only, never the
-    start). Returns whether it did."""
-
-    def val_loss() -> float:
-        parts = [torch.from_numpy(x_val[i : i + 4096]) for i in range(0, len(x_val), 4096)]
-        total = sum(float(reconstruction_loss(net(xb).out, xb, loss, net)) * len(xb) for xb in parts)
-        return total / len(x_val)
-
-    trained_loss, trained = val_loss(), {k: v.clone() for k, v in net.state_dict().items()}
+def keep_better_start(net: Autoencoder, start: dict[str, torch.Tensor], score: Score, criterion: str = "loss") -> bool:
+    """Put the PCA (LSA) start (``start``: its state) back into the trained ``net`` when it scores at
+    least as well on the validation items (``score``, lower is better: the best checkpoint compares
+    epochs only, never the start). Returns whether it did."""
+    net.eval()
+    trained_score, trained = score(net), {k: v.clone() for k, v in net.state_dict().items()}
     net.load_state_dict(start)
-    start_loss = val_loss()
-    if start_loss <= trained_loss:
+    start_score = score(net)
+    if start_score <= trained_score:
         log.warning(
-            "training did not beat its PCA start on the validation items (loss %.4g vs %.4g): keeping the start",
-            trained_loss,
-            start_loss,
+            "training did not beat its linear start on the validation items (%s %.4g vs %.4g): keeping the start",
+            criterion,
+            abs(trained_score),
+            abs(start_score),
         )
         return True
     net.load_state_dict(trained)

@@ -110,7 +110,13 @@ class DenseAutoencoder(Autoencoder):
     code = P (x - mean) + f(x) and output = mean + P' code + g(code), where f and g are the deep
     encoder and decoder. ``init_linear_path`` sets P and the mean from a fitted PCA and zeroes the
     last layers of f and g, so the network starts as exactly that PCA and training moves away from
-    it only where the loss improves; with "pca-frozen" P and the mean stay fixed."""
+    it only where the loss improves; with "pca-frozen" P and the mean stay fixed.
+
+    "lsa" / "lsa-frozen": the same with P from an uncentred truncated SVD (the mean stays zero), so
+    the codes start as LSA's. With a softmax output (word logits, documents) the decoder has no
+    linear path (P' code is not a logit): it starts with zero weights and the bias given to
+    ``init_linear_path`` (e.g. log of the mean word distribution), so the first steps fit the
+    decoder to the LSA codes before the codes move."""
 
     def __init__(
         self,
@@ -146,15 +152,24 @@ class DenseAutoencoder(Autoencoder):
         self.decoder = nn.Sequential(*dec)
         self.linear_path = linear_path
         if linear_path != "none":
-            trainable = linear_path == "pca"
+            trainable = linear_path in ("pca", "lsa")
             # Until init_linear_path: no linear path (zero components), so the network is the plain one.
             self.pca_components = nn.Parameter(torch.zeros(code_size, d_in), requires_grad=trainable)  # (code, D)
             self.pca_mean = nn.Parameter(torch.zeros(d_in), requires_grad=trainable)  # (D,)
 
+    @property
+    def linear_output(self) -> bool:
+        """Whether the decoder adds mean + P' code: not for word logits (softmax), where it means nothing."""
+        return self.linear_path != "none" and self.output_activation != "softmax"
+
     @torch.no_grad()
-    def init_linear_path(self, components: torch.Tensor, mean: torch.Tensor) -> None:
-        """Start as PCA: P = ``components`` (k <= code rows, e.g. sklearn's ``components_``), the mean =
-        ``mean``, and the deep path's last encoder and decoder layers at zero. (k, D), (D,)"""
+    def init_linear_path(
+        self, components: torch.Tensor, mean: torch.Tensor, decoder_bias: torch.Tensor | None = None
+    ) -> None:
+        """Start as PCA (or LSA): P = ``components`` (k <= code rows, e.g. sklearn's ``components_``),
+        the mean = ``mean``, and the deep path's last encoder and decoder layers at zero; the decoder's
+        bias = ``decoder_bias`` when given (a softmax output's start: the mean word distribution's
+        logits). (k, D), (D,), (D,)"""
         if self.linear_path == "none":
             raise ValueError("this network was built without a linear path (model.linear_path: none)")
         self.pca_components.zero_()
@@ -164,6 +179,9 @@ class DenseAutoencoder(Autoencoder):
             assert isinstance(layer, nn.Linear)  # for the type checker: both are the last Linear layers
             layer.weight.zero_()
             layer.bias.zero_()
+        last = self.decoder[-1]
+        if decoder_bias is not None and isinstance(last, nn.Linear):
+            last.bias.copy_(decoder_bias.to(last.bias))
 
     def encode_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         z, logvar = super().encode_stats(x)
@@ -174,7 +192,7 @@ class DenseAutoencoder(Autoencoder):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         out = self.decoder(z)  # (B, code) -> (B, D)
-        if self.linear_path != "none":
+        if self.linear_output:
             out = out + self.pca_mean + z @ self.pca_components  # (B, code) @ (code, D) -> (B, D)
         return out.view(-1, *self.input_shape)  # (B, D) -> (B, C, H, W)
 

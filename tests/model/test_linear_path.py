@@ -1,5 +1,6 @@
 """model.linear_path: a dense autoencoder that starts as exactly PCA (sklearn's, fitted on the
-training items), keeps that start unless training beats it, and saves / reloads like any other."""
+training items) or LSA (an uncentred truncated SVD: documents), keeps that start unless training
+beats it on the validation items, and saves / reloads like any other."""
 
 from __future__ import annotations
 
@@ -9,13 +10,21 @@ import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
-from sklearn.decomposition import PCA
+from sklearn.decomposition import PCA, TruncatedSVD
 
 from aepipe.config import ModelConfig, build_config
+from aepipe.errors import ConfigError
 from aepipe.features import ImagePreprocessor
 from aepipe.layout import ModelFiles, RunLayout
 from aepipe.model import build_autoencoder, load_model, save_model
-from aepipe.model.fit import keep_better_start, resolve_loss
+from aepipe.model.fit import (
+    Dataset,
+    init_linear_path,
+    keep_better_start,
+    resolve_loss,
+    start_criterion,
+    validation_loss,
+)
 from aepipe.model.networks import DenseAutoencoder
 from aepipe.model.saved import encode_array
 from aepipe.model.train import train_model
@@ -71,13 +80,14 @@ def test_keep_better_start_restores_the_pca_start_when_training_made_it_worse(di
     start = {k: v.clone() for k, v in net.state_dict().items()}
     with torch.no_grad():
         net.decoder[-1].bias.add_(0.3)  # "training" that hurts every pixel
-    assert keep_better_start(net, start, digits_x[300:400], "mse")
+    score = validation_loss(digits_x[300:400], None, "mse")
+    assert keep_better_start(net, start, score)
     assert all(torch.equal(v, start[k]) for k, v in net.state_dict().items())
     with torch.no_grad():
         net.pca_mean.add_(0.3)  # now the start is the worse one
     worse_start = {k: v.clone() for k, v in net.state_dict().items()}
     net.load_state_dict(start)
-    assert not keep_better_start(net, worse_start, digits_x[300:400], "mse")
+    assert not keep_better_start(net, worse_start, score)
     assert all(torch.equal(v, start[k]) for k, v in net.state_dict().items())
 
 
@@ -159,3 +169,86 @@ def test_images_preset_starts_dense_models_as_pca_only_where_it_can(overrides, e
             build_config(overrides=overrides)
         return
     assert build_config(overrides=overrides).model.linear_path == expected
+
+
+def _documents(n: int = 120, vocab: int = 40, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Seeded word-count rows of two topics (the first and second half of the vocabulary)."""
+    rng = np.random.default_rng(seed)
+    labels = [("a", "b")[i % 2] for i in range(n)]
+    x = np.zeros((n, vocab), np.float32)
+    for i, lb in enumerate(labels):
+        half = np.arange(vocab // 2) + (0 if lb == "a" else vocab // 2)
+        x[i, rng.choice(half, 8)] += 1.0
+        x[i, rng.choice(vocab, 2)] += 1.0  # a few words off topic
+    return x, labels
+
+
+def test_lsa_path_starts_with_the_verdicts_lsa_codes_and_a_unigram_softmax_decoder():
+    x, _ = _documents()
+    cfg = build_config(
+        overrides=[
+            "corpus.kind=documents",
+            "model.code_size=4",
+            "model.nodes_per_layer=[16, 8, 8]",
+            "model.linear_path=lsa",
+        ]
+    )
+    assert cfg.model.loss == "softmax" and resolve_loss(cfg, x) == "softmax"  # the preset's loss is kept
+    torch.manual_seed(0)
+    net = build_autoencoder(cfg.model, (x.shape[1],), "softmax")
+    target = x / x.sum(1, keepdims=True)
+    init_linear_path(net, x[:100], cfg, target[:100])
+    net.eval()
+    svd = TruncatedSVD(n_components=4, random_state=cfg.training.seed).fit(x[:100])  # as verdict.linear_codes
+    with torch.inference_mode():
+        z, out = net.code_and_output(torch.from_numpy(x[100:]))
+    np.testing.assert_allclose(z.numpy(), svd.transform(x[100:]), atol=1e-4)
+    # The decoder adds no P'code to word logits: every document starts at the training unigram model.
+    unigram = np.log(target[:100].mean(0))
+    np.testing.assert_allclose(out.numpy(), np.broadcast_to(unigram, out.shape), atol=1e-5)
+
+
+def test_start_criterion_is_validation_precision_with_labels_else_loss():
+    x, labels = _documents()
+    cfg = build_config(
+        overrides=[
+            "corpus.kind=documents",
+            "model.code_size=4",
+            "model.nodes_per_layer=[16, 8, 8]",
+            "model.linear_path=lsa",
+        ]
+    )
+    split = {"train": np.arange(0, 100), "val": np.arange(100, 120), "test": np.arange(0)}
+    target = x / x.sum(1, keepdims=True)
+    torch.manual_seed(0)
+    net = build_autoencoder(cfg.model, (x.shape[1],), "softmax")
+    init_linear_path(net, x[split["train"]], cfg, target[split["train"]])
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    ids = [str(i) for i in range(len(x))]
+
+    score, name = start_criterion(cfg, Dataset(x, ids, labels), split, target, "softmax")
+    assert name == "precision@10"
+    assert score(net.eval()) == pytest.approx(-1.0)  # two clean topics: LSA codes retrieve perfectly
+    with torch.no_grad():
+        net.pca_components.normal_()  # "training" that scrambles the codes
+    assert keep_better_start(net, start, score, name)
+    assert all(torch.equal(v, start[k]) for k, v in net.state_dict().items())
+
+    score, name = start_criterion(cfg, Dataset(x, ids, [None] * len(x)), split, target, "softmax")
+    assert name == "loss"  # no labels: the training loss on the validation items, against the word distributions
+    assert score(net) == pytest.approx(float(-(target[100:] * np.log(target[:100].mean(0))).sum(1).mean()), rel=1e-4)
+
+
+def test_lsa_path_takes_softmax_and_pca_path_does_not():
+    assert ModelConfig(linear_path="lsa", loss="softmax").loss == "softmax"
+    with pytest.raises(ValidationError, match="lsa also takes softmax"):
+        ModelConfig(linear_path="pca", loss="softmax")
+    cfg = build_config(overrides=["corpus.kind=documents", "model.linear_path=lsa-frozen"])
+    assert cfg.model.linear_path == "lsa-frozen" and cfg.model.denoising is not None  # the preset's, measured with it
+    with pytest.raises(ConfigError, match="needs loss: mse"):
+        build_config(overrides=["corpus.kind=documents", "model.linear_path=pca"])
+
+
+def test_documents_preset_smooths_targets_over_neighbours():
+    assert build_config(overrides=["corpus.kind=documents"]).training.knn_target.k == 10
+    assert build_config(overrides=["corpus.kind=documents", "training.knn_target=null"]).training.knn_target is None
