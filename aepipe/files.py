@@ -23,6 +23,22 @@ def tmp_path_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
+def is_in_flight(name: str) -> bool:
+    """A temporary name of an atomic write (``tmp_path_for``, ``temp_dir_beside``): left behind only
+    by a writer that was killed, never part of a finished artifact. (``replace_dir``'s ``*.old-*``
+    directories are not: ``recover_dir`` may need them.)"""
+    return name.startswith(".") and ".tmp-" in name
+
+
+def remove_in_flight(root: Path) -> int:
+    """Delete the leftovers of killed writers under ``root``; the number removed. Only for a caller
+    that holds the run's writer lock (no live writer can own them)."""
+    found = [p for p in root.rglob(".*") if is_in_flight(p.name)] if root.is_dir() else []
+    for p in found:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return len(found)
+
+
 def fsync_file(path: Path) -> None:
     """Flush ``path``'s data to disk (before it is renamed into place: a rename that survives a
     power cut must not point at data that did not)."""

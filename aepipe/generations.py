@@ -26,7 +26,15 @@ import shutil
 import time
 from pathlib import Path
 
-from aepipe.files import atomic_write_bytes, atomic_write_json, fsync_dir, fsync_tree, link_or_copy, read_json
+from aepipe.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    fsync_dir,
+    fsync_tree,
+    is_in_flight,
+    link_or_copy,
+    read_json,
+)
 from aepipe.layout import GenerationFiles, RunLayout
 
 log = logging.getLogger(__name__)
@@ -53,7 +61,8 @@ def list_generations(layout: RunLayout) -> list[str]:
 
 
 def _link_tree(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, copy_function=link_or_copy)
+    """Hard-link ``src`` into ``dst``, without the temporary files a killed writer left there."""
+    shutil.copytree(src, dst, copy_function=link_or_copy, ignore=lambda _, names: [n for n in names if is_in_flight(n)])
 
 
 def publish_generation(layout: RunLayout, keep: int, grace_s: float) -> str | None:

@@ -72,3 +72,35 @@ def test_abandoned_staging_of_another_encode_is_removed(folder_run):
     (stale / "part-00000.parquet").write_bytes(b"half a part")
     encode_corpus(folder_run)
     assert not stale.exists()
+
+
+def test_a_killed_writers_temporary_files_are_neither_resumed_nor_published(folder_run, monkeypatch):
+    """Found by the torture suite: a SIGKILL mid-write left `.part-00001.parquet.tmp-*` in the
+    staging; the resumed encode swapped it into the store and publishing linked it into the
+    generation. Resume removes such leftovers; publishing skips any it meets."""
+    from aepipe.corpus.images import ImageCorpus
+    from aepipe.pipeline import index_stage
+
+    cfg = folder_run
+    real_iter = ImageCorpus.iter_batches
+
+    def crash_in_shard_1(self, *args, **kwargs):
+        for batch in real_iter(self, *args, **kwargs):
+            if 30 in batch.positions:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(ImageCorpus, "iter_batches", crash_in_shard_1)
+    with pytest.raises(KeyboardInterrupt):
+        encode_corpus(cfg)
+    monkeypatch.setattr(ImageCorpus, "iter_batches", real_iter)
+    layout = RunLayout.at(cfg.run_dir)
+    (staging,) = layout.staging("").glob("store-*")
+    (staging / ".part-00001.parquet.tmp-0badf00d").write_bytes(b"half a part")  # as a SIGKILL leaves it
+    assert encode_corpus(cfg).n_shards_skipped == 1  # resumed
+    assert not [p for p in layout.store.rglob("*") if ".tmp-" in p.name]
+
+    (layout.store / ".part-00002.parquet.tmp-0badf00d").write_bytes(b"left in place")  # however it got there
+    index_stage(cfg)
+    generation = layout.current()
+    assert generation.name is not None and not [p for p in generation.store.rglob("*") if ".tmp-" in p.name]
