@@ -80,7 +80,8 @@ def update_run(cfg: PipelineConfig) -> UpdateResult:
     """Encode what is new or changed in ``cfg.corpus``, drop what is gone, update store and index."""
     t0 = time.perf_counter()
     layout = RunLayout.at(cfg.run_dir)
-    finish_interrupted_update(layout)
+    if finish_interrupted_update(layout):  # its store and index are in place but were never published
+        publish_generation(layout, cfg.training.keep_versions, cfg.training.generation_grace_s)
     recover_dir(layout.store)
     recover_dir(layout.index.root)
     if not any(layout.store.glob(PART_GLOB)):  # first run: everything is new
@@ -170,17 +171,19 @@ def update_run(cfg: PipelineConfig) -> UpdateResult:
     return result
 
 
-def finish_interrupted_update(layout: RunLayout) -> None:
-    """Roll a committed update forward (its swaps were interrupted); discard an uncommitted one."""
+def finish_interrupted_update(layout: RunLayout) -> bool:
+    """Roll a committed update forward (its swaps were interrupted): True, and the caller publishes
+    what it put in place. Discard an uncommitted one: False."""
     staging = layout.staging("update")
     if not staging.is_dir():
-        return
+        return False
     if (staging / COMMIT).is_file():
         log.warning("finishing an interrupted update from %s", staging)
         _apply_commit(layout, staging)
-    else:
-        log.info("discarding an interrupted, uncommitted update in %s", staging)
-        shutil.rmtree(staging)
+        return True
+    log.info("discarding an interrupted, uncommitted update in %s", staging)
+    shutil.rmtree(staging)
+    return False
 
 
 def _apply_commit(layout: RunLayout, staging: Path) -> None:

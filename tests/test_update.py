@@ -20,11 +20,13 @@ from aepipe.codes.encode import encode_corpus
 from aepipe.codes.store import open_store
 from aepipe.config import build_config
 from aepipe.files import read_json
+from aepipe.generations import publish_generation
 from aepipe.index.build import build_index
 from aepipe.index.search import Searcher
 from aepipe.layout import RunLayout
 from aepipe.model.train import train_model
 from aepipe.update import update_run
+from aepipe.verify import verify_run
 from tests.conftest import png_bytes
 
 MODEL = [
@@ -173,6 +175,8 @@ def test_update_killed_half_way_is_completed_by_the_next_run(folder_copy, digits
     _write_digits(corpus, *digits, range(300, 345))  # 45 new: two new parts
     (corpus / "d1" / "0001.png").unlink()
     c = cfg()
+    published = publish_generation(RunLayout.at(run), keep=3, grace_s=600)  # readers see this one
+    assert published is not None
     overrides = [*MODEL, f"corpus.source={c.corpus.source}", f"run_dir={c.run_dir}"]
     proc = subprocess.run(
         [sys.executable, "-c", CRASH, where, *overrides],
@@ -193,6 +197,10 @@ def test_update_killed_half_way_is_completed_by_the_next_run(folder_copy, digits
 
     assert not staging.exists()
     _check_consistent(run, _corpus_ids(corpus))
+    # what was rolled forward is published too (found by the torture suite: it stayed unpublished,
+    # readers kept the old items and verify saw working files unlike the generation's)
+    assert RunLayout.at(run).current_generation_name() != published
+    assert verify_run(run).problems == []
     if where == "before-commit":  # redone from the start
         assert (result.n_added, result.n_removed) == (45, 1)
     else:  # rolled forward; then nothing is left to do
