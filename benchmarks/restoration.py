@@ -535,7 +535,11 @@ def markdown(rows: list[dict], models: list[dict], args: argparse.Namespace, com
         "",
         "### Models",
         "",
-        f"Every model: conv, 3 encoder layers of {args.channels} channels (mirrored decoder), batch norm, MSE, AdamW lr 2e-3 constant, batch 64, at most {args.minutes} min wall time (the time limit stops it mid-epoch; the best validation checkpoint is kept).",
+        f"Restoration models: conv U-Nets, 3 encoder layers of {args.channels} channels (mirrored decoder). "
+        "Compression models: dense, 1024-512-256, starting as PCA (model.linear_path: pca; the start is kept "
+        "when training does not beat it on the validation items). All: batch norm, MSE, AdamW lr 2e-3 "
+        f"constant, batch 64, at most {args.minutes} min wall time (the time limit stops it mid-epoch; the "
+        "best validation checkpoint is kept).",
         "",
         "| model | epochs | train s | n_train | model id |",
         "|---|---|---|---|---|",
