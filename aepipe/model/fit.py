@@ -473,7 +473,8 @@ def keep_better_start(net: Autoencoder, start: dict[str, torch.Tensor], score: S
     start_score = score(net)
     if start_score <= trained_score:
         log.warning(
-            "training did not beat its linear start on the validation items (%s %.4g vs %.4g): keeping the start",
+            "training did not beat its linear start on the validation items (%s: trained %.4g, start %.4g): "
+            "keeping the start",
             criterion,
             abs(trained_score),
             abs(start_score),
