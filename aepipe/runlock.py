@@ -3,7 +3,9 @@
 ``fcntl.flock`` on an open file: the kernel releases it when the holding process exits however it
 exits (SIGKILL included), so a crashed writer never blocks the next one and there is no stale-lock
 clean-up to get wrong. The holder writes who it is (pid, host, command, since) into the lock file
-so a refused writer can name it. Readers (search, info, topics) take no lock.
+so a refused writer can name it. Readers (search, info, topics) take no lock. The writer that takes
+the lock removes the temporary files (``.*.tmp-*``) killed writers left anywhere in the run: no
+other writer can own them then.
 
 The lock is re-entrant within one process: ``run_pipeline`` holds it and calls ``train_model``,
 ``encode_corpus``... which take it again; threads of the holding process (Prefect's thread task
@@ -19,6 +21,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 import sys
@@ -30,7 +33,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from aepipe.errors import RunLocked
+from aepipe.files import remove_in_flight
 from aepipe.layout import RunLayout
+
+log = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.1
 _guard = threading.Lock()
@@ -90,6 +96,10 @@ def run_lock(run_dir: str | Path, command: str, wait: float = 0.0) -> Iterator[P
         fd = _acquire(path, command, wait)
         with _guard:
             _held[key] = [fd, 1]
+        # no other writer can be running now: what killed writers left half-written goes
+        swept = remove_in_flight(path.parent)
+        if swept:
+            log.info("removed %d temporary file(s) that killed writers left in %s", swept, path.parent)
     try:
         yield path
     finally:

@@ -231,33 +231,40 @@ def _publish(run: Path, stage: str, done: subprocess.CompletedProcess) -> subpro
 _ARTIFACT_DIRS = ("model", "store", "index", "clusters", "models", "generations", "quarantine", "configs")
 
 
-def _writing(run: Path) -> bool:
-    """Whether a stage is visibly writing: anything under RUN/.staging, or a ``.tmp-``/``.old-``
-    entry at the run's top level or directly in its artifact directories (a cheap scan, for
-    polling; _snapshot is the full one)."""
-    staging = run / ".staging"
-    if staging.is_dir() and any(staging.iterdir()):
-        return True
+def _in_flight_names(run: Path) -> set[str]:
+    """Top-level and artifact-directory entries named like an atomic write or a swap in progress."""
+    names = set()
     for folder in (run, *(run / d for d in _ARTIFACT_DIRS)):
         try:
             with os.scandir(folder) as entries:
-                if any(".tmp-" in e.name or ".old-" in e.name for e in entries):
-                    return True
+                names |= {f"{folder.name}/{e.name}" for e in entries if ".tmp-" in e.name or ".old-" in e.name}
         except OSError:
             continue
-    return False
+    return names
+
+
+def _writing(run: Path, before: set[str]) -> bool:
+    """Whether a stage is visibly writing: anything under RUN/.staging, or a ``.tmp-``/``.old-``
+    entry at the run's top level or directly in its artifact directories that was not there when
+    the process started (``before``: a killed writer's leftovers are not this one's writes; the
+    next lock holder removes them). A cheap scan, for polling; _snapshot is the full one."""
+    staging = run / ".staging"
+    if staging.is_dir() and any(staging.iterdir()):
+        return True
+    return bool(_in_flight_names(run) - before)
 
 
 def calibrate(run: Path, stage: str) -> tuple[float, float, float | None, list[str]]:
     """One unkilled run of ``stage``: (lock taken -> released, lock taken -> exit, lock taken -> the
     first sign of writing (None: never seen), problems)."""
     args = _stage_args(stage, -1)
+    before = _in_flight_names(run)
     proc = _start(run, args)
     taken = _wait_for_lock(proc, run)
     released = writes = None
     while proc.poll() is None:  # watch for writes and the release (the holder truncates .lock) until the exit
         if taken is not None and released is None:
-            if writes is None and _writing(run):
+            if writes is None and _writing(run, before):
                 writes = time.monotonic()
             if _lock_pid(run) != proc.pid:
                 released = time.monotonic()

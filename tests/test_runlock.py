@@ -108,3 +108,21 @@ def test_readers_take_no_lock(holder, capsys):
     run, proc = holder
     assert main(["config", "show", "--run-dir", str(run)]) == 0  # prints the resolved config while a writer runs
     assert "is being written" not in capsys.readouterr().err
+
+
+def test_taking_the_lock_removes_what_killed_writers_left(tmp_path):
+    """Found by the torture long form: a SIGKILL mid-write left quarantine/.encode.parquet.tmp-*,
+    which stayed for good. The next writer to take the lock removes such files anywhere in the run
+    (no other writer can own them then); finished files and replace_dir's *.old-* are kept."""
+    run = tmp_path / "run"
+    stray = [run / "quarantine" / ".encode.parquet.tmp-1a2b3c4d", run / "generations" / ".tmp-g000002-4242" / "x"]
+    kept = [run / "quarantine" / "encode.parquet", run / "store.old-5e6f7a8b" / "part-00000.parquet"]
+    for p in stray + kept:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"data")
+    with run_lock(run, "test"):
+        assert not any(p.exists() for p in stray) and not stray[1].parent.exists()
+        assert all(p.is_file() for p in kept)
+        stray[0].write_bytes(b"written under the lock")
+        with run_lock(run, "test"):  # re-entrant: an inner stage does not sweep its own writer's files
+            assert stray[0].is_file()
