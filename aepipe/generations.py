@@ -31,7 +31,6 @@ from aepipe.files import (
     atomic_write_json,
     fsync_dir,
     fsync_tree,
-    is_in_flight,
     link_or_copy,
     read_json,
 )
@@ -61,8 +60,7 @@ def list_generations(layout: RunLayout) -> list[str]:
 
 
 def _link_tree(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` into ``dst``, without the temporary files a killed writer left there."""
-    shutil.copytree(src, dst, copy_function=link_or_copy, ignore=lambda _, names: [n for n in names if is_in_flight(n)])
+    shutil.copytree(src, dst, copy_function=link_or_copy)
 
 
 def publish_generation(layout: RunLayout, keep: int, grace_s: float) -> str | None:

@@ -44,7 +44,6 @@ from aepipe.files import (
     atomic_write_table,
     read_json,
     recover_dir,
-    remove_in_flight,
     replace_dir,
 )
 from aepipe.layout import RunLayout, StoreFiles
@@ -126,8 +125,6 @@ def plan_encode(cfg: PipelineConfig) -> EncodePlan:
     _marker(staging, 0).parent.mkdir(parents=True, exist_ok=True)
     shards = corpus.shards(cfg.encode.rows_per_part)
     done = [s.index for s in shards if _marker(staging, s.index).is_file()]
-    if remove_in_flight(staging):  # a killed run's half-written part or marker: never resumed, never published
-        log.info("removed the temporary files of an interrupted encode in %s", staging)
     if done:
         log.info("resuming: %d of %d shard(s) already committed in %s", len(done), len(shards), staging)
     return EncodePlan(str(staging), key, model.model_id, shards, done)

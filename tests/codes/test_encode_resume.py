@@ -33,10 +33,10 @@ def folder_run(tmp_path, write_png):
     return cfg
 
 
-def test_a_corpus_changed_after_a_crash_is_encoded_again_not_resumed(folder_run, monkeypatch, write_png):
+def _crash_in_shard_1(cfg, monkeypatch) -> None:
+    """An encode interrupted (Ctrl-C) at item 30: shard 0 is committed in its staging, shard 1 not."""
     from aepipe.corpus.images import ImageCorpus
 
-    cfg = folder_run
     real_iter = ImageCorpus.iter_batches
 
     def crash_in_shard_1(self, *args, **kwargs):
@@ -47,8 +47,13 @@ def test_a_corpus_changed_after_a_crash_is_encoded_again_not_resumed(folder_run,
 
     monkeypatch.setattr(ImageCorpus, "iter_batches", crash_in_shard_1)
     with pytest.raises(KeyboardInterrupt):
-        encode_corpus(cfg)  # shard 0 (the first 20 files in path order) is committed
+        encode_corpus(cfg)
     monkeypatch.setattr(ImageCorpus, "iter_batches", real_iter)
+
+
+def test_a_corpus_changed_after_a_crash_is_encoded_again_not_resumed(folder_run, monkeypatch, write_png):
+    cfg = folder_run
+    _crash_in_shard_1(cfg, monkeypatch)  # shard 0 (the first 20 files in path order) is committed
 
     corpus_root = RunLayout.at(cfg.run_dir).root.parent / "data"
     changed = sorted(corpus_root.rglob("*.png"))[0]
@@ -77,23 +82,11 @@ def test_abandoned_staging_of_another_encode_is_removed(folder_run):
 def test_a_killed_writers_temporary_files_are_neither_resumed_nor_published(folder_run, monkeypatch):
     """Found by the torture suite: a SIGKILL mid-write left `.part-00001.parquet.tmp-*` in the
     staging; the resumed encode swapped it into the store and publishing linked it into the
-    generation. Resume removes such leftovers; publishing skips any it meets."""
-    from aepipe.corpus.images import ImageCorpus
+    generation. The writer that takes the run's lock removes such leftovers (aepipe.runlock)."""
     from aepipe.pipeline import index_stage
 
     cfg = folder_run
-    real_iter = ImageCorpus.iter_batches
-
-    def crash_in_shard_1(self, *args, **kwargs):
-        for batch in real_iter(self, *args, **kwargs):
-            if 30 in batch.positions:
-                raise KeyboardInterrupt
-            yield batch
-
-    monkeypatch.setattr(ImageCorpus, "iter_batches", crash_in_shard_1)
-    with pytest.raises(KeyboardInterrupt):
-        encode_corpus(cfg)
-    monkeypatch.setattr(ImageCorpus, "iter_batches", real_iter)
+    _crash_in_shard_1(cfg, monkeypatch)
     layout = RunLayout.at(cfg.run_dir)
     (staging,) = layout.staging("").glob("store-*")
     (staging / ".part-00001.parquet.tmp-0badf00d").write_bytes(b"half a part")  # as a SIGKILL leaves it

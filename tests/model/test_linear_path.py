@@ -183,9 +183,8 @@ def _documents(n: int = 120, vocab: int = 40, seed: int = 0) -> tuple[np.ndarray
     return x, labels
 
 
-def test_lsa_path_starts_with_the_verdicts_lsa_codes_and_a_unigram_softmax_decoder():
-    x, _ = _documents()
-    cfg = build_config(
+def _lsa_config():
+    return build_config(
         overrides=[
             "corpus.kind=documents",
             "model.code_size=4",
@@ -193,6 +192,11 @@ def test_lsa_path_starts_with_the_verdicts_lsa_codes_and_a_unigram_softmax_decod
             "model.linear_path=lsa",
         ]
     )
+
+
+def test_lsa_path_starts_with_the_verdicts_lsa_codes_and_a_unigram_softmax_decoder():
+    x, _ = _documents()
+    cfg = _lsa_config()
     assert cfg.model.loss == "softmax" and resolve_loss(cfg, x) == "softmax"  # the preset's loss is kept
     torch.manual_seed(0)
     net = build_autoencoder(cfg.model, (x.shape[1],), "softmax")
@@ -210,14 +214,7 @@ def test_lsa_path_starts_with_the_verdicts_lsa_codes_and_a_unigram_softmax_decod
 
 def test_start_criterion_is_validation_precision_with_labels_else_loss():
     x, labels = _documents()
-    cfg = build_config(
-        overrides=[
-            "corpus.kind=documents",
-            "model.code_size=4",
-            "model.nodes_per_layer=[16, 8, 8]",
-            "model.linear_path=lsa",
-        ]
-    )
+    cfg = _lsa_config()
     split = {"train": np.arange(0, 100), "val": np.arange(100, 120), "test": np.arange(0)}
     target = x / x.sum(1, keepdims=True)
     torch.manual_seed(0)
