@@ -27,13 +27,13 @@ demo: setup
 # lint and type check first, as CI does
 test: setup lint
 	$(BIN)/python -m pytest -q
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow --durations=10
 
 test-fast: setup
 	$(BIN)/python -m pytest -q
 
 test-slow: setup
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow --durations=10
 
 lint: setup
 	$(BIN)/ruff format --check .

@@ -252,6 +252,13 @@ class ModelConfig(_Section):
         "lsa / lsa-frozen: P from an uncentred truncated SVD (LSA, the documents' baseline), so codes start "
         "as LSA's; also with loss softmax (documents), whose decoder then starts from zero weights",
     )
+    linear_path_lr: Literal["auto"] | float = Field(
+        "auto",
+        description="learning rate of the linear path's P and mean (model.linear_path: pca, lsa), as a multiple "
+        "of training.lr. auto: min(1, sqrt(1024 / inputs)), so that one Adam step moves a row of P by no more, "
+        "relative to its unit length, than it does on a 32x32 input; at the full rate a 64x64 RGB input's PCA "
+        "start is undone within a few steps",
+    )
     skip_connections: bool = Field(
         False,
         description="conv only: U-Net-style additive skips from each encoder resolution but the deepest to the "
@@ -278,6 +285,8 @@ class ModelConfig(_Section):
             raise ValueError("a variational autoencoder samples a Gaussian code; use code_activation: linear")
         if self.variational and self.sparsity:
             raise ValueError("variational and sparsity do not combine: the VAE's KL term already regularises the code")
+        if self.linear_path_lr != "auto" and not self.linear_path_lr > 0:
+            raise ValueError(f"model.linear_path_lr must be auto or a number > 0, not {self.linear_path_lr}")
         if self.linear_path != "none":
             self._check_linear_path()
         if self.contractive and self.contractive.method == "exact" and not self.exact_contractive_possible():
@@ -418,7 +427,12 @@ class TrainingConfig(_Section):
         description="optimizer steps; training stops at whichever of max_steps, max_epochs and max_time_minutes "
         "comes first (the lr schedule spans the first of max_steps / max_epochs)",
     )
-    max_time_minutes: float | None = Field(None, gt=0, description="stop training after this wall time")
+    max_time_minutes: Literal["auto"] | float | None = Field(
+        "auto",
+        description="wall-clock budget of the training stage: a few steps are timed first and max_steps lowered "
+        "so that the lr schedule ends inside it, with a hard stop behind that. auto: 2 minutes up to 12,000 "
+        "items, 10 per 60,000 above, at most 60; null: no limit",
+    )
     batch_size: int = Field(128, ge=1)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-5, ge=0)
@@ -466,6 +480,10 @@ class TrainingConfig(_Section):
     def _check_split(self) -> TrainingConfig:
         if self.val_fraction + self.test_fraction >= 0.8:
             raise ValueError("val_fraction + test_fraction must leave most items for training")
+        if self.max_time_minutes not in (None, "auto") and not self.max_time_minutes > 0:  # type: ignore[operator]
+            raise ValueError(
+                f"training.max_time_minutes must be auto, null or a number > 0, not {self.max_time_minutes}"
+            )
         return self
 
 

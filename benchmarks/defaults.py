@@ -74,24 +74,36 @@ def prepare(row: str, data: Path, datasets: Path) -> list[str]:
             with np.load(datasets / "cifar10.npz", allow_pickle=False) as npz:
                 x, y, names = npz["x_train"], npz["y_train"], npz["label_names"]
             n = 10_000 if row == "cifar10k" else 600
-            sizes = [(64, 48), (200, 150), (320, 240), (96, 96)]
-            for i in range(n):
-                sub = folder / str(names[y[i]])
-                sub.mkdir(exist_ok=True)
-                img = Image.fromarray(x[i])
-                if row == "cifar10k":
-                    img.save(sub / f"{i:05d}.png")
-                    continue
-                img = img.resize(sizes[i % len(sizes)], Image.Resampling.BICUBIC)
-                exif = Image.Exif()
-                if i % 10 == 0:  # stored rotated; the tag says how to show it upright
-                    img = img.transpose(Image.Transpose.ROTATE_90)
-                    exif[0x0112] = 6
-                buf = io.BytesIO()
-                img.save(buf, format="JPEG", quality=90, exif=exif.tobytes())
-                (sub / f"{i:05d}.jpg").write_bytes(buf.getvalue())
+            write_photo_folder(folder, x, y, names, range(n), mixed_sizes=row != "cifar10k")
         done.touch()
     return [f"corpus.source={folder}"]
+
+
+PHOTO_SIZES = [(64, 48), (200, 150), (320, 240), (96, 96)]
+
+
+def write_photo_folder(folder: Path, x: np.ndarray, y: np.ndarray, names: np.ndarray, rows, mixed_sizes: bool) -> None:
+    """Items ``rows`` of (N, H, W, 3) uint8 ``x`` as a folder of pictures, labels as subfolders.
+    ``mixed_sizes``: upscaled (bicubic) in turn to the sizes of ``PHOTO_SIZES`` and saved as JPEG
+    (quality 90), every tenth stored rotated with an EXIF orientation tag saying how to show it
+    upright; else PNGs at their own size."""
+    from PIL import Image
+
+    for i in rows:
+        sub = folder / str(names[y[i]])
+        sub.mkdir(exist_ok=True)
+        img = Image.fromarray(x[i])
+        if not mixed_sizes:
+            img.save(sub / f"{i:05d}.png")
+            continue
+        img = img.resize(PHOTO_SIZES[i % len(PHOTO_SIZES)], Image.Resampling.BICUBIC)
+        exif = Image.Exif()
+        if i % 10 == 0:  # stored rotated; the tag says how to show it upright
+            img = img.transpose(Image.Transpose.ROTATE_90)
+            exif[0x0112] = 6
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90, exif=exif.tobytes())
+        (sub / f"{i:05d}.jpg").write_bytes(buf.getvalue())
 
 
 def run_row(row: str, corpus: list[str], out: Path) -> dict[str, Any]:

@@ -10,8 +10,9 @@ Per kind (by id, by 28x28 PNG upload, by vector): ``--clients`` threads, each wi
 keep-alive HTTP connection, send ``--requests`` requests one after another (k=10); every latency
 is recorded client-side (p50/p95/p99) and requests/s is all requests over the wall time. Raw
 faiss: the same vectors through ``index.search`` one query per call, in the same number of
-threads, in this process (no HTTP, no JSON, no ids). Cold CLI: ``aepipe search --id`` as a new
-process, the median of 3.
+threads, in this process (no HTTP, no JSON, no ids). Batches (``--vector-batch B``): the same load
+with B vectors per request, against raw faiss with B vectors per call; throughput in vectors/s.
+Cold CLI: ``aepipe search --id`` as a new process, the median of 3.
 
 Targets (issue #14): p99 <= 20 ms by id, <= 50 ms by 28x28 upload; by-vector throughput >= 0.5x raw
 faiss; report generation <= 10 % of the pipeline's time on the demo.
@@ -146,7 +147,7 @@ def run_load(clients: int, requests: int, one: Any) -> dict[str, float]:
     return percentiles([x for per in lat for x in per], wall)
 
 
-def raw_faiss(run_dir: Path, vectors: np.ndarray, clients: int, requests: int) -> dict[str, float]:
+def raw_faiss(run_dir: Path, vectors: np.ndarray, clients: int, requests: int, batch: int = 1) -> dict[str, float]:
     from aepipe.files import read_json
     from aepipe.index.faissio import normalize, read_index_file, set_search_params
     from aepipe.layout import RunLayout
@@ -158,8 +159,8 @@ def raw_faiss(run_dir: Path, vectors: np.ndarray, clients: int, requests: int) -
     q = normalize(vectors.astype(np.float32), infos["metric"])
 
     def one(c: int, i: int, _session: Any) -> None:
-        j = (c * requests + max(i, 0)) % len(q)
-        index.search(q[j : j + 1], 10)
+        j = (c * requests + max(i, 0)) * batch % len(q)
+        index.search(np.take(q, range(j, j + batch), axis=0, mode="wrap"), 10)
 
     lat: list[list[float]] = [[] for _ in range(clients)]
     start = threading.Barrier(clients + 1)
@@ -197,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--requests", type=int, default=500, help="requests per client per kind")
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument(
+        "--vector-batch", type=int, default=100, help="vectors per request in the batched by-vector rows (max 1000)"
+    )
     p.add_argument(
         "--tiny", action="store_true", help="CI's form: a 3-epoch demo on 600 digits, 2 clients x 20 requests"
     )
@@ -245,6 +249,19 @@ def main(argv: list[str] | None = None) -> int:
         for kind in KINDS:
             print(f"service, by {kind} ...", file=sys.stderr, flush=True)
             rows.append({"what": f"service, by {kind}", **run_load(args.clients, args.requests, senders[kind])})
+        b = args.vector_batch
+        batches = [np.take(vectors, range(j * b, j * b + b), axis=0, mode="wrap").tolist() for j in range(50)]
+        print(f"service, by vector, {b} per request ...", file=sys.stderr, flush=True)
+        batched = run_load(
+            args.clients,
+            args.requests,
+            lambda c, i, sess: sess.post(
+                url + "/api/search/vectors", json={"vectors": batches[(c * 7 + i) % len(batches)], "k": 10}
+            ),
+        )
+        rows.append(
+            {"what": f"service, by vector, {b} per request", **batched, "vectors_per_s": batched["req_per_s"] * b}
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -253,6 +270,14 @@ def main(argv: list[str] | None = None) -> int:
         {
             "what": "raw faiss index.search, 1 vector per call",
             **raw_faiss(run_dir, vectors, args.clients, args.requests),
+        }
+    )
+    raw_b = raw_faiss(run_dir, vectors, args.clients, args.requests, args.vector_batch)
+    rows.append(
+        {
+            "what": f"raw faiss index.search, {args.vector_batch} vectors per call",
+            **raw_b,
+            "vectors_per_s": raw_b["req_per_s"] * args.vector_batch,
         }
     )
     print("cold CLI ...", file=sys.stderr, flush=True)
@@ -280,6 +305,19 @@ def main(argv: list[str] | None = None) -> int:
         ),
         ("by-vector throughput >= 0.5x raw faiss", round(vec_ratio, 4), 0.5, vec_ratio >= 0.5),
     ]
+    b = args.vector_batch
+    batch_ratio = (
+        by[f"service, by vector, {b} per request"]["vectors_per_s"]
+        / by[f"raw faiss index.search, {b} vectors per call"]["vectors_per_s"]
+    )
+    checks.append(
+        (
+            f"by-vector throughput >= 0.5x raw faiss, {b} vectors per request",
+            round(batch_ratio, 4),
+            0.5,
+            batch_ratio >= 0.5,
+        )
+    )
     if pipeline:
         share = pipeline["report_share"]
         checks.append(("report.html <= 10 % of the pipeline's time", share, 0.10, share <= 0.10))
@@ -297,11 +335,13 @@ def main(argv: list[str] | None = None) -> int:
         f"Load: {args.clients} concurrent clients (threads, keep-alive httpx) x {args.requests} requests per kind, k=10, "
         f"loopback; index {s.infos['index_string']} of {s.index.ntotal} {s.dim}-d codes; service start-up {startup_s:.1f} s",
         "",
-        "| what | requests | p50 ms | p95 ms | p99 ms | req/s |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| what | requests | p50 ms | p95 ms | p99 ms | req/s | vectors/s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        cells = ["" if r[c] is None else str(r[c]) for c in ("n", "p50_ms", "p95_ms", "p99_ms", "req_per_s")]
+        r.setdefault("vectors_per_s", r["req_per_s"] if "vector" in r["what"] else None)
+        cols = ("n", "p50_ms", "p95_ms", "p99_ms", "req_per_s", "vectors_per_s")
+        cells = ["" if r[c] is None else str(round(r[c], 1) if c == "vectors_per_s" else r[c]) for c in cols]
         lines.append(f"| {r['what']} | " + " | ".join(cells) + " |")
     lines += ["", "| target | measured | target | verdict |", "|---|---:|---:|---|"]
     lines += [f"| {name} | {value} | {target} | {verdict(value, target, ok)} |" for name, value, target, ok in checks]

@@ -74,6 +74,11 @@ RECIPES: dict[str, list[str]] = {
     "defaults + pca-path frozen": ["model.linear_path=pca-frozen"],
     "defaults + pca-path, no knn": ["model.linear_path=pca", NO_KNN],
     "defaults + pca-path frozen, no knn": ["model.linear_path=pca-frozen", NO_KNN],
+    # model.linear_path_lr (auto: min(1, sqrt(1024 / inputs)) x training.lr for P and the mean):
+    # the full rate was the rule before; with and without neighbour-smoothed targets.
+    "defaults, linear_path_lr 1": ["model.linear_path_lr=1"],
+    "defaults, no knn": [NO_KNN],
+    "defaults, linear_path_lr 1, no knn": ["model.linear_path_lr=1", NO_KNN],
     "demo: 256-128, 100 epochs, batch 64, lr 3e-3": [
         "model.n_layers=2",
         "model.nodes_per_layer=[256, 128]",
@@ -164,7 +169,46 @@ def carve_python_docs(out: Path) -> Path:
     return path
 
 
-CARVES = {"digits": carve_digits, "digits32": carve_digits32, "python-docs": carve_python_docs}
+def carve_photos(out: Path, n_items: int = 600) -> Path:
+    """A stand-in for the mixed-photos row (and the cifar10k row's colour photos) that shares no item
+    with either: ``n_items`` CIFAR-10 training images drawn (seed 0) from those after the first 10,000
+    (cifar10k is images 0..9,999, mixed-photos 0..599), written as ``benchmarks.defaults`` writes
+    mixed-photos (JPEGs upscaled to mixed sizes, every tenth EXIF-rotated)."""
+    from benchmarks.defaults import DATASETS, write_photo_folder
+
+    folder = out / "photos-train"
+    if not (folder / ".complete").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        with np.load(DATASETS / "cifar10.npz", allow_pickle=False) as npz:
+            x, y, names = npz["x_train"], npz["y_train"], npz["label_names"]
+        rows = np.sort(np.random.default_rng(0).choice(np.arange(10_000, len(x)), n_items, replace=False))
+        write_photo_folder(folder, x, y, names, rows, mixed_sizes=True)
+        (folder / ".complete").touch()
+    return folder
+
+
+def carve_cifar(out: Path) -> Path:
+    """A stand-in for the cifar10k row: the 10,000 CIFAR-10 training images after its first 10,000
+    (cifar10k's items), written as ``benchmarks.defaults`` writes cifar10k (a folder of PNGs)."""
+    from benchmarks.defaults import DATASETS, write_photo_folder
+
+    folder = out / "cifar-train"
+    if not (folder / ".complete").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        with np.load(DATASETS / "cifar10.npz", allow_pickle=False) as npz:
+            x, y, names = npz["x_train"], npz["y_train"], npz["label_names"]
+        write_photo_folder(folder, x, y, names, range(10_000, 20_000), mixed_sizes=False)
+        (folder / ".complete").touch()
+    return folder
+
+
+CARVES = {
+    "digits": carve_digits,
+    "digits32": carve_digits32,
+    "photos": carve_photos,
+    "cifar": carve_cifar,
+    "python-docs": carve_python_docs,
+}
 
 
 def run_recipe(
@@ -237,7 +281,20 @@ def table(rows: list[dict], argv: list[str]) -> str:
             f"| {_count(r['kept_start'], r['n_seeds'])} | {r['epochs']:.0f} | {r['seconds']:.0f} |"
         )
     row = "python-docs" if "python-docs" in argv else "digits"
-    lines += ["", f"Validation: {rows[0]['n_val']} items per run, carved from the {row} row's training split."]
+    if "cifar" in argv:
+        lines += [
+            "",
+            f"Validation: {rows[0]['n_val']} items per run (each run's own test split), from CIFAR-10 training images "
+            "10,000-19,999, outside the cifar10k and mixed-photos rows (--dataset cifar).",
+        ]
+    elif "photos" in argv:
+        lines += [
+            "",
+            f"Validation: {rows[0]['n_val']} items per run (each run's own test split), from 600 CIFAR-10 training "
+            "images outside the cifar10k and mixed-photos rows (--dataset photos).",
+        ]
+    else:
+        lines += ["", f"Validation: {rows[0]['n_val']} items per run, carved from the {row} row's training split."]
     if rows[0]["n_seeds"] > 1:
         lines[-1] += (
             f" Means over {rows[0]['n_seeds']} seeds (training.seed: each run's own validation split of those "
@@ -258,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=list(CARVES),
         default="digits",
         help="digits: the digits row's 1,437 training items (8x8); digits32: 400 of them outside png400, "
-        "upscaled to 32x32 (a png400 stand-in); python-docs: the python-docs row's training documents "
+        "upscaled to 32x32 (a png400 stand-in); photos: 600 CIFAR-10 training images outside the cifar10k "
+        "and mixed-photos rows, written as mixed-photos is (a stand-in for both); cifar: CIFAR-10 training images "
+        "10,000-19,999 as PNGs (a cifar10k stand-in); python-docs: the python-docs row's training documents "
         "(use --code-size 32, as the defaults row)",
     )
     # Recipe names hold commas: the list is separated by semicolons.

@@ -84,8 +84,11 @@ def test_service_benchmark_tiny_measures_every_kind(tmp_path):
         r = rows[f"service, by {kind}"]
         assert r["n"] == 40 and 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["req_per_s"] > 0
     assert rows["raw faiss index.search, 1 vector per call"]["n"] == 40
+    batched = rows["service, by vector, 100 per request"]
+    assert batched["n"] == 40 and batched["vectors_per_s"] == pytest.approx(100 * batched["req_per_s"])
+    assert rows["raw faiss index.search, 100 vectors per call"]["vectors_per_s"] > 0
     assert 0 < summary["pipeline"]["report_html_s"] < summary["pipeline"]["pipeline_s"]
-    assert len(summary["checks"]) == 4
+    assert len(summary["checks"]) == 5
     table = (tmp_path / "results.md").read_text()
     assert "Machine:" in table and "--tiny" in table and "| target |" in table
 

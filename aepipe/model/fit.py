@@ -37,6 +37,7 @@ from aepipe.model.networks import Autoencoder, DenseAutoencoder, build_autoencod
 from aepipe.model.progress import EpochLog
 from aepipe.model.saved import encode_array, load_model, save_model
 from aepipe.model.tasks import RESTORATION_TASKS, evaluate_task, match_targets
+from aepipe.model.timebudget import StepPlan, budget_minutes, plan_steps, planned_steps, probe_step_seconds
 from aepipe.model.verdict import baseline_summary, baseline_verdict, linear_codes, retrieval_comparison
 from aepipe.quality.metrics import fit_pca, label_retrieval, pca_baseline, reconstruction_scores
 
@@ -306,9 +307,15 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     tc = cfg.training
     device = resolve_device(tc)
     on_terminal = sys.stderr.isatty()
+    epochs = epochs_for(tc, len(split["train"]))
+    plan = plan_time_budget(
+        cfg, module.net, data.x[split["train"]], loss, len(data.ids), time.perf_counter() - t0, epochs
+    )
+    max_steps = plan.max_steps if plan and plan.max_steps else (tc.max_steps or -1)
+    min_steps = min(tc.min_steps, max_steps) if tc.min_steps and max_steps > 0 else tc.min_steps
     callbacks: list[L.Callback] = [EarlyStopping(monitor=monitor, patience=tc.early_stopping_patience), checkpoint]
     if not on_terminal:  # scheduled jobs and logs: one line per epoch instead of a bar
-        callbacks.append(EpochLog(tc.max_time_minutes * 60 if tc.max_time_minutes else None))
+        callbacks.append(EpochLog(plan.seconds_left if plan else None))
     log.info("training on %s, precision %s", device.accelerator, device.precision)
     try:
         trainer = L.Trainer(
@@ -317,12 +324,12 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
             num_nodes=tc.num_nodes,
             strategy=tc.strategy,
             precision=device.precision,  # type: ignore[arg-type]  # Lightning validates it
-            max_epochs=epochs_for(tc, len(split["train"])),
-            max_steps=tc.max_steps or -1,
+            max_epochs=epochs,
+            max_steps=max_steps,
             # Early stopping counts patience in epochs: at 3 steps an epoch (a 400-image folder) it
             # stopped a run at a third of the steps the image preset asks for. No stop before min_steps.
-            min_steps=tc.min_steps,
-            max_time=timedelta(minutes=tc.max_time_minutes) if tc.max_time_minutes else None,
+            min_steps=min_steps,
+            max_time=timedelta(seconds=plan.seconds_left) if plan else None,
             callbacks=callbacks,
             logger=CSVLogger(save_dir=files.logs, name="", version=""),
             enable_progress_bar=on_terminal,
@@ -341,6 +348,7 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     criterion = start_criterion(cfg, data, split, target, loss) if guard else None
     start = {k: v.detach().clone() for k, v in module.net.state_dict().items()} if guard else None
     x = data.x
+    fit_t0 = time.perf_counter()
     with timed(f"fit {cfg.model.architecture} autoencoder on {len(split['train'])} items"):
         trainer.fit(
             module,
@@ -349,6 +357,7 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
             if has_val
             else None,
         )
+    fit_s = time.perf_counter() - fit_t0
     if not trainer.is_global_zero:
         return TrainResult(str(layout.model.root), "", {}, len(data.ids), len(quarantine), time.perf_counter() - t0)
     # Our own checkpoint, but still read without unpickling arbitrary objects.
@@ -373,6 +382,16 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
         max_epochs=int(trainer.max_epochs or 0),
         best_val_loss=float(checkpoint.best_model_score or np.nan),
         kept_pca_start=kept_start,
+        time_budget=None
+        if plan is None
+        else {
+            "minutes": budget_minutes(tc, len(data.ids)),
+            "fit_seconds_left": round(plan.seconds_left, 1),
+            "probe_step_s": None if plan.step_s is None else round(plan.step_s, 5),
+            "max_steps_fit": plan.max_steps,
+            "fit_seconds": round(fit_s, 1),
+            "stopped_by_time": fit_s >= plan.seconds_left - 1.0,  # the hard stop, not the planned steps
+        },
         n_train=len(split["train"]),
         n_val=len(split["val"]),
         n_test=len(split["test"]),
@@ -482,6 +501,37 @@ def keep_better_start(net: Autoencoder, start: dict[str, torch.Tensor], score: S
         return True
     net.load_state_dict(trained)
     return False
+
+
+def plan_time_budget(
+    cfg: PipelineConfig, net: Autoencoder, x_train: np.ndarray, loss: str, n_items: int, elapsed_s: float, epochs: int
+) -> StepPlan | None:
+    """Fit the fit into ``training.max_time_minutes`` (see aepipe.model.timebudget): in one process,
+    time a few steps of a copy of ``net`` and lower max_steps to what fits; under DDP only the hard
+    stop. None without a budget."""
+    tc = cfg.training
+    if budget_minutes(tc, n_items) is None:
+        return None
+    steps = planned_steps(tc, epochs, len(x_train))
+    one_process = str(tc.devices) == "1" and tc.num_nodes == 1
+    step_s = None
+    if one_process:
+        device = resolve_device(tc)
+        where = "cuda" if device.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
+        step_s = probe_step_seconds(net, x_train, tc.batch_size, loss, where)
+    plan = plan_steps(tc, n_items, elapsed_s, steps, step_s)
+    assert plan is not None
+    if plan.max_steps is not None:
+        log.info(
+            "time budget %.3g min (training.max_time_minutes=%s): %d steps planned at %.3f s a step do not fit; "
+            "training %d steps",
+            budget_minutes(tc, n_items) or 0,
+            tc.max_time_minutes,
+            steps,
+            step_s or 0,
+            plan.max_steps,
+        )
+    return plan
 
 
 def epochs_for(tc: TrainingConfig, n_train: int) -> int:

@@ -1,0 +1,101 @@
+"""Training sized to a wall-clock budget: ``training.max_time_minutes`` (``auto`` by default).
+
+A hard stop alone (Lightning's ``max_time``) cuts the learning-rate schedule short: a one-cycle
+run stopped half-way ends at its peak rate. So before fitting, a few optimizer steps of a copy of
+the network are timed on real training batches, and the run is planned to end inside the budget:
+``max_steps`` (and the ``min_steps`` floor) lowered to what fits, the schedule spanning those
+steps. The hard stop stays as the backstop (regularisers the probe leaves out, a busier machine).
+
+``auto``: 2 minutes for corpora up to 12,000 items, then 10 minutes per 60,000 items, at most 60
+(the issue's targets: under 2 minutes for small corpora, 10 per 60,000 28x28 images on 2 cores).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from aepipe.config import TrainingConfig
+from aepipe.model.module import reconstruction_loss
+from aepipe.model.networks import Autoencoder
+
+log = logging.getLogger(__name__)
+
+# Share of the budget kept back for what follows the fit (held-out evaluation, PCA/LSA baseline,
+# saving), and the planning margin on the probe's step time (data loading, validation passes, logging).
+RESERVE = 0.15
+STEP_MARGIN = 1.3
+PROBE_STEPS = 3
+
+
+def budget_minutes(tc: TrainingConfig, n_items: int) -> float | None:
+    """The training stage's wall-clock budget in minutes (None: unlimited)."""
+    if tc.max_time_minutes is None:
+        return None
+    if tc.max_time_minutes == "auto":
+        return float(min(60.0, max(2.0, 10.0 * n_items / 60_000)))
+    return float(tc.max_time_minutes)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What fits in what is left of the budget."""
+
+    seconds_left: float  # the hard stop for the fit
+    step_s: float | None  # measured seconds per optimizer step (None: not probed)
+    max_steps: int | None  # None: the budget does not bind
+
+
+def probe_step_seconds(net: Autoencoder, x: np.ndarray, batch_size: int, loss: str, device: str) -> float:
+    """Median seconds of one optimizer step (forward, reconstruction loss, backward, AdamW) of a copy
+    of ``net`` on batches of ``x`` (N, ...), after one warm-up step; ``net`` is left untouched."""
+    probe = copy.deepcopy(net).to(device).train()
+    opt = torch.optim.AdamW([p for p in probe.parameters() if p.requires_grad], lr=1e-6)
+    rng = np.random.default_rng(0)
+    times = []
+    for i in range(PROBE_STEPS + 1):
+        idx = rng.choice(len(x), min(batch_size, len(x)), replace=False)
+        xb = torch.from_numpy(np.ascontiguousarray(x[idx])).to(device)
+        t = time.perf_counter()
+        out = probe(xb).out
+        reconstruction_loss(out, xb, loss, probe).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if i:  # the first step warms caches and allocators
+            times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def plan_steps(
+    tc: TrainingConfig,
+    n_items: int,
+    elapsed_s: float,
+    planned_steps: int,
+    step_s: float | None,
+) -> StepPlan | None:
+    """The plan for a fit that would run ``planned_steps`` optimizer steps, ``elapsed_s`` into the
+    training stage; None without a budget. ``step_s`` None: only the hard stop."""
+    minutes = budget_minutes(tc, n_items)
+    if minutes is None:
+        return None
+    budget_s = minutes * 60
+    left = max(budget_s * (1 - RESERVE) - elapsed_s, budget_s * 0.1)  # always some training
+    if step_s is None or step_s <= 0:
+        return StepPlan(left, None, None)
+    fits = max(int(left / (step_s * STEP_MARGIN)), 1)
+    return StepPlan(left, step_s, fits if fits < planned_steps else None)
+
+
+def planned_steps(tc: TrainingConfig, epochs: int, n_train: int) -> int:
+    """Optimizer steps the fit would run without a budget (one process)."""
+    per_epoch = max(math.ceil(n_train / tc.batch_size), 1)
+    steps = epochs * per_epoch
+    return min(steps, tc.max_steps) if tc.max_steps else steps

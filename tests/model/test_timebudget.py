@@ -1,0 +1,97 @@
+"""Training sized to a wall-clock budget (training.max_time_minutes, auto by default)."""
+
+from __future__ import annotations
+
+import pytest
+
+from aepipe.config import ConfigError, build_config
+from aepipe.model import fit as fit_module
+from aepipe.model.timebudget import budget_minutes, plan_steps, planned_steps, probe_step_seconds
+from aepipe.model.train import train_model
+
+
+def test_auto_budget_grows_with_the_corpus():
+    tc = build_config(overrides=[]).training
+    assert tc.max_time_minutes == "auto"
+    assert budget_minutes(tc, 400) == 2.0
+    assert budget_minutes(tc, 12_000) == 2.0
+    assert budget_minutes(tc, 60_000) == pytest.approx(10.0)
+    assert budget_minutes(tc, 10_000_000) == 60.0
+    assert budget_minutes(build_config(overrides=["training.max_time_minutes=null"]).training, 60_000) is None
+    assert budget_minutes(build_config(overrides=["training.max_time_minutes=3"]).training, 10) == 3.0
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "soon"])
+def test_a_bad_budget_is_refused(bad):
+    with pytest.raises(ConfigError, match="max_time_minutes"):
+        build_config(overrides=[f"training.max_time_minutes={bad}"])
+
+
+def test_plan_lowers_steps_only_when_they_do_not_fit():
+    tc = build_config(overrides=["training.max_time_minutes=1"]).training  # 60 s, 51 s for the fit
+    plan = plan_steps(tc, 1000, 0.0, planned_steps=1500, step_s=0.1)
+    assert plan is not None and plan.max_steps == int(60 * 0.85 / (0.1 * 1.3))
+    assert plan_steps(tc, 1000, 0.0, planned_steps=100, step_s=0.1).max_steps is None  # 100 steps fit
+    later = plan_steps(tc, 1000, 30.0, planned_steps=1500, step_s=0.1)  # half the budget already spent
+    assert later.max_steps < plan.max_steps and later.seconds_left == pytest.approx(21.0)
+    assert plan_steps(tc, 1000, 0.0, 1500, None).max_steps is None  # not probed (DDP): the hard stop only
+    assert plan_steps(build_config(overrides=["training.max_time_minutes=null"]).training, 10, 0, 5, 1.0) is None
+
+
+def test_planned_steps_counts_epochs_and_max_steps():
+    tc = build_config(overrides=["training.batch_size=100"]).training
+    assert planned_steps(tc, epochs=10, n_train=250) == 30
+    tc = build_config(overrides=["training.batch_size=100", "training.max_steps=7"]).training
+    assert planned_steps(tc, epochs=10, n_train=250) == 7
+
+
+def test_probe_leaves_the_network_untouched():
+    import numpy as np
+    import torch
+
+    from aepipe.model.networks import DenseAutoencoder
+
+    net = DenseAutoencoder((1, 8, 8), [32], 4, output_activation="sigmoid")
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = np.random.default_rng(0).random((50, 1, 8, 8), dtype=np.float32)
+    assert probe_step_seconds(net, x, 16, "mse", "cpu") > 0
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_training_stops_at_the_steps_that_fit(tmp_path, monkeypatch):
+    """A slow step (as measured by the probe) on a short budget: the fit runs the planned steps,
+    with the lr schedule spanning them, and metrics.json says what was planned."""
+    from tests.conftest import QUICK_OVERRIDES
+
+    monkeypatch.setattr(fit_module, "probe_step_seconds", lambda *a, **k: 1.0)  # as if each step took 1 s
+    cfg = build_config(
+        overrides=[
+            *QUICK_OVERRIDES,
+            "corpus.source=digits",
+            "corpus.limit=300",
+            "training.max_epochs=50",
+            "training.max_time_minutes=0.5",  # 30 s: 25.5 s for the fit, 19 steps at 1.3 s
+            f"run_dir={tmp_path / 'run'}",
+        ]
+    )
+    m = train_model(cfg).metrics
+    assert m["time_budget"]["max_steps_fit"] == 19
+    assert m["steps"] == 19
+    assert m["time_budget"]["probe_step_s"] == 1.0
+
+
+def test_no_budget_runs_every_epoch(tmp_path):
+    from tests.conftest import QUICK_OVERRIDES
+
+    cfg = build_config(
+        overrides=[
+            *QUICK_OVERRIDES,
+            "corpus.source=digits",
+            "corpus.limit=300",
+            "training.max_epochs=3",
+            "training.max_time_minutes=null",
+            f"run_dir={tmp_path / 'run'}",
+        ]
+    )
+    m = train_model(cfg).metrics
+    assert m["time_budget"] is None and m["epochs"] == 3
