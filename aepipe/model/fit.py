@@ -437,7 +437,8 @@ def init_linear_path(
     net.init_linear_path(torch.from_numpy(components).float(), torch.from_numpy(mean).float(), bias)
 
 
-Score = Callable[[Autoencoder], float]  # a network's score on the validation items, lower is better
+# A network's score on the validation items, lower is better: one number, or several (all must improve).
+Score = Callable[[Autoencoder], float | tuple[float, ...]]
 
 
 def start_criterion(
@@ -448,24 +449,27 @@ def start_criterion(
     loss: str,
 ) -> tuple[Score, str]:
     """How ``keep_better_start`` compares the start with the trained network on the validation
-    items: with a label on every training and validation item, precision@10 of the validation
-    queries against the training items (the index's metric), the measure the verdict holds against
-    the linear baseline; else the training loss."""
+    items: the loss on them (against what the decoder reconstructs there: the input itself, or a
+    document's word distribution, never a smoothed target) and, with a label on every training and
+    validation item, precision@10 of the validation queries against the training items (the
+    index's metric): both measures the verdict holds against the linear baseline."""
     train, val = split["train"], split["val"]
     y = np.array(data.labels, dtype=object)
+    recon = validation_loss(data.x[val], _rows(target, val), loss)
     if all(v is not None for v in y[np.concatenate([train, val])]) and len(set(y[train])) >= 2:
         x_train, x_val, metric = data.x[train], data.x[val], cfg.index.metric
 
         @torch.no_grad()
-        def precision(net: Autoencoder) -> float:
+        def both(net: Autoencoder) -> tuple[float, float]:
             codes_train, codes_val = _encode_all(net, x_train)[0], _encode_all(net, x_val)[0]
-            return -label_retrieval(codes_train, codes_val, y[train], y[val], metric=metric, k=10)["precision_at_10"]
+            p10 = label_retrieval(codes_train, codes_val, y[train], y[val], metric=metric, k=10)["precision_at_10"]
+            return -p10, recon(net)
 
-        return precision, "precision@10"
-    return validation_loss(data.x[val], _rows(target, val), loss), "loss"
+        return both, "precision@10 and loss"
+    return recon, "loss"
 
 
-def validation_loss(x_val: np.ndarray, target_val: np.ndarray | None, loss: str) -> Score:
+def validation_loss(x_val: np.ndarray, target_val: np.ndarray | None, loss: str) -> Callable[[Autoencoder], float]:
     """Mean training loss on the validation items (``target_val``: what the decoder reconstructs,
     when not the input)."""
     y_val = x_val if target_val is None else target_val
@@ -483,24 +487,32 @@ def validation_loss(x_val: np.ndarray, target_val: np.ndarray | None, loss: str)
 
 @torch.no_grad()
 def keep_better_start(net: Autoencoder, start: dict[str, torch.Tensor], score: Score, criterion: str = "loss") -> bool:
-    """Put the PCA (LSA) start (``start``: its state) back into the trained ``net`` when it scores at
-    least as well on the validation items (``score``, lower is better: the best checkpoint compares
-    epochs only, never the start). Returns whether it did."""
+    """Put the PCA (LSA) start (``start``: its state) back into the trained ``net`` unless training
+    beat it on the validation items (``score``, lower is better, one number or several: the trained
+    network must be at least as good on every one and better on one; the best checkpoint compares
+    epochs only, never the start). Returns whether the start was put back."""
     net.eval()
-    trained_score, trained = score(net), {k: v.clone() for k, v in net.state_dict().items()}
+    trained_score, trained = _scores(score(net)), {k: v.clone() for k, v in net.state_dict().items()}
     net.load_state_dict(start)
-    start_score = score(net)
-    if start_score <= trained_score:
+    start_score = _scores(score(net))
+    won = all(t <= s for t, s in zip(trained_score, start_score)) and any(
+        t < s for t, s in zip(trained_score, start_score)
+    )
+    if not won:
         log.warning(
-            "training did not beat its linear start on the validation items (%s: trained %.4g, start %.4g): "
+            "training did not beat its linear start on the validation items (%s: trained %s, start %s): "
             "keeping the start",
             criterion,
-            abs(trained_score),
-            abs(start_score),
+            ", ".join(f"{abs(v):.4g}" for v in trained_score),
+            ", ".join(f"{abs(v):.4g}" for v in start_score),
         )
         return True
     net.load_state_dict(trained)
     return False
+
+
+def _scores(v: float | tuple[float, ...]) -> tuple[float, ...]:
+    return v if isinstance(v, tuple) else (v,)
 
 
 def plan_time_budget(

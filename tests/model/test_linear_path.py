@@ -91,6 +91,25 @@ def test_keep_better_start_restores_the_pca_start_when_training_made_it_worse(di
     assert all(torch.equal(v, start[k]) for k, v in net.state_dict().items())
 
 
+def test_the_start_is_kept_unless_training_beats_it_on_every_measure(digits_x):
+    """With labels the guard holds the trained network to the verdict's two measures: better
+    retrieval bought with worse reconstruction keeps the start (the user's PCA tie, not a loss)."""
+    net, _ = _pca_net(digits_x)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    bias = net.decoder[-1].bias
+    with torch.no_grad():
+        bias.add_(0.01)  # the "trained" state
+    trained_bias = bias.detach().clone()
+    results = iter([(-0.9, 0.5), (-0.8, 0.4)])  # trained: P@10 0.9 but loss 0.5; start: 0.8 and 0.4
+    assert keep_better_start(net, start, lambda _net: next(results), "precision@10 and loss")
+    assert torch.equal(net.decoder[-1].bias, start[f"decoder.{len(net.decoder) - 1}.bias"])
+    with torch.no_grad():
+        net.decoder[-1].bias.copy_(trained_bias)
+    results = iter([(-0.9, 0.4), (-0.8, 0.4)])  # better retrieval, the same loss: training won
+    assert not keep_better_start(net, start, lambda _net: next(results), "precision@10 and loss")
+    assert torch.equal(net.decoder[-1].bias, trained_bias)
+
+
 def test_saved_model_with_a_linear_path_reloads_and_encodes_identically(digits_x, tmp_path):
     net, _ = _pca_net(digits_x)
     with torch.no_grad():
@@ -224,8 +243,10 @@ def test_start_criterion_is_validation_precision_with_labels_else_loss():
     ids = [str(i) for i in range(len(x))]
 
     score, name = start_criterion(cfg, Dataset(x, ids, labels), split, target, "softmax")
-    assert name == "precision@10"
-    assert score(net.eval()) == pytest.approx(-1.0)  # two clean topics: LSA codes retrieve perfectly
+    assert name == "precision@10 and loss"
+    p10, recon = score(net.eval())
+    assert p10 == pytest.approx(-1.0)  # two clean topics: LSA codes retrieve perfectly
+    assert recon == pytest.approx(float(-(target[100:] * np.log(target[:100].mean(0))).sum(1).mean()), rel=1e-4)
     with torch.no_grad():
         net.pca_components.normal_()  # "training" that scrambles the codes
     assert keep_better_start(net, start, score, name)
