@@ -91,7 +91,7 @@ def write_photo_folder(folder: Path, x: np.ndarray, y: np.ndarray, names: np.nda
 
     for i in rows:
         sub = folder / str(names[y[i]])
-        sub.mkdir(exist_ok=True)
+        sub.mkdir(parents=True, exist_ok=True)
         img = Image.fromarray(x[i])
         if not mixed_sizes:
             img.save(sub / f"{i:05d}.png")
@@ -172,6 +172,8 @@ def run_row(row: str, corpus: list[str], out: Path) -> dict[str, Any]:
         "base_acc": scores["base"]["acc"],
         "base_nmi": scores["base"]["nmi"],
         "beats_both": bool(b["ae_beats_baseline"]),
+        "kept_start": bool(m.get("kept_pca_start")),
+        "time_budget": m.get("time_budget"),
         "epochs": m["epochs"],
         "steps": m.get("steps"),
         "n_test": m["n_test"],
@@ -180,19 +182,26 @@ def run_row(row: str, corpus: list[str], out: Path) -> dict[str, Any]:
     }
 
 
-def table(rows: list[dict], not_run: list[str], argv: list[str]) -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+def git_commit() -> str:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "aepipe", "benchmarks"], capture_output=True, text=True)
+    return head + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+def table(rows: list[dict], not_run: list[str], argv: list[str], start: dict[str, str] | None = None) -> str:
+    start = start or {}
     lines = [
         "# Defaults benchmark (no overrides but the code size)",
         "",
         f"Command: `python -m benchmarks.defaults {' '.join(argv)}`",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores SHARED with four other engineers' jobs (load "
-        f"average {os.getloadavg()[0]:.1f} at the end), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; "
-        f"commit {commit}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, load average {start.get('load', '?')} at the start "
+        f"and {os.getloadavg()[0]:.1f} at the end, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; "
+        f"code: commit {start.get('commit', git_commit())} at the start, {git_commit()} at the end; "
+        f"{start.get('time', '?')} to {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
         "| row | items | input | code | SSE/item AE | PCA | P@10 AE | PCA/LSA | k-means ACC AE | base | NMI AE "
-        "| base | beats both | epochs (steps) | train s | peak RSS MB |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|---:|---:|---:|",
+        "| base | beats both | PCA start kept | epochs (steps) | train s | peak RSS MB |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|:-:|---:|---:|---:|",
     ]
     for r in rows:
         if "error" in r:
@@ -202,11 +211,12 @@ def table(rows: list[dict], not_run: list[str], argv: list[str]) -> str:
             f"| {r['row']} | {r['n_items']:,} | {'x'.join(map(str, r['input_shape']))} | {r['code_size']} "
             f"| {r['ae_sse']:.3f} | {r['pca_sse']:.3f} | {r['ae_p10']:.3f} | {r['base_p10']:.3f} ({r['baseline']}) "
             f"| {r['ae_acc']:.3f} | {r['base_acc']:.3f} | {r['ae_nmi']:.3f} | {r['base_nmi']:.3f} "
-            f"| {'yes' if r['beats_both'] else 'NO'} | {r['epochs']} ({r['steps']}) | {r['train_s']:.0f} "
+            f"| {'yes' if r['beats_both'] else 'NO'} | {'yes' if r.get('kept_start') else 'no'} "
+            f"| {r['epochs']} ({r['steps']}) | {r['train_s']:.0f} "
             f"| {r['peak_rss_mb']:,} |"
         )
     if not_run:
-        lines += ["", f"Not run in this run (CPU shared; see the closing note): {', '.join(not_run)}."]
+        lines += ["", f"Not run in this run: {', '.join(not_run)}."]
     return "\n".join(lines)
 
 
@@ -229,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown row(s) {unknown}; choose from {ROWS}")
     out.mkdir(parents=True, exist_ok=True)
+    start = {"commit": git_commit(), "load": f"{os.getloadavg()[0]:.1f}", "time": f"{datetime.now(UTC):%Y-%m-%d %H:%M}"}
     rows = []
     for row in rows_wanted:
         corpus = prepare(row, out / "data", Path(args.datasets))
@@ -245,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         print(rows[-1], file=sys.stderr, flush=True)
     from benchmarks import write_results
 
-    write_results(out, rows, table(rows, [r for r in ROWS if r not in rows_wanted], argv))
+    write_results(out, rows, table(rows, [r for r in ROWS if r not in rows_wanted], argv, start))
     return 0
 
 

@@ -22,3 +22,28 @@ def test_unknown_rows_are_an_argument_error(tmp_path):
     with pytest.raises(SystemExit) as exc:
         defaults.main(["--rows", "digits,imagenet", "--out", str(tmp_path)])
     assert exc.value.code == 2
+
+
+def test_photo_folders_mixed_sizes_with_exif_rotations_or_plain_pngs(tmp_path):
+    """The writer behind mixed-photos, cifar10k and the sweep's stand-ins for them."""
+    import numpy as np
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    y, names = np.arange(12) % 3, np.array(["cat", "dog", "ship"])
+    defaults.write_photo_folder(tmp_path / "mixed", x, y, names, range(2, 12), mixed_sizes=True)
+    files = sorted((tmp_path / "mixed").rglob("*.jpg"), key=lambda f: f.name)
+    assert [f.stem for f in files] == sorted(f"{i:05d}" for i in range(2, 12))
+    sizes = set()
+    for f in files:
+        with Image.open(f) as img:
+            upright = ImageOps.exif_transpose(img)
+            assert (img.getexif().get(0x0112) == 6) == (int(f.stem) % 10 == 0)  # every tenth stored rotated
+            sizes.add(upright.size)
+    assert sizes == set(defaults.PHOTO_SIZES)
+    defaults.write_photo_folder(tmp_path / "plain", x, y, names, range(3), mixed_sizes=False)
+    pngs = sorted((tmp_path / "plain").rglob("*.png"))
+    assert [p.parent.name for p in pngs] == ["cat", "dog", "ship"]
+    with Image.open(pngs[1]) as img:
+        assert img.size == (32, 32) and np.array_equal(np.asarray(img), x[1])
