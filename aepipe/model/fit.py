@@ -308,9 +308,8 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     device = resolve_device(tc)
     on_terminal = sys.stderr.isatty()
     epochs = epochs_for(tc, len(split["train"]))
-    plan = plan_time_budget(
-        cfg, module.net, data.x[split["train"]], loss, len(data.ids), time.perf_counter() - t0, epochs
-    )
+    elapsed = time.perf_counter() - t0
+    plan = plan_time_budget(cfg, module.net, data.x, split["train"], loss, len(data.ids), elapsed, epochs)
     max_steps = plan.max_steps if plan and plan.max_steps else (tc.max_steps or -1)
     min_steps = min(tc.min_steps, max_steps) if tc.min_steps and max_steps > 0 else tc.min_steps
     callbacks: list[L.Callback] = [EarlyStopping(monitor=monitor, patience=tc.early_stopping_patience), checkpoint]
@@ -516,7 +515,14 @@ def _scores(v: float | tuple[float, ...]) -> tuple[float, ...]:
 
 
 def plan_time_budget(
-    cfg: PipelineConfig, net: Autoencoder, x_train: np.ndarray, loss: str, n_items: int, elapsed_s: float, epochs: int
+    cfg: PipelineConfig,
+    net: Autoencoder,
+    x: np.ndarray,
+    train: np.ndarray,
+    loss: str,
+    n_items: int,
+    elapsed_s: float,
+    epochs: int,
 ) -> StepPlan | None:
     """Fit the fit into ``training.max_time_minutes`` (see aepipe.model.timebudget): in one process,
     time a few steps of a copy of ``net`` and lower max_steps to what fits; under DDP only the hard
@@ -524,13 +530,13 @@ def plan_time_budget(
     tc = cfg.training
     if budget_minutes(tc, n_items) is None:
         return None
-    steps = planned_steps(tc, epochs, len(x_train))
+    steps = planned_steps(tc, epochs, len(train))
     one_process = str(tc.devices) == "1" and tc.num_nodes == 1
     step_s = None
     if one_process:
         device = resolve_device(tc)
         where = "cuda" if device.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
-        step_s = probe_step_seconds(net, x_train, tc.batch_size, loss, where)
+        step_s = probe_step_seconds(net, x, train, tc.batch_size, loss, where)
     plan = plan_steps(tc, n_items, elapsed_s, steps, step_s)
     assert plan is not None
     if plan.max_steps is not None:

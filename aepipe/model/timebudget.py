@@ -52,15 +52,18 @@ class StepPlan:
     max_steps: int | None  # None: the budget does not bind
 
 
-def probe_step_seconds(net: Autoencoder, x: np.ndarray, batch_size: int, loss: str, device: str) -> float:
+def probe_step_seconds(
+    net: Autoencoder, x: np.ndarray, rows: np.ndarray, batch_size: int, loss: str, device: str
+) -> float:
     """Median seconds of one optimizer step (forward, reconstruction loss, backward, AdamW) of a copy
-    of ``net`` on batches of ``x`` (N, ...), after one warm-up step; ``net`` is left untouched."""
+    of ``net`` on batches drawn from ``x[rows]`` (x: (N, ...)), after one warm-up step; ``net`` is
+    left untouched."""
     probe = copy.deepcopy(net).to(device).train()
     opt = torch.optim.AdamW([p for p in probe.parameters() if p.requires_grad], lr=1e-6)
     rng = np.random.default_rng(0)
     times = []
     for i in range(PROBE_STEPS + 1):
-        idx = rng.choice(len(x), min(batch_size, len(x)), replace=False)
+        idx = np.sort(rng.choice(rows, min(batch_size, len(rows)), replace=False))
         xb = torch.from_numpy(np.ascontiguousarray(x[idx])).to(device)
         t = time.perf_counter()
         out = probe(xb).out
