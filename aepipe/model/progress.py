@@ -5,6 +5,7 @@ one log line per epoch (loss, val loss, elapsed, ETA) on the ``aepipe.progress``
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -40,6 +41,9 @@ class EpochLog(L.Callback):
         done = trainer.current_epoch + 1
         elapsed = time.perf_counter() - self.t0
         total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else done
+        per_epoch = trainer.num_training_batches
+        if trainer.max_steps and trainer.max_steps > 0 and isinstance(per_epoch, int) and per_epoch > 0:
+            total = max(min(total, math.ceil(trainer.max_steps / per_epoch)), done)  # max_steps ends it sooner
         eta = elapsed / done * (total - done)
         if self.max_time_s is not None:
             eta = min(eta, max(self.max_time_s - elapsed, 0.0))

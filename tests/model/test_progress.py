@@ -54,3 +54,24 @@ def test_progress_stays_at_info_when_aepipe_logs_only_warnings(restore_levels):
     assert logging.getLogger("faiss.loader").getEffectiveLevel() == logging.WARNING
     setup_logging(2, stream_is_tty=False)
     assert logging.getLogger("aepipe.progress").getEffectiveLevel() == logging.DEBUG
+
+
+def test_epoch_lines_count_to_where_max_steps_ends_training(tmp_path, caplog):
+    """A step limit (the time budget's plan, or training.max_steps) that ends training before
+    max_epochs: the lines count epochs out of what will run, so the ETA is not 5x too long."""
+    from tests.conftest import QUICK_OVERRIDES
+
+    cfg = build_config(
+        overrides=[
+            *QUICK_OVERRIDES,
+            "corpus.source=digits",
+            "corpus.limit=200",  # 160 training items at batch 32: 5 steps an epoch
+            "training.max_epochs=10",
+            "training.max_steps=10",
+            f"run_dir={tmp_path / 'run'}",
+        ]
+    )
+    with caplog.at_level(logging.INFO, logger="aepipe.progress"):
+        train_model(cfg)
+    lines = [r.getMessage() for r in caplog.records if r.name == "aepipe.progress"]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
