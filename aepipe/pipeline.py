@@ -1,5 +1,6 @@
 """The whole pipeline as plain function calls (no orchestrator): train -> encode -> index (+ publish
-the model version that matches it) -> cluster -> report (report.json, then report.html). The Prefect pipeline flow in
+the model version that matches it) -> cluster (and, after DEC re-encoded the store, index again)
+-> report (report.json, then report.html). The Prefect pipeline flow in
 flows/pipeline.py composes the same functions."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from aepipe.cluster.kmeans import cluster_codes
+from aepipe.cluster.kmeans import ClusterResult, cluster_codes
 from aepipe.codes.encode import encode_corpus
 from aepipe.config import PipelineConfig
 from aepipe.errors import AepipeError
@@ -39,6 +40,17 @@ def index_stage(cfg: PipelineConfig) -> IndexResult:
     return result
 
 
+def cluster_stage(cfg: PipelineConfig) -> ClusterResult:
+    """Cluster the stored codes. ``cluster.method=dec`` replaces the model and re-encodes the store
+    with the refined encoder: the index is then rebuilt over the new codes and a generation
+    published, so searches never mix the refined store with the old index."""
+    result = cluster_codes(cfg)
+    if cfg.cluster.method == "dec":
+        log.info("cluster.method=dec re-encoded the store: rebuilding the index over the refined codes")
+        index_stage(cfg)
+    return result
+
+
 def html_report_stage(cfg: PipelineConfig, report: dict[str, Any]) -> dict[str, Any]:
     """Write RUN/report.html after report.json, and record its path and time in both. The page is
     for people: a failure to draw it is logged, never fails the run."""
@@ -65,6 +77,6 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     trained = timed_stage("train", train_model)
     encoded = timed_stage("encode", encode_corpus)
     indexed = timed_stage("index", index_stage)
-    clustered = timed_stage("cluster", cluster_codes)
+    clustered = timed_stage("cluster", cluster_stage)
     report = build_report(cfg, trained, encoded, indexed, clustered, timings)
     return html_report_stage(cfg, report)

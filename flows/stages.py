@@ -11,12 +11,12 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.runtime import flow_run
 
-from aepipe.cluster.kmeans import ClusterResult, cluster_codes
+from aepipe.cluster.kmeans import ClusterResult
 from aepipe.codes.encode import EncodeResult, encode_corpus
 from aepipe.config import PipelineConfig
 from aepipe.index.build import IndexResult
 from aepipe.model.train import TrainResult, train_model
-from aepipe.pipeline import index_stage
+from aepipe.pipeline import cluster_stage, index_stage
 from aepipe.runlock import command_line, run_lock
 
 FLOW_LOCK_WAIT_S = 6 * 3600.0
@@ -63,7 +63,7 @@ def index_task(config: PipelineConfig) -> IndexResult:
 
 @task(name="cluster")
 def cluster_task(config: PipelineConfig) -> ClusterResult:
-    return cluster_codes(config)
+    return cluster_stage(config)
 
 
 @flow(name="aepipe-train", flow_run_name=run_name("train"))

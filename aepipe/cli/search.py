@@ -148,7 +148,6 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 
 def _cmd_topics(args: argparse.Namespace) -> int:
     """Cluster the document codes (the cluster stage) and print the topics."""
-    from aepipe.cluster.kmeans import cluster_codes
     from aepipe.cluster.topics import format_topics
     from aepipe.files import read_json
     from aepipe.layout import ModelFiles, RunLayout
@@ -165,7 +164,9 @@ def _cmd_topics(args: argparse.Namespace) -> int:
             f"no topics for {cfg.run_dir}: topics need a document run (corpus.kind=documents); "
             "for an image run use `aepipe cluster`"
         )
-    cluster_codes(cfg)
+    from aepipe.pipeline import cluster_stage
+
+    cluster_stage(cfg)
     path = layout.clusters.topics
     if not path.is_file():
         raise ConfigError(

@@ -45,9 +45,9 @@ def _run_stage(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         print(markdown_table(report) if args.format == "table" else json.dumps(report))
         return 0
     elif args.command == "cluster":
-        from aepipe.cluster.kmeans import cluster_codes
+        from aepipe.pipeline import cluster_stage
 
-        emit(cluster_codes(cfg))
+        emit(cluster_stage(cfg))
     return 0
 
 

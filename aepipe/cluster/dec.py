@@ -8,8 +8,8 @@ where Q is the Student-t soft assignment of each code to the centroids and P the
 codes a representation of the items (IDEC), not only of their clusters. The refined model replaces
 the run's model, the store is re-encoded with it, and every item is assigned to its nearest
 centroid (the argmax of Q) by the same pass that writes ``cluster`` assignments
-(``aepipe.cluster.kmeans.cluster_codes`` drives the stage); the index no longer matches the store
-until ``aepipe index`` rebuilds it.
+(``aepipe.cluster.kmeans.cluster_codes`` drives the stage). The index is rebuilt over the new
+codes by ``aepipe.pipeline.cluster_stage`` (what the pipeline, the CLI and the flows call).
 """
 
 from __future__ import annotations

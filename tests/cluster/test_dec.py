@@ -17,6 +17,7 @@ from aepipe.codes.store import open_store
 from aepipe.layout import RunLayout
 from aepipe.model.saved import load_model
 from aepipe.model.train import train_model
+from aepipe.pipeline import cluster_stage, index_stage
 
 
 def test_dec_clusters_digits_better_than_kmeans_on_the_pretrained_codes(run_copy):
@@ -29,7 +30,8 @@ def test_dec_clusters_digits_better_than_kmeans_on_the_pretrained_codes(run_copy
     layout = RunLayout.at(run_copy.run_dir)
     plain = cluster_codes(run_copy.config())
     old_model = load_model(layout.model).model_id
-    dec = cluster_codes(run_copy.config("cluster.method=dec", "cluster.dec_epochs=60", "cluster.dec_batch_size=32"))
+    index_stage(run_copy.config())  # searches see the pretrained codes
+    dec = cluster_stage(run_copy.config("cluster.method=dec", "cluster.dec_epochs=60", "cluster.dec_batch_size=32"))
     assert dec.acc is not None and plain.acc is not None
     # measured here: ACC 0.5925 -> 0.6225, NMI 0.619 -> 0.645 (400 digits, 10-d codes, 16 epochs)
     assert dec.acc > plain.acc, (plain.acc, dec.acc)
@@ -38,6 +40,15 @@ def test_dec_clusters_digits_better_than_kmeans_on_the_pretrained_codes(run_copy
     model = load_model(layout.model)
     assert model.model_id != old_model and model.info["refined_by"] == "dec" and model.info["parent"] == old_model
     assert open_store(layout.store).model_id == model.model_id
+    # ... and the index was rebuilt over the refined codes: a stored item's nearest indexed vector
+    # is its own code (with the pre-DEC index it would be its old code, at a distance)
+    from aepipe.index.search import Searcher
+
+    searcher = Searcher(run_copy.run_dir)
+    assert searcher.infos["model_id"] == model.model_id
+    ids0, codes0 = open_store(layout.store).read_codes()
+    d, nearest = searcher.index.search(np.ascontiguousarray(codes0[:20], np.float32), 1)
+    assert np.allclose(d[:, 0], 0.0, atol=1e-4), d[:, 0]
     summary = json.loads(layout.clusters.summary.read_text())
     assert summary["method"] == "dec" and summary["dec"]["parent_model_id"] == old_model
     assert summary["n_clusters"] == 10 and sum(summary["sizes"]) == 400
