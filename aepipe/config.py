@@ -562,6 +562,14 @@ class IndexConfig(_Section):
         description="auto: pass over candidates whose estimated search time per query (a batch of "
         "queries, at the tuned recall) is longer; none: no limit",
     )
+    train_points_per_list: int = Field(
+        64,
+        ge=39,
+        le=256,
+        description="IVF: k-means trains on this many sampled vectors per list (faiss's bounds: 39..256). 64 "
+        "trains IVF4096 over 1M 32-d codes in ~3 s on 2 cores, 256 in ~4x that, for recall within "
+        "reach by a larger nprobe (benchmarks/RESULTS-large.md)",
+    )
     queries_per_build: int = Field(
         1_000_000,
         ge=0,

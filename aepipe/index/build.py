@@ -101,7 +101,7 @@ def write_index(cfg: PipelineConfig, store_dir: Path, dest: Path) -> dict[str, A
     rest = np.flatnonzero(
         ~held
     )  # held out: queries are not used to train the index (a mask: setdiff1d sorts, ~3 s at 1M)
-    n_train = training_size(index, n) if not index.is_trained else 0
+    n_train = training_size(index, n, ic.train_points_per_list) if not index.is_trained else 0
     train_pos = np.sort(rng.choice(rest if len(rest) >= n_train else np.arange(n), n_train, replace=False))
 
     files = IndexFiles(dest)

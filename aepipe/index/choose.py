@@ -34,7 +34,7 @@ HNSW_M = 32
 MIN_POINTS_PER_CENTROID = 39  # faiss warns below this: k-means centroids are then poorly placed
 
 
-MAX_POINTS_PER_CENTROID = 256  # faiss subsamples above this anyway
+MAX_POINTS_PER_CENTROID = 256  # faiss subsamples above this anyway (index.train_points_per_list caps it lower)
 
 
 MAX_TRAIN = 1_000_000
@@ -126,13 +126,15 @@ def wants_on_disk(factory: str, n: int, dim: int, cfg: IndexConfig) -> bool:
     return cfg.on_disk == "always"
 
 
-def training_size(index: faiss.Index, n: int) -> int:
-    """Points to train on: up to 256 per IVF list and never fewer than 39 (faiss's bounds),
-    at least 16,384 for PQ / OPQ / SQ codebooks (256 centroids per sub-quantizer)."""
+def training_size(index: faiss.Index, n: int, per_list: int = MAX_POINTS_PER_CENTROID) -> int:
+    """Points to train on: up to ``per_list`` per IVF list (index.train_points_per_list; at most 256)
+    and never fewer than 39 (faiss's bounds), at least 16,384 for PQ / OPQ / SQ codebooks (256
+    centroids per sub-quantizer)."""
     ivf = ivf_of(index)
     want = 0
     if ivf is not None:
-        want = max(MIN_POINTS_PER_CENTROID * ivf.nlist, min(MAX_POINTS_PER_CENTROID * ivf.nlist, MAX_TRAIN))
+        per_list = max(MIN_POINTS_PER_CENTROID, min(per_list, MAX_POINTS_PER_CENTROID))
+        want = max(MIN_POINTS_PER_CENTROID * ivf.nlist, min(per_list * ivf.nlist, MAX_TRAIN))
     if not isinstance(index, faiss.IndexFlat):
         want = max(want, 256 * 64)
     if ivf is not None and n < MIN_POINTS_PER_CENTROID * ivf.nlist:
@@ -151,7 +153,9 @@ CALIBRATION_QUERIES = 256  # held out of the sample index: new queries, as at se
 
 HNSW_QUANTIZER_MIN_LISTS = 1024  # below this a flat coarse quantizer is as fast as a graph over it
 
-COARSE_POINTS_PER_LIST = 20  # k-means timing sample: cost per iteration is linear in points
+COARSE_POINTS_PER_LIST = (
+    8  # k-means timing sample: cost per iteration is linear in points (20: 2.3 s of 1 thread at 4,096 lists)
+)
 
 
 @dataclass
@@ -280,7 +284,7 @@ def calibrate_one(
     index = faiss.index_factory(sample.shape[1], small, METRICS[cfg.metric])
     t = time.perf_counter()
     if not index.is_trained:
-        index.train(sample[rng.permutation(s)[: training_size(index, s)]])
+        index.train(sample[rng.permutation(s)[: training_size(index, s, cfg.train_points_per_list)]])
     train_s = time.perf_counter() - t
     t = time.perf_counter()
     index.add(sample)
@@ -301,11 +305,14 @@ def calibrate_one(
         "latency_ms_per_query": latency,
         "quantizer_ms_per_query": round(quantizer_ms, 5),
     }
-    full_train = training_size(faiss.index_factory(sample.shape[1], name, METRICS[cfg.metric]), n)
+    full_train = training_size(
+        faiss.index_factory(sample.shape[1], name, METRICS[cfg.metric]), n, cfg.train_points_per_list
+    )
     kmeans = coarse.get(nlist_of(name) or 0)
     if kmeans is not None:
         sample_costs["coarse_kmeans"] = {"points": kmeans[0], "seconds": round(kmeans[1], 4)}
-    build_s, query_ms = (v / max(threads, 1) for v in extrapolate(name, n, sample_costs, full_train, kmeans))
+    build_1t, query_1t = extrapolate(name, n, sample_costs, full_train, kmeans, cfg.train_points_per_list)
+    build_s, query_ms = build_1t / build_speedup(name, threads), query_1t / max(threads, 1)
     log.info(
         "calibration %s on %d vectors (1 thread): recall@10 %.3f at %s; estimated with %d threads: build %.1f s, "
         "%.4f ms/query",
@@ -326,8 +333,25 @@ def calibrate_one(
     }
 
 
+# HNSW insertion takes locks on the graph: building 1M x 32-d HNSW32 with 2 threads took 36.8 s where
+# one thread's extrapolation said 41.6 s (1.13x; benchmarks/RESULTS-large.md). Batched queries, k-means
+# and IVF assignment parallelise over vectors (~ x threads).
+HNSW_ADD_SPEEDUP_PER_THREAD = 0.15
+
+
+def build_speedup(name: str, threads: int) -> float:
+    """How much faster a build of ``name`` runs on ``threads`` threads than on one."""
+    threads = max(threads, 1)
+    return 1 + HNSW_ADD_SPEEDUP_PER_THREAD * (threads - 1) if name.startswith("HNSW") else float(threads)
+
+
 def extrapolate(
-    name: str, n: int, sample: dict[str, Any], n_train: int, coarse: tuple[int, float] | None = None
+    name: str,
+    n: int,
+    sample: dict[str, Any],
+    n_train: int,
+    coarse: tuple[int, float] | None = None,
+    per_list: int = MAX_POINTS_PER_CENTROID,
 ) -> tuple[float, float]:
     """(build seconds, ms per query) of ``name`` over ``n`` vectors from its costs on the sample,
     at the search setting tuned there. The cost model of each kind:
@@ -345,7 +369,7 @@ def extrapolate(
         grow = math.log(n) / math.log(s)
         return sample["add_s"] * n / s * grow, sample["latency_ms_per_query"] * grow
     nlist, nlist_s = nlist_of(name) or 1, nlist_of(sample["index_string"]) or 1
-    train_s_items = min(s, training_size(faiss.index_factory(4, f"IVF{nlist_s},Flat"), s))
+    train_s_items = min(s, training_size(faiss.index_factory(4, f"IVF{nlist_s},Flat"), s, per_list))
     train = sample["train_s"] * (n_train * nlist) / (train_s_items * nlist_s)
     if coarse is not None:
         train = coarse[1] * n_train / coarse[0]

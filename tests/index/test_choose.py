@@ -10,8 +10,17 @@ import numpy as np
 import pytest
 
 from aepipe.config import IndexConfig, build_config
+from aepipe.errors import ConfigError
 from aepipe.index.build import build_index
-from aepipe.index.choose import calibrated_names, extrapolate, ivf_nlist, pick
+from aepipe.index.choose import (
+    COARSE_POINTS_PER_LIST,
+    build_speedup,
+    calibrated_names,
+    extrapolate,
+    ivf_nlist,
+    pick,
+    training_size,
+)
 from aepipe.layout import RunLayout
 
 
@@ -44,7 +53,7 @@ def test_auto_builds_candidates_on_a_sample_and_records_why_the_winner_won(tmp_p
     for c in measured:
         sample = c["sample"]
         if c["index_string"].startswith("IVF"):  # the coarse k-means timed at the full number of lists
-            assert sample["coarse_kmeans"]["points"] == 20 * ivf_nlist(6000)
+            assert sample["coarse_kmeans"]["points"] == COARSE_POINTS_PER_LIST * ivf_nlist(6000)
         assert sample["items"] == 2000 and sample["recall_at_10"] >= 0.95  # tuned on the sample to the target
         assert c["estimated_build_s"] > 0 and c["estimated_query_ms"] > 0
         assert c["estimated_cost_s"] == pytest.approx(
@@ -156,3 +165,23 @@ def test_calibrated_names_fit_the_memory_budget():
         f"IVF{ivf_nlist(3_000_000)}_HNSW32,Flat",
     ]
     assert calibrated_names(1_000_000, 32, IndexConfig(memory_budget_mb=50)) == []
+
+
+def test_ivf_trains_on_train_points_per_list_within_faiss_bounds():
+    import faiss
+
+    index = faiss.index_factory(8, "IVF1024,Flat")
+    assert training_size(index, 10_000_000, 64) == 64 * 1024
+    assert training_size(index, 10_000_000) == 256 * 1024  # faiss's own cap
+    assert training_size(index, 10_000_000, 10) == 39 * 1024  # never below faiss's floor
+    assert training_size(index, 50_000, 64) == 50_000  # never more than there are
+    cfg = build_config(overrides=[])
+    assert cfg.index.train_points_per_list == 64
+    with pytest.raises(ConfigError):
+        build_config(overrides=["index.train_points_per_list=500"])
+
+
+def test_hnsw_builds_are_not_assumed_to_scale_with_threads():
+    assert build_speedup("HNSW32", 1) == 1.0
+    assert 1.0 < build_speedup("HNSW32", 2) < 1.3  # measured 1.13x on 1M x 32-d (RESULTS-large.md)
+    assert build_speedup("IVF4096_HNSW32,Flat", 2) == 2.0
