@@ -542,7 +542,7 @@ def plan_time_budget(
     if plan.max_steps is not None:
         log.info(
             "time budget %.3g min (training.max_time_minutes=%s): %d steps planned at %.3f s a step do not fit; "
-            "training %d steps",
+            "training %d steps (a larger budget, or training.max_time_minutes=null, runs them all)",
             budget_minutes(tc, n_items) or 0,
             tc.max_time_minutes,
             steps,
