@@ -61,6 +61,10 @@ def baseline_verdict(
     """``metrics['baseline']``: who won on each measure, and hints when the AE lost."""
     recon_win = metrics["ae"]["sse_per_item"] < metrics["pca"]["sse_per_item"]
     ret_win = None if retrieval is None else retrieval["ae_precision_at_10"] > retrieval["baseline_precision_at_10"]
+    outcome = {"reconstruction": "won" if recon_win else "lost"}
+    if retrieval is not None:
+        ae, base = retrieval["ae_precision_at_10"], retrieval["baseline_precision_at_10"]
+        outcome["precision@10"] = "won" if ae > base else "tied" if ae == base else "lost"
     held_out = metrics.get("evaluated_on", "test") == "test"
     verdict: dict[str, Any] = {
         "name": name,
@@ -70,19 +74,30 @@ def baseline_verdict(
         "retrieval": retrieval,
         "ae_beats_retrieval": ret_win,
         "ae_beats_baseline": recon_win and ret_win is not False,
+        "outcome": outcome,  # per measure: won / tied / lost (a tie on P@10: e.g. the PCA start was kept)
         "hints": [],
     }
     if not verdict["ae_beats_baseline"]:
         verdict["hints"] = loss_hints(cfg, metrics, recon_win, ret_win, n_parameters, input_shape)
-        lost = [m for m, won in (("reconstruction", recon_win), ("precision@10", ret_win)) if won is False]
+        short = [f"{result} on {m}" for m, result in outcome.items() if result != "won"]
+        kept = " (training did not beat its PCA start, which was kept)" if metrics.get("kept_pca_start") else ""
         log.warning(
-            "the autoencoder lost to %s on %s of %s items; try: %s",
+            "the autoencoder did not beat %s: %s of %s items%s; try: %s",
             name.upper() if name == "lsa" else "PCA",
-            " and ".join(lost),
+            " and ".join(short),
             "held-out" if held_out else f"{metrics.get('evaluated_on')} (not held-out)",
+            kept,
             "; ".join(verdict["hints"]),
         )
     return verdict
+
+
+def outcome_word(b: dict[str, Any], measure: str) -> str:
+    """won / tied / lost for one measure of a verdict (verdicts saved before "outcome" say won/lost)."""
+    if "outcome" in b and measure in b["outcome"]:
+        return str(b["outcome"][measure])
+    key = "ae_beats_reconstruction" if measure == "reconstruction" else "ae_beats_retrieval"
+    return "won" if b[key] else "lost"
 
 
 def loss_hints(
@@ -123,13 +138,13 @@ def baseline_summary(metrics: dict[str, Any]) -> str:
     base = b["name"].upper()
     parts = [
         f"AE SSE/item {metrics['ae']['sse_per_item']:.3f} vs PCA {metrics['pca']['sse_per_item']:.3f}"
-        f" ({'won' if b['ae_beats_reconstruction'] else 'lost'})"
+        f" ({outcome_word(b, 'reconstruction')})"
     ]
     r = b["retrieval"]
     if r is not None:
         parts.append(
             f"P@10 {r['ae_precision_at_10']:.3f} vs {base} {r['baseline_precision_at_10']:.3f}"
-            f" ({'won' if b['ae_beats_retrieval'] else 'lost'})"
+            f" ({outcome_word(b, 'precision@10')})"
         )
     where = "held-out" if b.get("held_out", True) else f"{metrics.get('evaluated_on')} (not held-out)"
     return ", ".join(parts) + f" on {metrics['n_test']} {where} items"

@@ -15,6 +15,7 @@ from aepipe.index.build import IndexResult
 from aepipe.index.search import Searcher
 from aepipe.layout import RunLayout
 from aepipe.model.train import TrainResult
+from aepipe.model.verdict import outcome_word
 from aepipe.quality.metrics import precision_at_k
 
 
@@ -146,7 +147,9 @@ def baseline_lines(b: dict[str, Any] | None) -> list[str]:
         f" vs {b['name'].upper()} {r['baseline_precision_at_10']:.3f}"
     )
     head = "AE beats the linear baseline" if b["ae_beats_baseline"] else "WARNING: AE does not beat the linear baseline"
-    lines = [f"{head} (reconstruction vs PCA: {'won' if b['ae_beats_reconstruction'] else 'lost'}{vs})"]
+    if r is not None:
+        vs += f" ({outcome_word(b, 'precision@10')})"
+    lines = [f"{head} (reconstruction vs PCA: {outcome_word(b, 'reconstruction')}{vs})"]
     lines += [f"  try: {h}" for h in b["hints"]]
     return lines
 

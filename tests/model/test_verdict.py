@@ -45,10 +45,26 @@ def test_losing_on_retrieval_alone_is_a_loss_with_a_retrieval_hint(caplog):
     assert "model.architecture=conv" in text  # 64x64 dense
     assert "smaller network" in text  # 400k parameters for 1000 items
     assert "training.knn_target" in text
-    assert "lost to PCA on precision@10" in caplog.text
+    assert "did not beat PCA: lost on precision@10" in caplog.text
+    assert v["outcome"] == {"reconstruction": "won", "precision@10": "lost"}
     lines = baseline_lines(v)
     assert lines[0].startswith("WARNING: AE does not beat the linear baseline")
     assert all(line.startswith("  try: ") for line in lines[1:]) and len(lines) == 1 + len(v["hints"])
+
+
+def test_a_tie_is_reported_as_a_tie_not_a_loss(caplog):
+    """A kept PCA start gives the AE PCA's codes: equal P@10 is a tie (not a win, not a loss)."""
+    cfg = build_config()
+    retrieval = {"ae_precision_at_10": 0.7, "baseline_precision_at_10": 0.7, "metric": "l2", "n_queries": 50}
+    metrics = {**_metrics(1.0, 1.01), "kept_pca_start": True}
+    with caplog.at_level(logging.WARNING, logger="aepipe"):
+        v = baseline_verdict(cfg, metrics, "pca", retrieval, 1000, (1, 8, 8))
+    assert not v["ae_beats_baseline"] and v["ae_beats_retrieval"] is False
+    assert v["outcome"] == {"reconstruction": "won", "precision@10": "tied"}
+    assert "did not beat PCA: tied on precision@10" in caplog.text and "PCA start, which was kept" in caplog.text
+    assert "lost" not in caplog.text
+    assert "P@10 0.700 vs PCA 0.700 (tied)" in baseline_summary({**metrics, "baseline": v})
+    assert "(tied)" in baseline_lines(v)[0] and "reconstruction vs PCA: won" in baseline_lines(v)[0]
 
 
 def test_without_labels_only_reconstruction_counts():
@@ -86,4 +102,4 @@ def test_an_undertrained_run_warns_and_records_the_verdict(tmp_path, caplog):
     assert b["name"] == "pca" and b["ae_beats_baseline"] is False and b["hints"]
     r = b["retrieval"]
     assert r["n_queries"] == 30 and 0 <= r["ae_precision_at_10"] <= 1 and r["baseline_precision_at_10"] > 0.5
-    assert "the autoencoder lost to PCA" in caplog.text
+    assert "the autoencoder did not beat PCA" in caplog.text
