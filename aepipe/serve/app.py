@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
@@ -49,6 +49,11 @@ class VectorsQuery(BaseModel):
     vectors: list[list[float]] = Field(min_length=1, max_length=1000, description="query vectors (n, dim)")
     k: int = 10
     label: str | None = None
+    format: Literal["hits", "arrays"] = Field(
+        "hits",
+        description="hits: a record per hit (id, distance, label, source, snippet); arrays: for bulk jobs, "
+        "'ids' and 'distances' as (n, k) lists, nothing else per hit (no label filter)",
+    )
 
 
 class TextQuery(BaseModel):
@@ -111,6 +116,13 @@ def create_app(service: SearchService) -> FastAPI:
         vecs = np.asarray(q.vectors, dtype=np.float32)
         if not np.isfinite(vecs).all():
             raise BadQuery("query vectors hold NaN or infinite values")
+        if q.format == "arrays":
+            if q.label is not None:
+                raise BadQuery("format 'arrays' takes no label filter; use format 'hits'")
+            found = service.search_arrays(vecs, q.k)
+            s = service.searcher
+            body = {"model_id": s.model_id, "generation": s.generation.name or None}
+            return HitsResponse({**body, "ids": found.ids.tolist(), "distances": found.distances})
         return answer(service.search_vectors(vecs, q.k, q.label), [str(i) for i in range(len(vecs))])
 
     @app.post("/api/search/ids")

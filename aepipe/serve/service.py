@@ -21,7 +21,7 @@ import torch
 
 from aepipe.errors import AepipeError
 from aepipe.features import ImagePreprocessor, TextPreprocessor
-from aepipe.index.search import Hit, Searcher
+from aepipe.index.search import Hit, SearchArrays, Searcher
 from aepipe.layout import RunLayout
 from aepipe.model.saved import LoadedModel
 from aepipe.report.figures import thumbnail_png
@@ -195,6 +195,11 @@ class SearchService:
             kept = [[h for h in hits if h.label == label][:k] for hits in found]
             if wanted >= n or all(len(h) == k for h in kept):
                 return [[_reranked(h, r) for r, h in enumerate(hits, 1)] for hits in kept]
+
+    def search_arrays(self, vectors: np.ndarray, k: int) -> SearchArrays:
+        """k nearest items of each vector as (n, k) arrays of ids and distances (bulk by-vector
+        queries: no record per hit)."""
+        return self.searcher.search_arrays(vectors, self._k(k))
 
     def search_ids(
         self, ids: list[str], k: int, label: str | None = None

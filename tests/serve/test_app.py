@@ -76,6 +76,22 @@ def test_search_by_vector_and_wrong_dimension(client, trained_run):
     assert r.status_code == 422 and r.json()["error"].startswith("vectors")
 
 
+def test_bulk_vectors_as_arrays_match_the_hit_records(client, trained_run):
+    """format=arrays: (n, k) ids and distances, the same neighbours as the hit records."""
+    v = Searcher(trained_run.run_dir).vectors_for_ids(["0042", "0007", "0100"]).tolist()
+    hits = client.post("/api/search/vectors", json={"vectors": v, "k": 4}).json()
+    arrays = client.post("/api/search/vectors", json={"vectors": v, "k": 4, "format": "arrays"}).json()
+    assert arrays["model_id"] == hits["model_id"] and "results" not in arrays
+    assert arrays["ids"] == [[h["id"] for h in r["hits"]] for r in hits["results"]]
+    assert np.allclose(arrays["distances"], [[h["distance"] for h in r["hits"]] for r in hits["results"]], atol=1e-5)
+    r = client.post("/api/search/vectors", json={"vectors": v, "format": "arrays", "label": "7"})
+    assert r.status_code == 400 and "label" in r.json()["error"]
+    r = client.post("/api/search/vectors", json={"vectors": [[0.0, 1.0]], "format": "arrays"})
+    assert r.status_code == 422 and "dimension" in r.json()["error"]
+    r = client.post("/api/search/vectors", json={"vectors": v, "format": "csv"})
+    assert r.status_code == 422
+
+
 def test_search_by_uploaded_image_equals_search_by_file(client, trained_run, digits_x, tmp_path):
     arr = (digits_x[7, 0] * 255).round()
     (tmp_path / "q.png").write_bytes(_png(arr))
