@@ -15,7 +15,7 @@ import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from aepipe.errors import AepipeError, DimensionMismatch
@@ -74,7 +74,8 @@ def create_app(service: SearchService) -> FastAPI:
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=422)
+        msg = first.get("msg", "invalid request")
+        return JSONResponse({"error": f"{where}: {msg}" if where else msg}, status_code=422)
 
     @app.get("/", response_class=HTMLResponse)
     def index_page() -> str:
@@ -129,8 +130,22 @@ def create_app(service: SearchService) -> FastAPI:
     async def search_ids(q: IdsQuery) -> JSONResponse:
         return await run(service.runs_inline(len(q.ids), q.label, by_id=True), by_ids, q)
 
-    @app.post("/api/search/vectors")
-    async def search_vectors(q: VectorsQuery) -> JSONResponse:
+    @app.post(
+        "/api/search/vectors",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": VectorsQuery.model_json_schema()}},
+            }
+        },
+    )
+    async def search_vectors(request: Request) -> JSONResponse:
+        # pydantic reads the body itself: its JSON parser takes 1,000 x 10 floats in ~0.5 ms, where
+        # FastAPI's json.loads + validation takes ~5 (bulk by-vector queries are mostly numbers)
+        try:
+            q = VectorsQuery.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
         return await run(service.runs_inline(len(q.vectors), q.label), by_vectors, q)
 
     @app.post("/api/search/text")

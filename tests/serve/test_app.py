@@ -74,6 +74,8 @@ def test_search_by_vector_and_wrong_dimension(client, trained_run):
     assert r.status_code == 422
     r = client.post("/api/search/vectors", json={"vectors": "x"})
     assert r.status_code == 422 and r.json()["error"].startswith("vectors")
+    r = client.post("/api/search/vectors", content=b'{"vectors": [[1.0,', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "JSON" in r.json()["error"]
 
 
 def test_bulk_vectors_as_arrays_match_the_hit_records(client, trained_run):
