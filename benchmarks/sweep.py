@@ -79,6 +79,11 @@ RECIPES: dict[str, list[str]] = {
     "defaults, linear_path_lr 1": ["model.linear_path_lr=1"],
     "defaults, no knn": [NO_KNN],
     "defaults, linear_path_lr 1, no knn": ["model.linear_path_lr=1", NO_KNN],
+    # Wide colour inputs (the photos/cifar stand-ins): a frozen PCA path, a narrower deep path.
+    "defaults, pca-path frozen": ["model.linear_path=pca-frozen"],
+    "defaults, pca-path frozen, no knn": ["model.linear_path=pca-frozen", NO_KNN],
+    "defaults, 256-128": ["model.n_layers=2", "model.nodes_per_layer=[256, 128]"],
+    "defaults, 256-128, no knn": ["model.n_layers=2", "model.nodes_per_layer=[256, 128]", NO_KNN],
     "demo: 256-128, 100 epochs, batch 64, lr 3e-3": [
         "model.n_layers=2",
         "model.nodes_per_layer=[256, 128]",
