@@ -384,7 +384,7 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
         time_budget=None
         if plan is None
         else {
-            "minutes": budget_minutes(tc, len(data.ids)),
+            "minutes": plan.minutes,
             "fit_seconds_left": round(plan.seconds_left, 1),
             "probe_step_s": None if plan.step_s is None else round(plan.step_s, 5),
             "max_steps_fit": plan.max_steps,
@@ -543,7 +543,7 @@ def plan_time_budget(
         log.info(
             "time budget %.3g min (training.max_time_minutes=%s): %d steps planned at %.3f s a step do not fit; "
             "training %d steps (a larger budget, or training.max_time_minutes=null, runs them all)",
-            budget_minutes(tc, n_items) or 0,
+            plan.minutes,
             tc.max_time_minutes,
             steps,
             step_s or 0,

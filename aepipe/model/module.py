@@ -36,6 +36,9 @@ def reconstruction_loss(out: torch.Tensor, x: torch.Tensor, loss: str, net: Auto
     return F.mse_loss(net.activate(out), x)
 
 
+LINEAR_PATH_PARAMS = ("pca_components", "pca_mean")  # DenseAutoencoder's P and mean (model.linear_path)
+
+
 def linear_path_lr_factor(cfg: ModelConfig, net: Autoencoder) -> float:
     """model.linear_path_lr as a multiple of training.lr; auto: min(1, sqrt(1024 / inputs)).
 
@@ -141,8 +144,9 @@ class AutoencoderModule(L.LightningModule):
     def param_groups(self) -> list[dict[str, Any]]:
         """The parameters in optimizer groups: the linear path's P and mean (model.linear_path) at
         ``linear_path_lr_factor`` x lr, the rest at lr."""
-        linear = [p for n, p in self.net.named_parameters() if n in ("pca_components", "pca_mean") and p.requires_grad]
-        rest = [p for n, p in self.net.named_parameters() if n not in ("pca_components", "pca_mean")]
+        named = list(self.net.named_parameters())
+        linear = [p for n, p in named if n in LINEAR_PATH_PARAMS and p.requires_grad]
+        rest = [p for n, p in named if n not in LINEAR_PATH_PARAMS]
         groups: list[dict[str, Any]] = [{"params": rest, "lr": self.lr}]
         if linear:
             groups.append({"params": linear, "lr": self.lr * linear_path_lr_factor(self.kind, self.net)})

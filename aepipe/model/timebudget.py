@@ -50,6 +50,7 @@ def budget_minutes(tc: TrainingConfig, n_items: int) -> float | None:
 class StepPlan:
     """What fits in what is left of the budget."""
 
+    minutes: float  # the training stage's budget
     seconds_left: float  # the hard stop for the fit
     step_s: float | None  # measured seconds per optimizer step (None: not probed)
     max_steps: int | None  # None: the budget does not bind
@@ -95,9 +96,9 @@ def plan_steps(
     budget_s = minutes * 60
     left = max(budget_s * (1 - RESERVE) - elapsed_s, budget_s * 0.1)  # always some training
     if step_s is None or step_s <= 0:
-        return StepPlan(left, None, None)
+        return StepPlan(minutes, left, None, None)
     fits = max(int(left / (step_s * STEP_MARGIN)), 1)
-    return StepPlan(left, step_s, fits if fits < planned_steps else None)
+    return StepPlan(minutes, left, step_s, fits if fits < planned_steps else None)
 
 
 def planned_steps(tc: TrainingConfig, epochs: int, n_train: int) -> int:

@@ -91,9 +91,12 @@ def create_app(service: SearchService) -> FastAPI:
 
     def answer(results: list, names: list[str], **extra: Any) -> JSONResponse:
         # a JSONResponse as is: FastAPI's jsonable_encoder pass over every hit would cost more than the search
+        return HitsResponse({**answered_by(), "results": hits_json(results, names), **extra})
+
+    def answered_by() -> dict[str, Any]:
+        """The model and generation that answered (every search answer starts with them)."""
         s = service.searcher
-        body = {"model_id": s.model_id, "generation": s.generation.name or None, "results": hits_json(results, names)}
-        return HitsResponse({**body, **extra})
+        return {"model_id": s.model_id, "generation": s.generation.name or None}
 
     async def run(inline: bool, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on the event loop when the service deems the work small, else in a worker
@@ -121,9 +124,7 @@ def create_app(service: SearchService) -> FastAPI:
             if q.label is not None:
                 raise BadQuery("format 'arrays' takes no label filter; use format 'hits'")
             found = service.search_arrays(vecs, q.k)
-            s = service.searcher
-            body = {"model_id": s.model_id, "generation": s.generation.name or None}
-            return HitsResponse({**body, "ids": found.ids.tolist(), "distances": found.distances})
+            return HitsResponse({**answered_by(), "ids": found.ids.tolist(), "distances": found.distances})
         return answer(service.search_vectors(vecs, q.k, q.label), [str(i) for i in range(len(vecs))])
 
     @app.post("/api/search/ids")
