@@ -266,6 +266,16 @@ class ModelConfig(_Section):
         "cannot be decoded",
     )
 
+    residual: Literal["auto"] | bool = Field(
+        "auto",
+        description="restoration: the network outputs a correction added to its own input (output = input + "
+        "decoder output; residual learning as in DnCNN), its last layer starting at zero, so an untrained model "
+        "returns the input unchanged and training learns only what the task removes or adds. auto: on for every "
+        "training.task but reconstruct (where it would make the code useless), unless model.linear_path is set. "
+        "Needs an identity output: loss auto becomes mse, outputs clamped to [0, 1]; like skip_connections, "
+        "codes alone cannot be decoded",
+    )
+
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
         if self.skip_connections and self.architecture != "conv":
@@ -705,7 +715,22 @@ class PipelineConfig(_Section):
             raise ValueError("training.task: colorize needs colour targets (features.image.channels: 3)")
         if task != "reconstruct" and self.model.denoising:
             raise ValueError(f"training.task={task} sets the inputs; remove model.denoising")
+        if self.model.residual is True and task == "reconstruct":
+            raise ValueError(
+                "model.residual adds the input to the output: with training.task reconstruct the "
+                "network would learn nothing; use it with a restoration task"
+            )
+        if self.residual_output() and self.model.loss in ("bce", "softmax"):
+            raise ValueError(f"model.residual needs an identity output (loss mse or auto), not loss {self.model.loss}")
+        if self.model.residual is True and self.model.linear_path != "none":
+            raise ValueError("model.residual and model.linear_path do not combine: choose one start")
         return self
+
+    def residual_output(self) -> bool:
+        """Whether the network adds its input to its output (``model.residual``, auto: every restoration task)."""
+        if self.model.residual == "auto":  # a PCA/LSA start the user asked for is the other start: it wins
+            return self.training.task != "reconstruct" and self.model.linear_path == "none"
+        return self.model.residual
 
     @field_validator("run_dir")
     @classmethod

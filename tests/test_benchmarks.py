@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from benchmarks import mnist_kinds
@@ -105,10 +106,35 @@ def test_restoration_tiny_writes_every_table(tmp_path):
     tasks = {r["task"] for r in rows}
     assert tasks == {"denoise", "colorize", "remove_watermark", "compress"}
     methods = {r["method"] for r in rows if r["task"] == "denoise"}
-    assert {"noisy input", "non-local means (h/σ)", "BM3D (bm3d_rgb, true σ)", "autoencoder (U-Net)"} <= methods
+    assert {"noisy input", "non-local means (h/σ)", "BM3D (true σ)", "autoencoder (U-Net)"} <= methods
     assert all(r["psnr"] > 0 for r in rows if r["method"] != "(truth)")
     models = json.loads((tmp_path / "models.json").read_text())
     assert [m["model"] for m in models] == list(restoration.TASKS)
     table = (tmp_path / "results.md").read_text()
     assert "Machine:" in table and "--tiny" in table and "headers" in table
     assert (tmp_path / "pictures" / "colorize.png").is_file()
+
+
+def test_restoration_grayscale_denoise_and_train_only(tmp_path):
+    """MNIST-shaped data (N, H, W): denoising with BM3D's grayscale form; other sections refused;
+    --train-only trains one model on the training images and reports its validation figures only."""
+    from sklearn.datasets import load_digits
+
+    from benchmarks import restoration
+
+    digits = np.kron(load_digits().images * 16, np.ones((2, 2))).clip(0, 255).astype(np.uint8)  # (1797, 16, 16)
+    npz = tmp_path / "gray.npz"
+    np.savez(npz, x_train=digits[:1200], x_test=digits[1200:])
+    small = ["--data", str(npz), "--minutes", "0.1", "--test", "30", "--test-slow", "8", "--test-bm3d", "2"]
+    small += ["--tune", "40", "--tune-slow", "6", "--channels", "8, 16, 32", "--threads", "1"]
+    with pytest.raises(SystemExit):
+        restoration.main([*small, "--out", str(tmp_path / "refused"), "--only", "denoise,colorize"])
+    assert restoration.main([*small, "--out", str(tmp_path / "d"), "--only", "denoise"]) == 0
+    rows = json.loads((tmp_path / "d" / "results.json").read_text())
+    bm3d = [r for r in rows if r["method"] == "BM3D (true σ)"]
+    assert len(bm3d) == 2 and all(r["n"] == 2 and r["psnr"] > 0 for r in bm3d)
+    models = json.loads((tmp_path / "d" / "models.json").read_text())
+    assert all(m["val_psnr"] is not None and m["steps"] > 0 for m in models)
+    out = tmp_path / "t"
+    assert restoration.main([*small, "--out", str(out), "--train-only", "denoise_gaussian"]) == 0
+    assert not (out / "results.json").exists() and (out / "runs" / "denoise_gaussian" / "model").is_dir()

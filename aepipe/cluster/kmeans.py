@@ -146,7 +146,7 @@ def cluster_codes(cfg: PipelineConfig, centroids: np.ndarray | None = None, extr
             )
             atomic_write_json(files.topics, topics)
             summary["topics"] = files.topics.name
-        elif model.model_id == store.model_id:
+        elif model.model_id == store.model_id and model.net.decodes_codes:  # a U-Net / residual net cannot
             write_prototypes(files.prototypes, model, means)
             summary["prototypes"] = files.prototypes.name
     except Exception as exc:  # prototypes and topics are for people; never fail the stage for them

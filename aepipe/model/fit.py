@@ -162,11 +162,11 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
 
 
 def resolve_loss(cfg: PipelineConfig, x: np.ndarray) -> str:
-    """The config's loss, or for ``auto``: MSE with a PCA path, softmax for documents, MSE with an LSA
-    path, BCE when all inputs lie in [0, 1], else MSE."""
+    """The config's loss, or for ``auto``: MSE with a PCA path or a residual output, softmax for
+    documents, MSE with an LSA path, BCE when all inputs lie in [0, 1], else MSE."""
     if cfg.model.loss != "auto":
         return cfg.model.loss
-    if cfg.model.linear_path.startswith("pca"):  # the PCA start needs an identity output
+    if cfg.model.linear_path.startswith("pca") or cfg.residual_output():  # these need an identity output
         return "mse"
     if cfg.corpus.kind == "documents":  # an LSA path starts the codes; the word logits keep softmax
         return "softmax"
@@ -178,7 +178,7 @@ def resolve_loss(cfg: PipelineConfig, x: np.ndarray) -> str:
 def output_activation(loss: str, x: np.ndarray, linear_path: bool = False) -> str:
     if loss == "softmax":
         return "softmax"
-    if linear_path:  # PCA's output is unbounded: clamp it when reconstructing inputs that lie in [0, 1]
+    if linear_path:  # PCA's (or a residual) output is unbounded: clamp it when reconstructing inputs in [0, 1]
         return "clamp" if float(x.min()) >= 0.0 and float(x.max()) <= 1.0 else "identity"
     return "sigmoid" if loss == "bce" or x.max() <= 1.0 else "identity"
 
@@ -288,7 +288,10 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
             data, prep, split = fit_vocabulary_on_training_items(cfg, data, split)
     loss = resolve_loss(cfg, data.x)
     linear_path = cfg.model.linear_path != "none"
-    net = build_autoencoder(cfg.model, prep.shape, output_activation(loss, data.x, linear_path))
+    residual = cfg.residual_output()
+    net = build_autoencoder(
+        cfg.model, prep.shape, output_activation(loss, data.x, linear_path or residual), residual=residual
+    )
     target = training_target(cfg, prep, loss, data.x, split["train"])  # None: reconstruct the input
     if linear_path:
         init_linear_path(net, data.x[split["train"]], cfg, _rows(target, split["train"]))

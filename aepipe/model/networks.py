@@ -44,7 +44,24 @@ class Autoencoder(nn.Module):
     output_activation: str
     variational: bool
     body: nn.Module  # (B, *input_shape) -> (B, features)
-    decodes_codes = True  # False for a U-Net: its decoder also needs the encoder's feature maps
+    decodes_codes = True  # False for a U-Net or a residual output: the decoder also needs the input's maps
+    residual = False  # output = input + decoder output (model.residual); see ``make_residual``
+
+    def make_residual(self) -> None:
+        """Add the input to the output (residual learning, as DnCNN does for denoising) and zero the
+        last layer, so the untrained network returns its input unchanged: training learns only the
+        correction. The output activation must be the identity ("clamp"): a sum is not a logit."""
+        self.residual = True
+        self.decodes_codes = False
+        last = [m for m in self.modules() if isinstance(m, (nn.Linear, nn.ConvTranspose2d))][-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            if last.bias is not None:
+                last.bias.zero_()
+
+    def _output(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The decoder's output ``out``, plus the input ``x`` for a residual network (same shape)."""
+        return out + x if self.residual else out
 
     def _init_code(self, d_features: int, code_size: int, code_activation: str, variational: bool) -> None:
         self.code_size = code_size
@@ -72,7 +89,7 @@ class Autoencoder(nn.Module):
         z = mu
         if logvar is not None and self.training:
             z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterisation
-        return TrainPass(z, self.decode(z), mu, logvar)
+        return TrainPass(z, self._output(x, self.decode(z)), mu, logvar)
 
     def encoder_layers(self) -> list[nn.Module]:
         """Encoder layers with weights, outermost first (for transfer learning)."""
@@ -89,7 +106,7 @@ class Autoencoder(nn.Module):
     def code_and_output(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Deterministic code and decoder output (pre-activation). (B, *input_shape) -> (B, code), (B, *input_shape)"""
         z = self.encode(x)
-        return z, self.decode(z)
+        return z, self._output(x, self.decode(z))
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.activate(self.code_and_output(x)[1])
@@ -205,8 +222,9 @@ class ConvAutoencoder(Autoencoder):
     resolution to its own at every level but the deepest, so fine detail bypasses the code. Good
     for restoration (the output keeps the input's edges and texture; only what must change goes
     through the bottleneck), but the code no longer describes the whole image: the decoder needs
-    the feature maps too, so codes alone cannot be decoded, and an identity shortcut at the full
-    input resolution is deliberately absent (it would let noise through untouched)."""
+    the feature maps too, so codes alone cannot be decoded. There is no skip of features at the full
+    input resolution; the identity path at that resolution is ``model.residual`` (the input added to
+    the output, the network learning the correction)."""
 
     def __init__(
         self,
@@ -288,12 +306,12 @@ class ConvAutoencoder(Autoencoder):
         z = mu
         if logvar is not None and self.training:
             z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterisation
-        return TrainPass(z, self.decode(z, maps), mu, logvar)
+        return TrainPass(z, self._output(x, self.decode(z, maps)), mu, logvar)
 
     def code_and_output(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         flat, maps = self.feature_maps(x)
         z = self._code_stats(flat)[0]
-        return z, self.decode(z, maps)
+        return z, self._output(x, self.decode(z, maps))
 
     def decode(self, z: torch.Tensor, maps: list[torch.Tensor] | None = None) -> torch.Tensor:
         if self.skips and maps is None:
@@ -313,10 +331,17 @@ def build_autoencoder(
     input_shape: tuple[int, ...],
     output_activation: str = "sigmoid",
     widths: list[int] | None = None,
+    residual: bool = False,
 ) -> Autoencoder:
     """The network of ``cfg`` for inputs of ``input_shape``; ``widths`` (a saved model's) overrides
-    the widths the config would choose for this input."""
-    widths = widths or cfg.widths(math.prod(input_shape))
+    the widths the config would choose for this input; ``residual``: see ``Autoencoder.make_residual``."""
+    net = _build(cfg, input_shape, output_activation, widths or cfg.widths(math.prod(input_shape)))
+    if residual:
+        net.make_residual()
+    return net
+
+
+def _build(cfg: ModelConfig, input_shape: tuple[int, ...], output_activation: str, widths: list[int]) -> Autoencoder:
     if cfg.architecture == "dense":
         return DenseAutoencoder(
             input_shape,

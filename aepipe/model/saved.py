@@ -66,6 +66,7 @@ def save_model(
         "code_size": config.model.code_size,
         "output_activation": net.output_activation,
         "widths": list(net.widths),
+        "residual": net.residual,
         "aepipe_version": __version__,
         **(extra_info or {}),
     }
@@ -90,7 +91,9 @@ def load_model(files: ModelFiles | str | Path) -> LoadedModel:
     info = read_json(files.info)
     # Widths as trained (info.json); models saved before that key used the input-independent rule.
     widths = info.get("widths") or config.model.widths()
-    net = build_autoencoder(config.model, prep.shape, info.get("output_activation", "sigmoid"), widths)
+    net = build_autoencoder(
+        config.model, prep.shape, info.get("output_activation", "sigmoid"), widths, residual=info.get("residual", False)
+    )
     try:
         net.load_state_dict(load_file(str(files.weights)))
     except RuntimeError:

@@ -297,7 +297,11 @@ def _section_clusters(run: _Run) -> str | None:
     assert run.model is not None and run.store is not None  # is_image
     items = ItemImages(run.cfg, run.model, run.store)
     images = items.images([i for c in shown for i in members.get(c, [])])
-    protos = items.decode(np.load(files.centroids).astype(np.float32)) if files.centroids.is_file() else None
+    protos = (
+        items.decode(np.load(files.centroids).astype(np.float32))
+        if files.centroids.is_file() and run.model.net.decodes_codes
+        else None
+    )
     sheets = []
     for c in shown:
         labelled = [(n, lb) for n, lb in by_cluster.get(c, []) if lb is not None]

@@ -89,7 +89,7 @@ class ItemImages:
             found = {}
         out = {i: (found[r.position], False) for i, r in rows.items() if r.position in found}
         missing = [i for i in rows if i not in out]
-        if missing:
+        if missing and self.model.net.decodes_codes:  # a U-Net / residual decoder needs the input too
             for i, img in zip(missing, self.decode(self.codes(missing))):
                 out[i] = (img, True)
         return out

@@ -62,8 +62,8 @@ def decode_codes(model: LoadedModel, codes: np.ndarray, batch_size: int = 1024) 
     net = model.net
     if not net.decodes_codes:
         raise ConfigError(
-            f"model {model.model_id} has skip connections: its decoder needs the encoder's feature maps, "
-            "so it reconstructs images but cannot decode codes alone"
+            f"model {model.model_id} has skip connections or a residual output: its decoder needs the "
+            "input's feature maps, so it reconstructs images but cannot decode codes alone"
         )
     out = [
         net.activate(net.decode(torch.from_numpy(codes[i : i + batch_size]))).clamp(0, 1).numpy()  # (B, C, H, W)

@@ -18,7 +18,7 @@ from aepipe.model import load_model
 from aepipe.model.networks import build_autoencoder
 from aepipe.model.tasks import pair_key
 from aepipe.model.train import train_model
-from aepipe.restore.decode import decode_codes
+from aepipe.restore.decode import decode_codes, reconstruct
 
 CONV = [
     "model.architecture=conv",
@@ -40,6 +40,9 @@ CONV = [
         (["training.task=denoise", "training.noise=[{kind: gaussian, levels: [300]}]"], "gaussian levels"),
         (["training.task=denoise", "corpus.kind=documents"], "for images"),
         (["training.task=denoise", "model.denoising={noise: masking}"], "model.denoising"),
+        (["model.residual=true"], "restoration task"),
+        (["training.task=denoise", "model.residual=true", "model.loss=bce"], "identity output"),
+        (["training.task=denoise", "model.residual=true", "model.linear_path=pca"], "linear_path"),
     ],
 )
 def test_impossible_task_configs_are_one_line_errors(overrides, message):
@@ -58,6 +61,31 @@ def test_unet_skips_carry_detail_and_forbid_decoding_codes_alone():
     with pytest.raises(ValueError, match="feature maps"):
         net.decode(z)
     assert not net.decodes_codes
+
+
+def test_residual_is_on_for_restoration_tasks_and_off_for_reconstruction():
+    assert build_config(overrides=["training.task=denoise"]).residual_output()
+    assert build_config(overrides=["training.task=remove_watermark"]).residual_output()
+    assert not build_config(overrides=["training.task=denoise", "model.residual=false"]).residual_output()
+    assert not build_config(overrides=[]).residual_output()
+    # a PCA start the user asked for is the other start: auto leaves it alone
+    assert not build_config(overrides=["training.task=denoise", "model.linear_path=pca"]).residual_output()
+
+
+@pytest.mark.parametrize("arch", ["dense", "conv"])
+def test_an_untrained_residual_network_returns_its_input_and_learns_a_correction(arch):
+    cfg = ModelConfig(architecture=arch, n_layers=2, code_size=8, skip_connections=arch == "conv")
+    net = build_autoencoder(cfg, (3, 16, 16), "clamp", residual=True).eval()
+    x = torch.rand(4, 3, 16, 16)
+    assert torch.equal(net.reconstruct(x), x)  # the last layer starts at zero: output = input
+    assert not net.decodes_codes
+    net.train()
+    loss = ((net(x).out - x.mean()) ** 2).mean()  # any target other than the input
+    loss.backward()
+    last = [m for m in net.modules() if isinstance(m, (torch.nn.Linear, torch.nn.ConvTranspose2d))][-1]
+    assert last.weight.grad is not None and last.weight.grad.abs().sum() > 0  # training moves the correction
+    plain = build_autoencoder(cfg, (3, 16, 16), "clamp").eval()
+    assert not torch.allclose(plain.reconstruct(x), x, atol=1e-3)  # without it, an untrained net is noise
 
 
 def test_denoise_model_beats_the_noisy_input_and_writes_its_grid(tmp_path):
@@ -82,9 +110,18 @@ def test_denoise_model_beats_the_noisy_input_and_writes_its_grid(tmp_path):
     assert json.loads(files.metrics.read_text())["restoration"] == r
     grid = np.asarray(Image.open(files.restoration_grid))
     assert grid.shape[:2] == ((4 * (8 + 2) + 2) * 8, (8 * (8 + 2) + 2) * 8)  # 4 rows, 8 columns of 8x8, enlarged 8x
-    model = load_model(files.root)  # a U-Net: it restores, but codes alone do not decode
+    assert result.metrics["loss"] == "mse"  # residual (auto for a restoration task): an identity output
+    model = load_model(files.root)  # a residual U-Net: it restores, but codes alone do not decode
+    assert model.net.residual and model.net.output_activation == "clamp"
     with pytest.raises(ConfigError, match="skip connections"):
         decode_codes(model, np.zeros((1, 16), np.float32))
+    # the reloaded model is the trained one, residual included (without it the output is the correction alone)
+    from sklearn.datasets import load_digits
+
+    clean = (load_digits().images[-100:, None] / 16.0).astype(np.float32)  # (100, 1, 8, 8)
+    noisy = np.clip(clean + np.random.default_rng(1).normal(0, 50 / 255, clean.shape), 0, 1).astype(np.float32)
+    mse_in, mse_out = ((noisy - clean) ** 2).mean(), ((reconstruct(model, noisy) - clean) ** 2).mean()
+    assert 10 * np.log10(mse_in / mse_out) > 1  # dB better than the noisy input (the correction alone: far worse)
 
 
 def test_colorize_trains_on_gray_inputs_of_colour_targets(tmp_path):
