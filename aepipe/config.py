@@ -266,6 +266,15 @@ class ModelConfig(_Section):
         "cannot be decoded",
     )
 
+    refine_channels: int = Field(
+        0,
+        ge=0,
+        le=512,
+        description="dense, images: a small convolutional network (three 3x3 layers of this many channels at the "
+        "image's resolution) adds a learned correction to the decoder's output image, its last layer starting at "
+        "zero (with linear_path: pca the model still starts as PCA). Part of the decoder: codes still decode alone. "
+        "Sharpens what a dense decoder blurs (compression at a small code). 0: none",
+    )
     residual: Literal["auto"] | bool = Field(
         "auto",
         description="restoration: the network outputs a correction added to its own input (output = input + "
@@ -280,6 +289,8 @@ class ModelConfig(_Section):
     def _check(self) -> ModelConfig:
         if self.skip_connections and self.architecture != "conv":
             raise ValueError("skip_connections needs architecture: conv")
+        if self.refine_channels and self.architecture != "dense":
+            raise ValueError("model.refine_channels is for dense autoencoders (a conv decoder is convolutional)")
         if isinstance(self.nodes_per_layer, list) and len(self.nodes_per_layer) != self.n_layers:
             raise ValueError(f"nodes_per_layer has {len(self.nodes_per_layer)} entries but n_layers is {self.n_layers}")
         widths = self.nodes_per_layer if isinstance(self.nodes_per_layer, list) else [self.nodes_per_layer or 1]
@@ -711,6 +722,8 @@ class PipelineConfig(_Section):
             raise ValueError(f"training.task={task} is for images; documents use task: reconstruct")
         if (task == "paired") != (self.corpus.target_source is not None):
             raise ValueError("training.task: paired and corpus.target_source go together (one needs the other)")
+        if self.model.refine_channels and self.corpus.kind == "documents":
+            raise ValueError("model.refine_channels refines images; documents have no image to refine")
         if task == "colorize" and self.features.image.channels == 1:
             raise ValueError("training.task: colorize needs colour targets (features.image.channels: 3)")
         if task != "reconstruct" and self.model.denoising:

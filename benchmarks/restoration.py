@@ -13,10 +13,16 @@ methods on the first ``--test-slow`` (NL-means, bilateral, biharmonic) and ``--t
 PSNR and SSIM: torchmetrics (data range 1, per image, averaged). Corruptions come from
 ``aepipe.features.degrade`` with fixed seeds (the same generator training uses).
 
-Models: a conv U-Net (``model.skip_connections``) per task: gaussian denoising (one model for
-σ 15/25/50, levels drawn per item), salt-and-pepper 10 %, colorization, watermark removal; and
-dense autoencoders that start as PCA (``model.linear_path: pca``; no skips: a code must decode
-alone) at two code sizes for compression.
+Models: a conv U-Net (``model.skip_connections``) with a residual output (``model.residual``: the
+input plus a learned correction) per task: gaussian denoising (one model for σ 15/25/50, levels
+drawn per item), salt-and-pepper 10 %, colorization, watermark removal; and dense autoencoders
+that start as PCA (``model.linear_path: pca``; no skips: a code must decode alone) at two code
+sizes for compression. The recipe (``--residual``, ``--lr-schedule``, ``--channels``) was chosen
+with ``--train-only MODEL``, which trains one model and prints its figures on the library's
+validation split of the training images, reading no test image.
+
+Grayscale data (``--data`` with ``x_train`` of shape (N, H, W), e.g. MNIST) runs ``--only
+denoise`` (BM3D in its one-channel form).
 
 ``--tiny`` runs the same code on synthetic images in a minute (CI; no dataset needed).
 """
@@ -63,7 +69,12 @@ UNET = [
     "training.early_stopping_patience=4",
     "training.max_epochs=100",
 ]
-COMPRESS = ["model.architecture=dense", "model.linear_path=pca", "model.nodes_per_layer=[1024, 512, 256]"]
+COMPRESS = [
+    "model.architecture=dense",
+    "model.linear_path=pca",
+    "model.nodes_per_layer=[1024, 512, 256]",
+    "training.knn_target=null",  # the images preset's neighbour-smoothed target is for search, not compression
+]
 TASKS: dict[str, list[str]] = {
     "denoise_gaussian": [
         "training.task=denoise",
@@ -174,7 +185,11 @@ def row(
 
 def train(name: str, npy: Path, out: Path, args: argparse.Namespace) -> tuple[object, dict]:
     conv = "model.architecture=dense" not in TASKS[name]
-    extra = [f"model.nodes_per_layer=[{args.channels}]", f"model.residual={args.residual}"] if conv else []
+    extra = (
+        [f"model.nodes_per_layer=[{args.channels}]", f"model.residual={args.residual}"]
+        if conv
+        else [f"model.refine_channels={args.refine}"]
+    )
     cfg = build_config(
         overrides=[
             *UNET,
@@ -554,7 +569,8 @@ def markdown(rows: list[dict], models: list[dict], args: argparse.Namespace, com
         f"Restoration models: conv U-Nets, 3 encoder layers of {args.channels} channels (mirrored decoder), "
         f"model.residual={args.residual} (auto: the input added to the output, the network learning the "
         "correction). Compression models: dense, 1024-512-256, starting as PCA (model.linear_path: pca; the "
-        "start is kept when training does not beat it on the validation items). All: batch norm, MSE, AdamW "
+        "start is kept when training does not beat it on the validation items), the input itself as target "
+        f"(training.knn_target off), model.refine_channels={args.refine} (a conv correction of the decoded image). All: batch norm, MSE, AdamW "
         f"lr 2e-3 {args.lr_schedule}, batch 64, at most {args.minutes} min wall time (the library's time budget "
         "plans the steps to fit; the best validation checkpoint is kept). Val loss and val PSNR: the library's "
         "5 % validation split of the training images (the task's corruption with a fixed seed, up to 512 items; "
@@ -616,6 +632,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="denoise,colorize,watermark,compress", help="comma-separated sections")
     p.add_argument("--residual", default="auto", choices=["auto", "false"], help="model.residual of the U-Nets")
     p.add_argument("--lr-schedule", default="onecycle", choices=["constant", "onecycle", "cosine"])
+    p.add_argument(
+        "--refine", type=int, default=32, help="model.refine_channels of the compression models (0: none; 32 chosen)"
+    )
     p.add_argument(
         "--train-only",
         metavar="MODEL",

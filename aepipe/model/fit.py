@@ -36,7 +36,7 @@ from aepipe.model.module import AutoencoderModule, reconstruction_loss
 from aepipe.model.networks import Autoencoder, DenseAutoencoder, build_autoencoder
 from aepipe.model.progress import EpochLog
 from aepipe.model.saved import encode_array, load_model, save_model
-from aepipe.model.tasks import RESTORATION_TASKS, evaluate_task, match_targets
+from aepipe.model.tasks import RESTORATION_TASKS, evaluate_task, match_targets, task_psnr
 from aepipe.model.timebudget import StepPlan, budget_minutes, plan_steps, planned_steps, probe_step_seconds
 from aepipe.model.verdict import baseline_summary, baseline_verdict, linear_codes, retrieval_comparison
 from aepipe.quality.metrics import fit_pca, label_retrieval, pca_baseline, reconstruction_scores
@@ -289,9 +289,12 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     loss = resolve_loss(cfg, data.x)
     linear_path = cfg.model.linear_path != "none"
     residual = cfg.residual_output()
-    net = build_autoencoder(
-        cfg.model, prep.shape, output_activation(loss, data.x, linear_path or residual), residual=residual
-    )
+    try:
+        net = build_autoencoder(
+            cfg.model, prep.shape, output_activation(loss, data.x, linear_path or residual), residual=residual
+        )
+    except ValueError as exc:  # a model option this corpus's items cannot take (e.g. refine on vectors)
+        raise ConfigError(str(exc)) from None
     target = training_target(cfg, prep, loss, data.x, split["train"])  # None: reconstruct the input
     if linear_path:
         init_linear_path(net, data.x[split["train"]], cfg, _rows(target, split["train"]))
@@ -373,8 +376,14 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     if cfg.training.task in RESTORATION_TASKS:
         held = next((split[s] for s in ("test", "val", "train") if len(split[s])), split["train"])
         with timed(f"evaluate {cfg.training.task} on held-out items"):
+            kept_input = False
+            if net.residual:  # chosen on the validation items, like the PCA start
+                val = split["val"] if len(split["val"]) else held
+                kept_input = keep_better_than_input(
+                    net, cfg, *((paired[1][val], x[val]) if paired is not None else (x[val], None))
+                )
             clean, inputs = (paired[1][held], x[held]) if paired is not None else (x[held], None)
-            metrics["restoration"] = evaluate_task(net, cfg, prep, clean, inputs, files)
+            metrics["restoration"] = {**evaluate_task(net, cfg, prep, clean, inputs, files), "kept_input": kept_input}
     metrics.update(
         kinds=cfg.model.kinds,
         transferred_layers=transferred,
@@ -511,6 +520,25 @@ def keep_better_start(net: Autoencoder, start: dict[str, torch.Tensor], score: S
         return True
     net.load_state_dict(trained)
     return False
+
+
+def keep_better_than_input(net: Autoencoder, cfg: PipelineConfig, clean: np.ndarray, inputs: np.ndarray | None) -> bool:
+    """A residual restoration model starts as the identity (it returns its input). If the trained
+    correction makes the validation images (``clean``, and their real ``inputs`` or the task's
+    corruption) worse than leaving them alone, put that start back: zero the last layer again.
+    Returns whether it did."""
+    before, after = task_psnr(net, cfg, clean, inputs)
+    if after >= before:
+        return False
+    log.warning(
+        "the trained %s correction made the validation images worse (PSNR %.2f vs %.2f dB as they are): keeping "
+        "the start, which returns its input; train longer (training.max_time_minutes) or on more images",
+        cfg.training.task,
+        after,
+        before,
+    )
+    net.make_residual()  # zeroes the last layer again: output = input
+    return True
 
 
 def _scores(v: float | tuple[float, ...]) -> tuple[float, ...]:

@@ -147,6 +147,7 @@ class DenseAutoencoder(Autoencoder):
         variational: bool = False,
         decoder: str = "mirror",
         linear_path: str = "none",
+        refine_channels: int = 0,
     ):
         super().__init__()
         self.input_shape = tuple(input_shape)
@@ -173,6 +174,7 @@ class DenseAutoencoder(Autoencoder):
             # Until init_linear_path: no linear path (zero components), so the network is the plain one.
             self.pca_components = nn.Parameter(torch.zeros(code_size, d_in), requires_grad=trainable)  # (code, D)
             self.pca_mean = nn.Parameter(torch.zeros(d_in), requires_grad=trainable)  # (D,)
+        self.refiner = _refiner(self.input_shape, refine_channels, activation) if refine_channels else None
 
     @property
     def linear_output(self) -> bool:
@@ -211,7 +213,29 @@ class DenseAutoencoder(Autoencoder):
         out = self.decoder(z)  # (B, code) -> (B, D)
         if self.linear_output:
             out = out + self.pca_mean + z @ self.pca_components  # (B, code) @ (code, D) -> (B, D)
-        return out.view(-1, *self.input_shape)  # (B, D) -> (B, C, H, W)
+        out = out.view(-1, *self.input_shape)  # (B, D) -> (B, C, H, W)
+        return out if self.refiner is None else out + self.refiner(out)  # a learned correction of the image
+
+
+def _refiner(input_shape: tuple[int, ...], channels: int, activation: str) -> nn.Sequential:
+    """``model.refine_channels``: three 3x3 convolutions at the image's resolution, (B, C, H, W) ->
+    (B, C, H, W), the last starting at zero so the decoder starts as it was without one."""
+    if len(input_shape) != 3:
+        raise ValueError(f"model.refine_channels needs image inputs (C, H, W), not shape {input_shape}")
+    c = input_shape[0]
+    net = nn.Sequential(
+        nn.Conv2d(c, channels, 3, padding=1),
+        ACTIVATIONS[activation](),
+        nn.Conv2d(channels, channels, 3, padding=1),
+        ACTIVATIONS[activation](),
+        nn.Conv2d(channels, c, 3, padding=1),
+    )
+    last = net[-1]
+    assert isinstance(last, nn.Conv2d) and last.bias is not None  # for the type checker
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+    return net
 
 
 class ConvAutoencoder(Autoencoder):
@@ -354,6 +378,7 @@ def _build(cfg: ModelConfig, input_shape: tuple[int, ...], output_activation: st
             cfg.variational,
             cfg.decoder,
             cfg.linear_path,
+            cfg.refine_channels,
         )
     c, h, w = input_shape  # conv: (C, H, W)
     return ConvAutoencoder(

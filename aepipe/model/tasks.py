@@ -69,6 +69,28 @@ def classical_baseline(task: str, x: np.ndarray, mask: np.ndarray | None) -> tup
     return "input as is", x
 
 
+def _held_out_inputs(
+    cfg: PipelineConfig, clean: np.ndarray, inputs: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The inputs of up to N_EVAL held-out items: their real ones (paired), else the task's
+    corruption with a fixed seed, so every run is measured on the same inputs; and the mask of the
+    corruption when it has one (watermarks)."""
+    clean = clean[:N_EVAL]
+    if inputs is not None:
+        return inputs[:N_EVAL], None
+    made = task_input(clean, cfg.training, np.random.default_rng([cfg.training.seed, 99]))
+    return made.x, made.mask
+
+
+def task_psnr(
+    net: Autoencoder, cfg: PipelineConfig, clean: np.ndarray, inputs: np.ndarray | None
+) -> tuple[float, float]:
+    """Mean PSNR of the held-out inputs as they are and as the model restores them (up to N_EVAL items)."""
+    x, _ = _held_out_inputs(cfg, clean, inputs)
+    clean = clean[:N_EVAL]
+    return image_scores(x, clean)["psnr"], image_scores(_restore(net, x), clean)["psnr"]
+
+
 def evaluate_task(
     net: Autoencoder,
     cfg: PipelineConfig,
@@ -82,11 +104,7 @@ def evaluate_task(
     task's degradation is applied with a fixed seed, so every run is measured on the same inputs."""
     task = cfg.training.task
     clean = clean[:N_EVAL]
-    mask = None
-    if inputs is None:
-        made = task_input(clean, cfg.training, np.random.default_rng([cfg.training.seed, 99]))
-        inputs, mask = made.x, made.mask
-    inputs = inputs[:N_EVAL]
+    inputs, mask = _held_out_inputs(cfg, clean, inputs)
     restored = _restore(net, inputs)
     method, baseline = classical_baseline(task, inputs, mask)
     metrics: dict[str, Any] = {

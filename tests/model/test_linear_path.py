@@ -270,3 +270,44 @@ def test_lsa_path_takes_softmax_and_pca_path_does_not():
 def test_documents_preset_smooths_targets_over_neighbours():
     assert build_config(overrides=["corpus.kind=documents"]).training.knn_target.k == 10
     assert build_config(overrides=["corpus.kind=documents", "training.knn_target=null"]).training.knn_target is None
+
+
+def test_a_refiner_starts_as_the_pca_decoder_learns_and_still_decodes_codes_alone(digits_x, tmp_path):
+    """model.refine_channels: a conv correction of the decoded image, inside the decoder."""
+    cfg = CFG.model_copy(update={"refine_channels": 8})
+    net, pca = _pca_net(digits_x, cfg)
+    x = torch.from_numpy(digits_x[300:400])
+    with torch.inference_mode():
+        out = net.code_and_output(x)[1].reshape(100, -1).numpy()
+    np.testing.assert_allclose(out, pca.inverse_transform(pca.transform(x.reshape(100, -1).numpy())), atol=1e-4)
+    assert net.decodes_codes  # the refiner is part of the decoder: a code is still the whole image
+    net.train()
+    opt = torch.optim.Adam(net.refiner.parameters(), lr=1e-2)
+    before = float(((net(x).out - x) ** 2).mean())
+    for _ in range(30):  # only the refiner learns: it improves on the PCA reconstruction
+        loss = ((net(x).out - x) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.95 * before
+    prep = ImagePreprocessor(height=8, width=8, channels=1)
+    overrides = ["model.code_size=5", "model.n_layers=2", "model.nodes_per_layer=[32, 16]", "model.linear_path=pca"]
+    save_model(
+        ModelFiles(tmp_path / "m"), net.eval(), build_config(overrides=[*overrides, "model.refine_channels=8"]), prep
+    )
+    loaded = load_model(tmp_path / "m").net
+    with torch.inference_mode():
+        z = net.encode(x)
+        assert torch.equal(net.decode(z), loaded.decode(z))  # the refiner's weights round-trip
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.architecture=conv", "model.refine_channels=8"], "dense"),
+        (["corpus.kind=documents", "model.refine_channels=8"], "documents"),
+    ],
+)
+def test_refiner_refuses_what_has_no_image(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(overrides=overrides)

@@ -187,3 +187,20 @@ def test_encoding_a_unet_measures_its_own_reconstruction():
     z, sse = encode_array(net, x)  # (5, 4), (5,)
     assert torch.allclose(z, net.encode(x))
     assert torch.allclose(sse, (net.reconstruct(x) - x).pow(2).flatten(1).sum(1), atol=1e-5)
+
+
+def test_a_correction_that_makes_validation_images_worse_is_dropped():
+    """A residual model never hands back worse than the input: the start (identity) is put back."""
+    from aepipe.model.fit import keep_better_than_input
+
+    cfg = build_config(overrides=[*CONV, "training.task=denoise", "training.noise=[{kind: gaussian, levels: [25]}]"])
+    clean = np.random.default_rng(0).random((20, 1, 8, 8), dtype=np.float32) * 0.5 + 0.25
+    net = build_autoencoder(cfg.model, (1, 8, 8), "clamp", residual=True).eval()
+    assert not keep_better_than_input(net, cfg, clean, None)  # the untrained start ties with the input: kept
+    last = [m for m in net.modules() if isinstance(m, torch.nn.ConvTranspose2d)][-1]
+    with torch.no_grad():
+        last.bias.fill_(0.3)  # a correction that brightens everything: worse than the noisy input
+    assert keep_better_than_input(net, cfg, clean, None)
+    x = torch.from_numpy(clean)
+    with torch.inference_mode():
+        assert torch.equal(net.reconstruct(x), x)  # back to the identity
