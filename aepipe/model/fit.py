@@ -291,7 +291,11 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     residual = cfg.residual_output()
     try:
         net = build_autoencoder(
-            cfg.model, prep.shape, output_activation(loss, data.x, linear_path or residual), residual=residual
+            cfg.model,
+            prep.shape,
+            output_activation(loss, data.x, linear_path or residual),
+            residual=residual,
+            keep_luma=residual and cfg.training.task == "colorize",  # the gray input's luma is the truth's
         )
     except ValueError as exc:  # a model option this corpus's items cannot take (e.g. refine on vectors)
         raise ConfigError(str(exc)) from None

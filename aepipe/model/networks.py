@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from aepipe.config import ModelConfig
+from aepipe.features.degrade import LUMA
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -46,12 +47,16 @@ class Autoencoder(nn.Module):
     body: nn.Module  # (B, *input_shape) -> (B, features)
     decodes_codes = True  # False for a U-Net or a residual output: the decoder also needs the input's maps
     residual = False  # output = input + decoder output (model.residual); see ``make_residual``
+    keep_luma = False  # colorize: the correction changes colour only, never the luma
 
-    def make_residual(self) -> None:
+    def make_residual(self, keep_luma: bool = False) -> None:
         """Add the input to the output (residual learning, as DnCNN does for denoising) and zero the
         last layer, so the untrained network returns its input unchanged: training learns only the
-        correction. The output activation must be the identity ("clamp"): a sum is not a logit."""
+        correction. The output activation must be the identity ("clamp"): a sum is not a logit.
+        ``keep_luma`` (colorization of a gray input): the correction loses its luma (ITU-R 601), so
+        the output keeps the input's brightness exactly and the network learns only colour."""
         self.residual = True
+        self.keep_luma = self.keep_luma or keep_luma
         self.decodes_codes = False
         last = [m for m in self.modules() if isinstance(m, (nn.Linear, nn.ConvTranspose2d))][-1]
         with torch.no_grad():
@@ -61,7 +66,15 @@ class Autoencoder(nn.Module):
 
     def _output(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """The decoder's output ``out``, plus the input ``x`` for a residual network (same shape)."""
-        return out + x if self.residual else out
+        if not self.residual:
+            return out
+        if self.keep_luma:  # (B, 3, H, W) - (B, 1, H, W): a correction with zero luma
+            out = out - torch.einsum("bchw,c->bhw", out, self.luma.to(out))[:, None]
+        return out + x
+
+    @property
+    def luma(self) -> torch.Tensor:
+        return torch.tensor(LUMA, dtype=torch.float32)  # (3,) ITU-R 601 weights, summing to 1
 
     def _init_code(self, d_features: int, code_size: int, code_activation: str, variational: bool) -> None:
         self.code_size = code_size
@@ -356,12 +369,14 @@ def build_autoencoder(
     output_activation: str = "sigmoid",
     widths: list[int] | None = None,
     residual: bool = False,
+    keep_luma: bool = False,
 ) -> Autoencoder:
     """The network of ``cfg`` for inputs of ``input_shape``; ``widths`` (a saved model's) overrides
-    the widths the config would choose for this input; ``residual``: see ``Autoencoder.make_residual``."""
+    the widths the config would choose for this input; ``residual``, ``keep_luma``: see
+    ``Autoencoder.make_residual``."""
     net = _build(cfg, input_shape, output_activation, widths or cfg.widths(math.prod(input_shape)))
     if residual:
-        net.make_residual()
+        net.make_residual(keep_luma)
     return net
 
 

@@ -67,6 +67,7 @@ def save_model(
         "output_activation": net.output_activation,
         "widths": list(net.widths),
         "residual": net.residual,
+        "keep_luma": net.keep_luma,
         "aepipe_version": __version__,
         **(extra_info or {}),
     }
@@ -92,7 +93,12 @@ def load_model(files: ModelFiles | str | Path) -> LoadedModel:
     # Widths as trained (info.json); models saved before that key used the input-independent rule.
     widths = info.get("widths") or config.model.widths()
     net = build_autoencoder(
-        config.model, prep.shape, info.get("output_activation", "sigmoid"), widths, residual=info.get("residual", False)
+        config.model,
+        prep.shape,
+        info.get("output_activation", "sigmoid"),
+        widths,
+        residual=info.get("residual", False),
+        keep_luma=info.get("keep_luma", False),
     )
     try:
         net.load_state_dict(load_file(str(files.weights)))

@@ -204,3 +204,27 @@ def test_a_correction_that_makes_validation_images_worse_is_dropped():
     x = torch.from_numpy(clean)
     with torch.inference_mode():
         assert torch.equal(net.reconstruct(x), x)  # back to the identity
+
+
+def test_a_colorize_model_changes_colour_only_and_keeps_that_after_reloading(tmp_path):
+    from aepipe.features import ImagePreprocessor
+    from aepipe.features.degrade import LUMA, grayscale
+    from aepipe.layout import ModelFiles
+    from aepipe.model import save_model
+
+    cfg = build_config(overrides=[*CONV, "training.task=colorize"])
+    net = build_autoencoder(cfg.model, (3, 16, 16), "clamp", residual=True, keep_luma=True).eval()
+    last = [m for m in net.modules() if isinstance(m, torch.nn.ConvTranspose2d)][-1]
+    with torch.no_grad():
+        last.weight.normal_(0, 0.05)  # some correction
+    gray = torch.from_numpy(grayscale(np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32) * 0.6 + 0.2))
+    with torch.inference_mode():
+        out = net.code_and_output(gray)[1]
+    luma = torch.from_numpy(LUMA)
+    assert not torch.allclose(out, gray, atol=1e-3)  # colour was added
+    torch.testing.assert_close(torch.einsum("bchw,c->bhw", out, luma), gray[:, 0], atol=1e-5, rtol=0)
+    save_model(ModelFiles(tmp_path / "m"), net, cfg, ImagePreprocessor(height=16, width=16, channels=3))
+    loaded = load_model(tmp_path / "m").net
+    assert loaded.keep_luma and loaded.residual
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.code_and_output(gray)[1], out)
