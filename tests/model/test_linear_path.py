@@ -283,13 +283,13 @@ def test_a_refiner_starts_as_the_pca_decoder_learns_and_still_decodes_codes_alon
     assert net.decodes_codes  # the refiner is part of the decoder: a code is still the whole image
     net.train()
     opt = torch.optim.Adam(net.refiner.parameters(), lr=1e-2)
-    before = float(((net(x).out - x) ** 2).mean())
+    before = float(((net(x).out - x) ** 2).mean().detach())
     for _ in range(30):  # only the refiner learns: it improves on the PCA reconstruction
         loss = ((net(x).out - x) ** 2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < 0.95 * before
+    assert float(loss.detach()) < 0.95 * before
     prep = ImagePreprocessor(height=8, width=8, channels=1)
     overrides = ["model.code_size=5", "model.n_layers=2", "model.nodes_per_layer=[32, 16]", "model.linear_path=pca"]
     save_model(
