@@ -59,10 +59,12 @@ class Autoencoder(nn.Module):
         self.keep_luma = self.keep_luma or keep_luma
         self.decodes_codes = False
         last = [m for m in self.modules() if isinstance(m, (nn.Linear, nn.ConvTranspose2d))][-1]
+        refiner = getattr(self, "refiner", None)  # a dense decoder's image correction: zeroed too
         with torch.no_grad():
-            last.weight.zero_()
-            if last.bias is not None:
-                last.bias.zero_()
+            for layer in [last] + ([refiner[-1]] if refiner is not None else []):
+                layer.weight.zero_()
+                if layer.bias is not None:
+                    layer.bias.zero_()
 
     def _output(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """The decoder's output ``out``, plus the input ``x`` for a residual network (same shape)."""

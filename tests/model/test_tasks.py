@@ -72,12 +72,20 @@ def test_residual_is_on_for_restoration_tasks_and_off_for_reconstruction():
     assert not build_config(overrides=["training.task=denoise", "model.linear_path=pca"]).residual_output()
 
 
-@pytest.mark.parametrize("arch", ["dense", "conv"])
+@pytest.mark.parametrize("arch", ["dense", "conv", "dense+refiner"])
 def test_an_untrained_residual_network_returns_its_input_and_learns_a_correction(arch):
+    refine = 8 if arch == "dense+refiner" else 0
+    arch = arch.split("+")[0]
     cfg = ModelConfig(architecture=arch, n_layers=2, code_size=8, skip_connections=arch == "conv")
+    cfg = cfg.model_copy(update={"refine_channels": refine})
     net = build_autoencoder(cfg, (3, 16, 16), "clamp", residual=True).eval()
     x = torch.rand(4, 3, 16, 16)
     assert torch.equal(net.reconstruct(x), x)  # the last layer starts at zero: output = input
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1)  # trained away from the start ...
+    net.make_residual()  # ... and put back (the kept-input guard): the identity again
+    assert torch.equal(net.reconstruct(x), x)
     assert not net.decodes_codes
     net.train()
     loss = ((net(x).out - x.mean()) ** 2).mean()  # any target other than the input
