@@ -584,30 +584,33 @@ def markdown(rows: list[dict], models: list[dict], args: argparse.Namespace, com
             + f" | {m['model_id']} |"
             for m in models
         ),
-        "",
-        "### Restoration (PSNR dB / SSIM; AE column: the autoencoder on the same n items)",
-        "",
-        "| task | setting | method | param | n | PSNR | SSIM | AE PSNR, same items | colourfulness |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        if r["task"] == "compress":
-            continue
+    restored = [r for r in rows if r["task"] != "compress"]
+    compressed = [r for r in rows if r["task"] == "compress"]
+    if restored:  # a section only where the run measured something
+        lines += [
+            "",
+            "### Restoration (PSNR dB / SSIM; AE column: the autoencoder on the same n items)",
+            "",
+            "| task | setting | method | param | n | PSNR | SSIM | AE PSNR, same items | colourfulness |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+    for r in restored:
         lines.append(
             f"| {r['task']} | {r['setting']} | {r['method']} | {r.get('param', '')} | {r['n']} | {r['psnr']} | {r['ssim']} | {r['ae_psnr_same_items'] if r['ae_psnr_same_items'] is not None else ''} | {r.get('colourfulness', '')} |"
         )
-    lines += [
-        "",
-        "### Compression: bytes per image vs PSNR (32×32×3 = 3,072 raw bytes)",
-        "",
-        "| method | bytes, no headers | bytes, with headers | PSNR | SSIM | images over budget at quality 1 |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        if r["task"] == "compress":
-            lines.append(
-                f"| {r['method']} | {r.get('bytes_no_headers', '')} | {r.get('bytes_with_headers', '')} | {r['psnr']} | {r['ssim']} | {r['misses']} |"
-            )
+    if compressed:
+        lines += [
+            "",
+            "### Compression: bytes per image vs PSNR (32×32×3 = 3,072 raw bytes)",
+            "",
+            "| method | bytes, no headers | bytes, with headers | PSNR | SSIM | images over budget at quality 1 |",
+            "|---|---|---|---|---|---|",
+        ]
+    for r in compressed:
+        lines.append(
+            f"| {r['method']} | {r.get('bytes_no_headers', '')} | {r.get('bytes_with_headers', '')} | {r['psnr']} | {r['ssim']} | {r['misses']} |"
+        )
     return "\n".join(lines)
 
 

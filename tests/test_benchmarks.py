@@ -135,6 +135,8 @@ def test_restoration_grayscale_denoise_and_train_only(tmp_path):
     assert len(bm3d) == 2 and all(r["n"] == 2 and r["psnr"] > 0 for r in bm3d)
     models = json.loads((tmp_path / "d" / "models.json").read_text())
     assert all(m["val_psnr"] is not None and m["steps"] > 0 for m in models)
+    table = (tmp_path / "d" / "results.md").read_text()
+    assert "### Restoration" in table and "### Compression" not in table  # no empty section
     out = tmp_path / "t"
     assert restoration.main([*small, "--out", str(out), "--train-only", "denoise_gaussian"]) == 0
     assert not (out / "results.json").exists() and (out / "runs" / "denoise_gaussian" / "model").is_dir()
