@@ -108,6 +108,7 @@ SECTIONS: list[tuple[str, str]] = [
     ("summary", "Summary"),
     ("curves", "Training curves"),
     ("recon", "Reconstructions of held-out items"),
+    ("restoration", "Restoration"),
     ("eval", "Evaluation"),
     ("clusters", "Clusters"),
     ("topics", "Topics"),
@@ -240,6 +241,37 @@ def _section_recon(run: _Run) -> str | None:
     sse = ((ae - x) ** 2).reshape(len(x), -1).sum(1)
     note = f"{len(x_held)} items of the held-out test split; autoencoder SSE/item on these {sse.mean():.3f}."
     return f'<div class="grid">{grid}</div><p class="small">{html.escape(note)}</p>'
+
+
+def _section_restoration(run: _Run) -> str | None:
+    """A restoration model's held-out scores (metrics.json) and its picture grid; None otherwise."""
+    files = run.layout.model
+    if run.model is not None and run.store is not None:  # the model whose codes the store holds
+        files = next(
+            (f for f in (run.layout.model, run.layout.model_version(run.store.model_id)) if f.metrics.is_file()),
+            files,
+        )
+    if not files.metrics.is_file():
+        return None
+    rs = read_json(files.metrics).get("restoration")
+    if not rs:
+        return None
+    rows = [
+        ["corrupted input", rs["input"]["psnr"], rs["input"]["ssim"]],
+        ["autoencoder", rs["autoencoder"]["psnr"], rs["autoencoder"]["ssim"]],
+        [rs["baseline"]["method"], rs["baseline"]["psnr"], rs["baseline"]["ssim"]],
+    ]
+    out = [
+        _note(f"task {rs['task']}, {rs['n_items']} held-out items; PSNR in dB, SSIM (torchmetrics)"),
+        _table(["", "PSNR", "SSIM"], rows),
+    ]
+    if rs.get("kept_input"):
+        out.append(_note("the trained correction made validation images worse: the model returns its input"))
+    if files.restoration_grid.is_file():
+        rows_named = " / ".join(rs.get("grid_rows", []))
+        out.append(img_tag(files.restoration_grid.read_bytes(), f"rows: {rows_named}"))
+        out.append(_note(f"rows: {rows_named}"))
+    return "\n".join(out)
 
 
 def _section_eval(run: _Run) -> str:

@@ -130,6 +130,14 @@ def test_denoise_model_beats_the_noisy_input_and_writes_its_grid(tmp_path):
     noisy = np.clip(clean + np.random.default_rng(1).normal(0, 50 / 255, clean.shape), 0, 1).astype(np.float32)
     mse_in, mse_out = ((noisy - clean) ** 2).mean(), ((reconstruct(model, noisy) - clean) ** 2).mean()
     assert 10 * np.log10(mse_in / mse_out) > 1  # dB better than the noisy input (the correction alone: far worse)
+    # the run's HTML report shows the task's scores and embeds its grid
+    from aepipe.report.html import write_html_report
+
+    page = RunLayout.at(cfg.run_dir).report_html
+    write_html_report(cfg.run_dir)
+    section = page.read_text().split('<section id="restoration">')[1].split("</section>")[0]
+    assert "median 3x3" in section and f"{r['autoencoder']['psnr']:.4g}" in section
+    assert section.count('<img src="data:image/png;base64,') == 1 and "corrupted / restored" in section
 
 
 def test_colorize_trains_on_gray_inputs_of_colour_targets(tmp_path):

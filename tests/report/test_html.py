@@ -34,6 +34,7 @@ def test_report_of_a_clustered_run_is_self_contained_with_every_section(clustere
     page = layout.report_html.read_text()
     assert _sections(page) >= {"summary", "curves", "recon", "eval", "clusters", "map", "index", "quarantine"}
     assert "topics" not in _sections(page)  # an image run has no topics section
+    assert "restoration" not in _sections(page)  # nor a restoration section: its task is reconstruct
     srcs = re.findall(r'<img src="([^"]*)"', page)
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)  # nothing beside the page
     assert "not available" not in page
