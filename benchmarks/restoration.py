@@ -306,16 +306,20 @@ def synthetic(n: int, seed: int) -> np.ndarray:
     return (out * 255).astype(np.uint8)
 
 
-def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+def images(args: argparse.Namespace, split: str) -> np.ndarray:
+    """``x_train`` or ``x_test`` of ``--data`` (or the --tiny synthetic set) as (N, H, W, C) uint8;
+    grayscale (MNIST, (N, H, W)) gets its channel axis."""
+    if args.tiny:
+        return synthetic(400, 0) if split == "x_train" else synthetic(200, 1)
+    x = np.load(args.data)[split]
+    return x[..., None] if x.ndim == 3 else x
+
+
+def run(args: argparse.Namespace, x_train_u8: np.ndarray) -> tuple[list[dict], list[dict]]:
+    """Every section of ``--only``; ``x_train_u8``: ``images(args, "x_train")``."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.tiny:
-        x_train_u8, x_test_u8 = synthetic(400, 0), synthetic(200, 1)
-    else:
-        data = np.load(args.data)
-        x_train_u8, x_test_u8 = data["x_train"], data["x_test"]
-        if x_train_u8.ndim == 3:  # grayscale (MNIST): (N, H, W) -> (N, H, W, 1)
-            x_train_u8, x_test_u8 = x_train_u8[..., None], x_test_u8[..., None]
+    x_test_u8 = images(args, "x_test")
     rng = np.random.default_rng(args.seed)
     test_idx = np.sort(rng.choice(len(x_test_u8), min(args.test, len(x_test_u8)), replace=False))
     x_fit_u8, x_tune_u8 = x_train_u8[: -args.tune], x_train_u8[-args.tune :]
@@ -653,18 +657,18 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(0)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     args.only = set(args.only.split(","))
-    if not args.tiny and not args.train_only and np.load(args.data)["x_train"].ndim == 3 and args.only - {"denoise"}:
-        p.error(
-            "grayscale data (MNIST): only --only denoise applies (colorize needs colour; the rest is measured on CIFAR-10)"
-        )
+    x_train = images(args, "x_train")
     if args.train_only:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        x_train = synthetic(400, 0) if args.tiny else np.load(args.data)["x_train"]
         np.save(out / "train.npy", x_train[: -args.tune])  # the same training images as a full run
         print(json.dumps(train(args.train_only, out / "train.npy", out, args)[1]))
         return 0
-    rows, models = run(args)
+    if x_train.shape[-1] == 1 and args.only - {"denoise"}:
+        p.error(
+            "grayscale data (MNIST): only --only denoise applies (colorize needs colour; the rest is measured on CIFAR-10)"
+        )
+    rows, models = run(args, x_train)
     (Path(args.out) / "models.json").write_text(json.dumps(models, indent=2))
     return 0
 

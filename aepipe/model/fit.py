@@ -379,15 +379,19 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
         metrics = evaluate_reconstruction(net, x, split, cfg, data.labels)
     if cfg.training.task in RESTORATION_TASKS:
         held = next((split[s] for s in ("test", "val", "train") if len(split[s])), split["train"])
+
+        def truth_and_inputs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+            """Targets of ``rows`` and their real inputs (paired), or None: the task derives them."""
+            return (paired[1][rows], x[rows]) if paired is not None else (x[rows], None)
+
         with timed(f"evaluate {cfg.training.task} on held-out items"):
-            kept_input = False
-            if net.residual:  # chosen on the validation items, like the PCA start
-                val = split["val"] if len(split["val"]) else held
-                kept_input = keep_better_than_input(
-                    net, cfg, *((paired[1][val], x[val]) if paired is not None else (x[val], None))
-                )
-            clean, inputs = (paired[1][held], x[held]) if paired is not None else (x[held], None)
-            metrics["restoration"] = {**evaluate_task(net, cfg, prep, clean, inputs, files), "kept_input": kept_input}
+            # a residual model's start is kept unless training beat it on the validation items, like the PCA start
+            val = split["val"] if len(split["val"]) else held
+            kept_input = net.residual and keep_better_than_input(net, cfg, *truth_and_inputs(val))
+            metrics["restoration"] = {
+                **evaluate_task(net, cfg, prep, *truth_and_inputs(held), files),
+                "kept_input": kept_input,
+            }
     metrics.update(
         kinds=cfg.model.kinds,
         transferred_layers=transferred,

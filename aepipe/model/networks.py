@@ -28,6 +28,8 @@ class TrainPass(NamedTuple):
     logvar: torch.Tensor | None  # (B, code) for a VAE
 
 
+_LUMA = torch.from_numpy(LUMA)  # (3,) ITU-R 601 weights, summing to 1 (the colorize task's gray)
+
 CODE_ACTIVATIONS: dict[str, type[nn.Module]] = {"linear": nn.Identity, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
 
 
@@ -71,12 +73,8 @@ class Autoencoder(nn.Module):
         if not self.residual:
             return out
         if self.keep_luma:  # (B, 3, H, W) - (B, 1, H, W): a correction with zero luma
-            out = out - torch.einsum("bchw,c->bhw", out, self.luma.to(out))[:, None]
+            out = out - torch.einsum("bchw,c->bhw", out, _LUMA.to(out))[:, None]
         return out + x
-
-    @property
-    def luma(self) -> torch.Tensor:
-        return torch.tensor(LUMA, dtype=torch.float32)  # (3,) ITU-R 601 weights, summing to 1
 
     def _init_code(self, d_features: int, code_size: int, code_activation: str, variational: bool) -> None:
         self.code_size = code_size

@@ -245,12 +245,7 @@ def _section_recon(run: _Run) -> str | None:
 
 def _section_restoration(run: _Run) -> str | None:
     """A restoration model's held-out scores (metrics.json) and its picture grid; None otherwise."""
-    files = run.layout.model
-    if run.model is not None and run.store is not None:  # the model whose codes the store holds
-        files = next(
-            (f for f in (run.layout.model, run.layout.model_version(run.store.model_id)) if f.metrics.is_file()),
-            files,
-        )
+    files = run.layout.model  # as the evaluation section: the run's trained model
     if not files.metrics.is_file():
         return None
     rs = read_json(files.metrics).get("restoration")
