@@ -143,6 +143,30 @@ def record_checksums(gen: GenerationFiles, previous: GenerationFiles | None) -> 
     return hashlib.sha256(data).hexdigest()
 
 
+def unpublished(layout: RunLayout) -> bool:
+    """True when the working store and index belong together but are not what the current
+    generation holds: a writer put them in place and was stopped before it published them (the
+    window between an update's directory swaps and its publish). Compared by the checksums of the
+    two sidecars the current generation recorded, so a copied (not linked) generation counts too."""
+    infos, manifest = layout.index.infos, layout.store / "_manifest.json"
+    if not (infos.is_file() and manifest.is_file()):
+        return False
+    if read_json(infos).get("model_id") != read_json(manifest).get("model_id"):
+        return False
+    current = layout.current_generation_name()
+    if current is None:
+        return True
+    sums = layout.generation(current).root / CHECKSUMS
+    if not sums.is_file():
+        return True
+    recorded = read_json(sums)["files"]
+    for work, rel in ((infos, f"index/{infos.name}"), (manifest, "store/_manifest.json")):
+        entry = recorded.get(rel)
+        if entry is None or entry["size"] != work.stat().st_size or entry["sha256"] != file_sha256(work):
+            return True
+    return False
+
+
 def attach_clusters(layout: RunLayout) -> bool:
     """Add the working clusters to the current generation if they were built from its model."""
     current = layout.current_generation_name()

@@ -40,7 +40,7 @@ from aepipe.files import (
     recover_dir,
     replace_dir,
 )
-from aepipe.generations import publish_generation
+from aepipe.generations import publish_generation, unpublished
 from aepipe.index.build import build_index
 from aepipe.index.incremental import update_index
 from aepipe.layout import RunLayout
@@ -80,7 +80,11 @@ def update_run(cfg: PipelineConfig) -> UpdateResult:
     """Encode what is new or changed in ``cfg.corpus``, drop what is gone, update store and index."""
     t0 = time.perf_counter()
     layout = RunLayout.at(cfg.run_dir)
-    if finish_interrupted_update(layout):  # its store and index are in place but were never published
+    # a committed update whose swaps were interrupted is finished; one stopped after its swaps but
+    # before its publish left nothing to finish, yet its store and index were never published
+    if (finish_interrupted_update(layout) or unpublished(layout)) and layout.index.infos.is_file():
+        model_id = read_json(layout.index.infos).get("model_id")
+        publish_model_version(layout, str(model_id), cfg.training.keep_versions)
         publish_generation(layout, cfg.training.keep_versions, cfg.training.generation_grace_s)
     recover_dir(layout.store)
     recover_dir(layout.index.root)
