@@ -91,8 +91,10 @@ def test_service_benchmark_tiny_measures_every_kind(tmp_path):
     assert 0 < summary["pipeline"]["report_html_s"] < summary["pipeline"]["pipeline_s"]
     bulk = rows["service, bulk by vector, 1000 per request (arrays)"]
     assert bulk["n"] == 10 and bulk["vectors_per_s"] == pytest.approx(1000 * bulk["req_per_s"])
+    binary = rows["service, bulk by vector, 1000 per request (npy -> Arrow)"]
+    assert binary["n"] == 10 and binary["vectors_per_s"] == pytest.approx(1000 * binary["req_per_s"])
     assert rows["raw faiss index.search, 1000 vectors per call"]["n"] == 10
-    assert len(summary["checks"]) == 6
+    assert len(summary["checks"]) == 7
     table = (tmp_path / "results.md").read_text()
     assert "Machine:" in table and "--tiny" in table and "| target |" in table
 

@@ -57,9 +57,26 @@ class Hit:
 class SearchArrays:
     """Results of ``Searcher.search_arrays``: (queries, k) arrays."""
 
-    ids: np.ndarray  # object array of stored ids (None where a query has fewer than k results)
+    id_array: pa.Array  # the stored ids, flat (queries * k), null where a query has fewer than k results
     distances: np.ndarray  # float32: squared L2, or 1 - cosine similarity; NaN as padding
     rows: np.ndarray  # int64 rows of ids.parquet (-1 as padding), e.g. to join store metadata
+
+    @property
+    def ids(self) -> np.ndarray:
+        """(queries, k) object array of ids (None as padding): a Python string per hit, so bulk
+        consumers should prefer ``id_array`` or ``to_arrow()``."""
+        return self.id_array.to_numpy(zero_copy_only=False).reshape(self.rows.shape)
+
+    def to_arrow(self) -> pa.Table:
+        """One row per query: ``ids`` and ``distances`` as fixed-size lists of k (no Python object
+        per hit; what the search service sends to bulk clients as an Arrow IPC stream)."""
+        k = self.rows.shape[1]
+        return pa.table(
+            {
+                "ids": pa.FixedSizeListArray.from_arrays(self.id_array, k),
+                "distances": pa.FixedSizeListArray.from_arrays(pa.array(self.distances.ravel()), k),
+            }
+        )
 
 
 class Searcher:
@@ -184,7 +201,7 @@ class Searcher:
         ids = pc.take(self._id_column, pa.array(rows, mask=rows < 0))
         dist = np.where(labels >= 0, 1.0 - dist if self.metric == "cosine" else dist, np.nan).astype(np.float32)
         return SearchArrays(
-            ids=ids.to_numpy(zero_copy_only=False).reshape(labels.shape),
+            id_array=ids,
             distances=dist,
             rows=rows.reshape(labels.shape),
         )

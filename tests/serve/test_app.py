@@ -94,6 +94,54 @@ def test_bulk_vectors_as_arrays_match_the_hit_records(client, trained_run):
     assert r.status_code == 422
 
 
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def test_bulk_npy_query_is_answered_as_arrow_with_the_same_neighbours(client, trained_run):
+    """A .npy body (application/x-npy) gets an Arrow IPC stream: one row per query, ids and
+    distances as lists of k, the same as the JSON arrays; the model and generation travel along."""
+    import pyarrow as pa
+
+    v = Searcher(trained_run.run_dir).vectors_for_ids(["0042", "0007", "0100"])
+    arrays = client.post("/api/search/vectors", json={"vectors": v.tolist(), "k": 4, "format": "arrays"}).json()
+    r = client.post(
+        "/api/search/vectors?k=4", content=_npy(v.astype(np.float64)), headers={"content-type": "application/x-npy"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/vnd.apache.arrow.stream"
+    table = pa.ipc.open_stream(r.content).read_all()
+    assert table.column("ids").to_pylist() == arrays["ids"]
+    assert np.allclose(table.column("distances").to_pylist(), arrays["distances"], atol=1e-5)
+    assert table.schema.metadata[b"model_id"].decode() == arrays["model_id"] == r.headers["x-aepipe-model-id"]
+    assert r.headers["x-aepipe-generation"] == (arrays["generation"] or "")
+
+
+@pytest.mark.parametrize(
+    "body,status,words",
+    [
+        (b"not a npy file", 400, "not a .npy"),
+        (_npy(np.zeros(10, np.float32)), 400, "2-D"),
+        (_npy(np.array([["a", "b"]])), 400, "numeric"),
+        (_npy(np.zeros((2, 3), np.float32)), 422, "dimension"),
+        (_npy(np.full((1, 10), np.nan, np.float32)), 400, "NaN"),
+        (_npy(np.zeros((10_001, 2), np.float32)), 413, "at most"),
+        (_npy(np.array([{"x": 1}], dtype=object)), 400, "not a .npy"),  # pickled objects are refused
+    ],
+)
+def test_bad_npy_bodies_are_4xx(client, body, status, words):
+    r = client.post("/api/search/vectors", content=body, headers={"content-type": "application/x-npy"})
+    assert r.status_code == status and words in r.json()["error"], r.text
+
+
+def test_npy_query_k_is_checked(client, trained_run):
+    v = Searcher(trained_run.run_dir).vectors_for_ids(["0042"])
+    r = client.post("/api/search/vectors?k=0", content=_npy(v), headers={"content-type": "application/x-npy"})
+    assert r.status_code == 400 and "k must be" in r.json()["error"]
+
+
 def test_search_by_uploaded_image_equals_search_by_file(client, trained_run, digits_x, tmp_path):
     arr = (digits_x[7, 0] * 255).round()
     (tmp_path / "q.png").write_bytes(_png(arr))
