@@ -6,8 +6,8 @@ pipeline's on the demo.
     python -m benchmarks.service --run-dir RUN        # an existing run instead of the demo
     python -m benchmarks.service --tiny               # CI's form: few epochs, 2 clients x 20 requests
 
-Per kind (by id, by 28x28 PNG upload, by vector): ``--clients`` threads, each with its own
-keep-alive HTTP connection, send ``--requests`` requests one after another (k=10); every latency
+Per kind (by id, by 28x28 PNG upload, by vector): ``--clients`` client processes (forked; threads
+with ``--client-threads``), each with its own keep-alive HTTP connection, send ``--requests`` requests one after another (k=10); every latency
 is recorded client-side (p50/p95/p99) and requests/s is all requests over the wall time. Raw
 faiss: the same vectors through ``index.search`` one query per call, in the same number of
 threads, in this process (no HTTP, no JSON, no ids). Batches (``--vector-batch B``): the same load
@@ -21,6 +21,7 @@ faiss; report generation <= 10 % of the pipeline's time on the demo.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -115,36 +116,53 @@ def percentiles(lat_s: list[float], wall_s: float) -> dict[str, float]:
     }
 
 
-def run_load(clients: int, requests: int, one: Any) -> dict[str, float]:
-    """``clients`` threads, each calling ``one(client_index, i, session)`` ``requests`` times."""
-    import httpx
+def run_load(clients: int, requests: int, one: Any, as_processes: bool = True) -> dict[str, float]:
+    """``clients`` concurrent clients, each calling ``one(client_index, i, session)`` ``requests``
+    times on its own keep-alive connection. Clients are forked processes by default, as
+    independent users are: as threads of one Python process they also wait for each other's GIL,
+    and that wait lands in every latency measured (``--client-threads``: the earlier form)."""
+    import multiprocessing as mp
 
-    lat: list[list[float]] = [[] for _ in range(clients)]
-    errors: list[str] = []
-    start = threading.Barrier(clients + 1)
+    ctx = mp.get_context("fork")  # fork: ``one`` is a closure and is never pickled
+    start = ctx.Barrier(clients + 1) if as_processes else threading.Barrier(clients + 1)
+    results: Any = ctx.Queue() if as_processes else []
 
     def worker(c: int) -> None:
+        import httpx
+
+        lat: list[float] = []
+        errors: list[str] = []
         with httpx.Client(timeout=30) as session:
             one(c, -1, session)  # connect + warm outside the measurement
             start.wait()
             for i in range(requests):
                 t = time.perf_counter()
                 r = one(c, i, session)
-                lat[c].append(time.perf_counter() - t)
+                lat.append(time.perf_counter() - t)
                 if r is not None and r.status_code != 200:
                     errors.append(f"{r.status_code} {r.text[:200]}")
+        if as_processes:
+            results.put((lat, errors))
+        else:
+            results.append((lat, errors))
 
-    threads = [threading.Thread(target=worker, args=(c,)) for c in range(clients)]
-    for th in threads:
-        th.start()
+    kind = ctx.Process if as_processes else threading.Thread
+    workers = [kind(target=worker, args=(c,)) for c in range(clients)]
+    for w in workers:
+        w.start()
     start.wait()
     t0 = time.perf_counter()
-    for th in threads:
-        th.join()
+    got = [results.get(timeout=900) for _ in workers] if as_processes else None  # before join: no pipe stall
     wall = time.perf_counter() - t0
+    for w in workers:
+        w.join()
+    if not as_processes:
+        wall, got = time.perf_counter() - t0, results
+    assert got is not None and len(got) == clients, "a client process died"
+    errors = [e for _, errs in got for e in errs]
     if errors:
         raise RuntimeError(f"{len(errors)} failed requests, e.g. {errors[0]}")
-    return percentiles([x for per in lat for x in per], wall)
+    return percentiles([x for lat, _ in got for x in lat], wall)
 
 
 def raw_faiss(run_dir: Path, vectors: np.ndarray, clients: int, requests: int, batch: int = 1) -> dict[str, float]:
@@ -208,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         help="vectors per request in the bulk rows (JSON format=arrays with orjson on the client, and npy -> Arrow; max 1000)",
     )
     p.add_argument(
+        "--client-threads",
+        action="store_true",
+        help="clients as threads of this process (the form before session 7) instead of processes",
+    )
+    p.add_argument(
         "--tiny", action="store_true", help="CI's form: a 3-epoch demo on 600 digits, 2 clients x 20 requests"
     )
     p.add_argument("--out", default="bench-out/service")
@@ -238,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     proc, startup_s = start_service(run_dir, args.port)
     url = f"http://127.0.0.1:{args.port}"
     rows: list[dict[str, Any]] = []
+    load = functools.partial(run_load, as_processes=not args.client_threads)
     try:
         senders = {
             "id": lambda c, i, sess: sess.post(
@@ -254,11 +278,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         for kind in KINDS:
             print(f"service, by {kind} ...", file=sys.stderr, flush=True)
-            rows.append({"what": f"service, by {kind}", **run_load(args.clients, args.requests, senders[kind])})
+            rows.append({"what": f"service, by {kind}", **load(args.clients, args.requests, senders[kind])})
         b = args.vector_batch
         batches = [np.take(vectors, range(j * b, j * b + b), axis=0, mode="wrap").tolist() for j in range(50)]
         print(f"service, by vector, {b} per request ...", file=sys.stderr, flush=True)
-        batched = run_load(
+        batched = load(
             args.clients,
             args.requests,
             lambda c, i, sess: sess.post(
@@ -295,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             return r
 
         print(f"service, bulk by vector, {bb} per request ...", file=sys.stderr, flush=True)
-        bulked = run_load(args.clients, max(args.requests // 10, 5), bulk)
+        bulked = load(args.clients, max(args.requests // 10, 5), bulk)
         rows.append(
             {
                 "what": f"service, bulk by vector, {bb} per request (arrays)",
@@ -327,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             return r
 
         print(f"service, bulk by vector, {bb} per request, npy -> Arrow ...", file=sys.stderr, flush=True)
-        binary = run_load(args.clients, max(args.requests // 10, 5), bulk_npy)
+        binary = load(args.clients, max(args.requests // 10, 5), bulk_npy)
         rows.append(
             {
                 "what": f"service, bulk by vector, {bb} per request (npy -> Arrow)",
@@ -415,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{cmd.strip()}`  ",
         f"Machine: {mach}  ",
         f"Commit: {code}; started {started}  ",
-        f"Load: {args.clients} concurrent clients (threads, keep-alive httpx) x {args.requests} requests per kind, k=10, "
+        f"Load: {args.clients} concurrent clients ({'threads of one process' if args.client_threads else 'processes'}, keep-alive httpx) x {args.requests} requests per kind, k=10, "
         f"loopback; index {s.infos['index_string']} of {s.index.ntotal} {s.dim}-d codes; service start-up {startup_s:.1f} s",
         "",
         "| what | requests | p50 ms | p95 ms | p99 ms | req/s | vectors/s |",
