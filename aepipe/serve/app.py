@@ -234,5 +234,5 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the service until Ctrl-C (uvicorn shuts down cleanly on SIGINT/SIGTERM)."""
     import uvicorn
 
-    service = SearchService(run_dir)
+    service = SearchService(run_dir, freeze_gc=True)  # this process only serves: see _freeze_loaded_objects
     uvicorn.run(create_app(service), host=host, port=port, log_level="warning")

@@ -279,3 +279,24 @@ def test_an_inline_search_answers_from_a_newly_published_generation(run_copy):
     after = svc._gen.searcher  # what the answer came from: no other call refreshed the service
     assert r.status_code == 200 and before and after.generation.name != before
     assert "IVF4" in after.infos["index_string"] and len(r.json()["results"][0]["hits"]) == 3
+
+
+def test_the_serving_process_freezes_what_it_loaded(trained_run):
+    """serve() keeps what it loaded out of the garbage collector (full collections traversing torch
+    and the id maps stalled requests ~0.2 s); a library user's process is left alone."""
+    code = """
+import gc, sys
+from aepipe.serve.service import SearchService
+SearchService(sys.argv[1])
+before = gc.get_freeze_count()
+service = SearchService(sys.argv[1], freeze_gc=True)
+frozen = gc.get_freeze_count()
+service.refresh(force=True)  # a reopen unfreezes, collects and freezes again
+print(before, frozen, gc.get_freeze_count())
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(trained_run.run_dir)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, frozen, after = map(int, out.stdout.split())
+    assert before == 0 and frozen > 10_000 and after > 10_000
