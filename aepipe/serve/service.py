@@ -65,8 +65,8 @@ class Generation:
 def _freeze_loaded_objects() -> None:
     """Move every object alive now (torch, the model, the id maps: millions) out of the garbage
     collector's sight. Each request makes thousands of short-lived objects (a hit per result), so
-    full collections come often, and each traversed everything loaded: ~0.2 s pauses, p99 of
-    100-vector searches 179 ms before, 24 ms after (benchmarks/RESULTS-service.md). On a reopen the
+    full collections come often, and each traversed everything loaded: ~0.3 s pauses, p99 of
+    100-vector searches ~300 ms before, 43 ms after (benchmarks/RESULTS-service.md). On a reopen the
     previous generation is unfrozen and collected first, so its cycles are not kept for good."""
     gc.unfreeze()
     gc.collect()
