@@ -598,7 +598,7 @@ class IndexConfig(_Section):
         "build seconds + queries_per_build x seconds per query among candidates that meet the recall target",
     )
     calibration_items: int = Field(
-        32_768,
+        16_384,
         ge=1_000,
         description="auto, above flat_max_items: candidates are built and tuned on a seeded sample "
         "of this many stored vectors and their costs extrapolated to the whole store",

@@ -156,6 +156,8 @@ HNSW_QUANTIZER_MIN_LISTS = 1024  # below this a flat coarse quantizer is as fast
 COARSE_POINTS_PER_LIST = (
     8  # k-means timing sample: cost per iteration is linear in points (20: 2.3 s of 1 thread at 4,096 lists)
 )
+IVF_KMEANS_ITERATIONS = 10  # faiss's IVF training (ClusteringParameters.niter)
+COARSE_ITERATIONS = 3  # timed, then scaled to IVF_KMEANS_ITERATIONS: an iteration's cost does not change
 
 
 @dataclass
@@ -244,17 +246,18 @@ def coarse_training_cost(
     training, 10 iterations) at that FULL number of lists on ``COARSE_POINTS_PER_LIST`` points per
     list, one thread (as calibrate_one). Its cost is linear in points at a fixed number of lists,
     so the full training (up to 256 points per list) extrapolates by ~13x, where scaling a
-    sample's few hundred lists up to thousands would multiply the measurement by hundreds."""
+    sample's few hundred lists up to thousands would multiply the measurement by hundreds.
+    ``COARSE_ITERATIONS`` are timed and scaled to the training's 10 (each costs the same)."""
     out: dict[int, tuple[int, float]] = {}
     for nlist in sorted({nl for nl in (nlist_of(name) for name in names) if nl}):
         m = min(store.n_items, COARSE_POINTS_PER_LIST * nlist)
         (x,) = store.gather([np.sort(rng.choice(store.n_items, m, replace=False))])
         x = normalize(x, cfg.metric)
-        km = faiss.Kmeans(dim, nlist, niter=10, seed=cfg.seed, verbose=False)
+        km = faiss.Kmeans(dim, nlist, niter=COARSE_ITERATIONS, seed=cfg.seed, verbose=False)
         km.cp.min_points_per_centroid = 1  # no warning: only the time of an iteration is wanted
         t = time.perf_counter()
         km.train(x)
-        out[nlist] = (m, time.perf_counter() - t)
+        out[nlist] = (m, (time.perf_counter() - t) * IVF_KMEANS_ITERATIONS / COARSE_ITERATIONS)
     return out
 
 
