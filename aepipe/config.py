@@ -541,7 +541,8 @@ class EncodeConfig(_Section):
         None,
         ge=0,
         description="worker processes decoding image files (folder and Parquet-bytes corpora) while the model "
-        "runs; none: one per CPU core; 0: decode in the reading thread",
+        "runs; none: one per CPU core; 0: decode in the reading thread. With workers, the model on CPU runs on "
+        "the cores left over (at least one torch thread)",
     )
     decode_min_items: int = Field(
         8192,
