@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import write_results
+from benchmarks import commit, write_results
 
 KINDS = ("id", "image", "vector")
 
@@ -49,15 +49,6 @@ def machine() -> str:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared; load average {load:.1f} at "
         f"the start), service OMP_NUM_THREADS=1, {platform.system()} {platform.release()}, Python {platform.python_version()}"
     )
-
-
-def commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
-        return out.stdout.strip() + (" (+ uncommitted changes)" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def demo_pipeline(run_dir: Path, tiny: bool) -> dict[str, Any]:

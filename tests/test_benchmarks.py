@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from benchmarks import mnist_kinds
@@ -142,3 +143,46 @@ def test_restoration_grayscale_denoise_and_train_only(tmp_path):
     out = tmp_path / "t"
     assert restoration.main([*small, "--out", str(out), "--train-only", "denoise_gaussian"]) == 0
     assert not (out / "results.json").exists() and (out / "runs" / "denoise_gaussian" / "model").is_dir()
+
+
+def _newsgroups_like(path, seed: int = 0) -> None:
+    """Documents of four topics (a word pool each, plus words every topic uses), with a split column;
+    the test rows carry a fifth label that no training row has."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    shared = [f"common{i}" for i in range(30)]
+    pools = {t: [f"{t}word{i}" for i in range(25)] for t in ("space", "cars", "guns", "med")}
+    rows = []
+    for split, n in (("train", 240), ("test", 40)):
+        for i in range(n):
+            topic = list(pools)[i % 4]
+            words = list(rng.choice(pools[topic], 12)) + list(rng.choice(shared, 8))
+            rows.append(
+                {"text": " ".join(words), "label": topic if split == "train" else f"test-{topic}", "split": split}
+            )
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def test_newsgroups_validation_never_reads_the_test_rows(tmp_path):
+    """--validate: queries are held-out training rows; the test rows (here with labels of their own)
+    never enter the run. Without it the test rows are the queries. Both tables say which."""
+    from benchmarks import newsgroups
+
+    data = tmp_path / "docs.parquet"
+    _newsgroups_like(data)
+    common = ["--data", str(data), "--tiny", "--dims", "4", "--epochs", "2", "--minutes", "1", "--max-features", "60"]
+    assert newsgroups.main([*common, "--validate", "--out", str(tmp_path / "val")]) == 0
+    md = (tmp_path / "val" / "results.md").read_text()
+    assert "VALIDATION" in md and "48 held-out training documents query the other 192" in md
+    assert "NMI ≥ 0.55" in md and "Commit: " in md
+    val_queries = pq.read_table(tmp_path / "val" / "data" / "test.parquet").column("label").to_pylist()
+    assert len(val_queries) == 48 and not any(label.startswith("test-") for label in val_queries)
+    rows = json.loads((tmp_path / "val" / "results.json").read_text())
+    assert {r["method"].split(" ")[0] for r in rows} == {"TF-IDF", "LSA", "AE"}
+    assert next(r for r in rows if r["method"] == "LSA")["p10"] > 0.5  # four clean topics: easy for LSA
+
+    assert newsgroups.main([*common, "--out", str(tmp_path / "test")]) == 0
+    md = (tmp_path / "test" / "results.md").read_text()
+    assert "VALIDATION" not in md and "40 test documents query 240 training documents" in md
