@@ -125,8 +125,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             f"training.seed={args.seed}",
             f"run_dir={out / 'runs' / f'ae{dim}'}",
         ]
-        if args.knn_k:
-            overrides.append(f"training.knn_target={{k: {args.knn_k}}}")
+        # 0 must switch it off: the documents preset has its own knn_target
+        overrides.append(f"training.knn_target={{k: {args.knn_k}}}" if args.knn_k else "training.knn_target=null")
         cfg = build_config(overrides=overrides + (TINY if args.tiny else []) + list(args.set))
         t = time.perf_counter()
         trained = train_model(cfg)
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         model = load_model(trained.model_dir)
         db = codes_of(model, model.prep.transform(train[args.text_column]))
         q = codes_of(model, model.prep.transform(test[args.text_column]))
-        name = "AE" + (f" (knn target k={args.knn_k})" if args.knn_k else "")
+        name = "AE " + (f"(knn target k={args.knn_k})" if args.knn_k else "(no knn target)")
         rows.append(
             score(
                 name,
@@ -203,7 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dims", default="10,32", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--epochs", type=int, default=35)
     p.add_argument("--minutes", type=float, default=15.0, help="training budget per model")
-    p.add_argument("--knn-k", type=int, default=20, help="neighbour-smoothed target (training.knn_target); 0: off")
+    p.add_argument(
+        "--knn-k",
+        type=int,
+        default=10,
+        help="neighbour-smoothed target (training.knn_target; the preset's k is 10); 0: off",
+    )
     p.add_argument("--max-features", type=int, default=2000)
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")

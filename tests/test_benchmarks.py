@@ -183,6 +183,11 @@ def test_newsgroups_validation_never_reads_the_test_rows(tmp_path):
     assert {r["method"].split(" ")[0] for r in rows} == {"TF-IDF", "LSA", "AE"}
     assert next(r for r in rows if r["method"] == "LSA")["p10"] > 0.5  # four clean topics: easy for LSA
 
-    assert newsgroups.main([*common, "--out", str(tmp_path / "test")]) == 0
+    assert newsgroups.main([*common, "--out", str(tmp_path / "test"), "--knn-k", "0"]) == 0
     md = (tmp_path / "test" / "results.md").read_text()
     assert "VALIDATION" not in md and "40 test documents query 240 training documents" in md
+    from aepipe.model.saved import load_model
+
+    # --knn-k 0 switches the documents preset's neighbour targets off (it used to leave k=10 on)
+    assert load_model(tmp_path / "val" / "runs" / "ae4" / "model").config.training.knn_target is not None
+    assert load_model(tmp_path / "test" / "runs" / "ae4" / "model").config.training.knn_target is None
