@@ -21,7 +21,10 @@ def test_mnist_kinds_tiny_writes_a_table_for_each_kind(tmp_path, capsys):
         assert r["sse"] > 0 and r["pca_sse"] > 0
         assert 0 <= r["p10"] <= 1 and 0 <= r["acc"] <= 1 and 0 <= r["nmi"] <= 1
     table = (tmp_path / "results.md").read_text()
-    assert "| dense+variational |" in table and "Machine:" in table and "--tiny" in table
+    assert "| AE dense+variational |" in table and "Machine:" in table and "--tiny" in table
+    assert "Commit: " in table and "SSE ≤ 2.7" in table
+    pca_rows = [line for line in table.splitlines() if line.startswith("| PCA |")]
+    assert len(pca_rows) == 1 and "(" not in table.split("| method |")[1]  # one method per row, no "(PCA)" cells
 
 
 def test_mnist_kinds_rejects_unknown_kinds(tmp_path):
