@@ -129,11 +129,30 @@ def update_run(cfg: PipelineConfig) -> UpdateResult:
         diff.n_removed,
         diff.n_unchanged,
     )
-    infos_ok = layout.index.infos.is_file() and read_json(layout.index.infos).get("model_id") == model.model_id
-    if diff.empty and infos_ok:
-        result.n_items, result.index_ntotal = store.n_items, int(read_json(layout.index.infos)["n_items"])
+    infos = read_json(layout.index.infos) if layout.index.infos.is_file() else {}
+    # the live index must hold the store's items to be updated in place: after `aepipe encode` of
+    # another corpus (without `aepipe index`) it holds the previous store's, and adding only the
+    # new items would publish an index that misses most of the store
+    covers = infos.get("model_id") == model.model_id and int(infos.get("n_items", -1)) == store.n_items
+    if infos and not covers:
+        log.warning(
+            "the index holds %s vector(s) of model %s, the store %d item(s) of model %s: rebuilding the index",
+            infos.get("n_items"),
+            infos.get("model_id"),
+            store.n_items,
+            model.model_id,
+        )
+    if diff.empty and covers:
+        result.n_items, result.index_ntotal = store.n_items, int(infos["n_items"])
         result.seconds = round(time.perf_counter() - t0, 3)
         return result  # nothing to do: no file is touched
+    if diff.empty:  # the store is current; only the index is not
+        idx = build_index(cfg)
+        publish_model_version(layout, model.model_id, cfg.training.keep_versions)
+        publish_generation(layout, cfg.training.keep_versions, cfg.training.generation_grace_s)
+        result.n_items, result.index_ntotal, result.index_update = store.n_items, idx.n_items, "rebuilt"
+        result.seconds = round(time.perf_counter() - t0, 3)
+        return result
 
     staging = fresh_dir(layout.staging("update"))
     drop = diff.drop
@@ -143,7 +162,9 @@ def update_run(cfg: PipelineConfig) -> UpdateResult:
     result.n_quarantined = len(quarantine)
     drift = measure_drift(cfg, layout, store, drop, part_column(version.new_parts, "recon_error"))
     with timed("update the index"):
-        result.index_update, infos = update_index(cfg, layout, version.root, drop, version.new_parts, staging / "index")
+        result.index_update, infos = update_index(
+            cfg, layout, version.root, drop, version.new_parts, staging / "index", rebuild=not covers
+        )
     result.rebuild_advised = infos.get("rebuild_advised")
     atomic_write_json(
         staging / COMMIT,

@@ -146,6 +146,27 @@ def test_update_without_new_data_changes_nothing(folder_copy, digits):
     assert again.n_items == again.index_ntotal == 125
 
 
+@pytest.mark.parametrize("new_items", [5, 0])
+def test_update_after_encoding_another_corpus_rebuilds_the_index(folder_copy, digits, new_items):
+    """`aepipe encode` of a different corpus (no `aepipe index`) left the index with the previous
+    store's items; update added only the new ones in place and published an index that missed the
+    rest (found trying it on a folder of my own: 9,009 stored items, 1,806 indexed). Now it rebuilds."""
+    root, cfg = folder_copy
+    corpus, run = root / "corpus", root / "run"
+    for p in sorted(corpus.rglob("*.png"))[::2]:  # half the corpus goes
+        p.unlink()
+    encode_corpus(cfg())  # the store now holds 60 items; the index still 120
+    _write_digits(corpus, *digits, range(300, 300 + new_items))
+
+    result = update_run(cfg())
+
+    assert result.index_update == "rebuilt"
+    assert result.n_items == result.index_ntotal == 60 + new_items
+    _check_consistent(run, _corpus_ids(corpus))
+    assert verify_run(run).problems == []
+    assert update_run(cfg()).index_update == "none"  # and the next one has nothing to do
+
+
 CRASH = """
 import os, signal, sys
 import aepipe.update as u

@@ -27,14 +27,21 @@ log = logging.getLogger(__name__)
 
 
 def update_index(
-    cfg: PipelineConfig, layout: RunLayout, store_dir: Path, drop: pa.Array, new_parts: list[Path], dest: Path
+    cfg: PipelineConfig,
+    layout: RunLayout,
+    store_dir: Path,
+    drop: pa.Array,
+    new_parts: list[Path],
+    dest: Path,
+    rebuild: bool = False,
 ) -> tuple[str, dict[str, Any]]:
     """Write into ``dest`` the live index minus the dropped ids plus the new parts' codes, or a
-    rebuilt one where faiss cannot remove vectors (HNSW, ...). Returns ('incremental'|'rebuilt', sidecar)."""
+    rebuilt one where faiss cannot remove vectors (HNSW, ...) or ``rebuild`` says the live index
+    does not cover the store it is updated with. Returns ('incremental'|'rebuilt', sidecar)."""
     files = layout.index
     infos = read_json(files.infos) if files.infos.is_file() and files.index.is_file() else None
     ic = cfg.index
-    if infos is None or infos["model_id"] != open_store(store_dir).model_id or infos["metric"] != ic.metric:
+    if rebuild or infos is None or infos["model_id"] != open_store(store_dir).model_id or infos["metric"] != ic.metric:
         return "rebuilt", write_index(cfg, store_dir, dest)
     if infos.get("on_disk"):  # its lists are memory-mapped from the live index.ivfdata: never modify them in place
         log.info("an on-disk index is rebuilt, not updated in place")
