@@ -83,16 +83,13 @@ def update_run(cfg: PipelineConfig) -> UpdateResult:
     # a committed update whose swaps were interrupted is finished; one stopped after its swaps but
     # before its publish left nothing to finish, yet its store and index were never published
     if (finish_interrupted_update(layout) or unpublished(layout)) and layout.index.infos.is_file():
-        model_id = read_json(layout.index.infos).get("model_id")
-        publish_model_version(layout, str(model_id), cfg.training.keep_versions)
-        publish_generation(layout, cfg.training.keep_versions, cfg.training.generation_grace_s)
+        _publish(cfg, layout, str(read_json(layout.index.infos).get("model_id")))
     recover_dir(layout.store)
     recover_dir(layout.index.root)
     if not any(layout.store.glob(PART_GLOB)):  # first run: everything is new
         enc = encode_corpus(cfg)
         idx = build_index(cfg)
-        publish_model_version(layout, idx.model_id, cfg.training.keep_versions)
-        publish_generation(layout, cfg.training.keep_versions, cfg.training.generation_grace_s)
+        _publish(cfg, layout, idx.model_id)
         return UpdateResult(
             enc.store_dir,
             idx.index_dir,
@@ -148,8 +145,7 @@ def update_run(cfg: PipelineConfig) -> UpdateResult:
         return result  # nothing to do: no file is touched
     if diff.empty:  # the store is current; only the index is not
         idx = build_index(cfg)
-        publish_model_version(layout, model.model_id, cfg.training.keep_versions)
-        publish_generation(layout, cfg.training.keep_versions, cfg.training.generation_grace_s)
+        _publish(cfg, layout, model.model_id)
         result.n_items, result.index_ntotal, result.index_update = store.n_items, idx.n_items, "rebuilt"
         result.seconds = round(time.perf_counter() - t0, 3)
         return result
@@ -171,8 +167,7 @@ def update_run(cfg: PipelineConfig) -> UpdateResult:
         {"model_id": model.model_id, "added": diff.n_added, "changed": diff.n_changed, "removed": diff.n_removed},
     )
     _apply_commit(layout, staging)  # the commit point is the marker above; this only moves directories
-    publish_model_version(layout, model.model_id, cfg.training.keep_versions)
-    publish_generation(layout, cfg.training.keep_versions, cfg.training.generation_grace_s)
+    _publish(cfg, layout, model.model_id)
     if len(quarantine):
         quarantine.write(layout.quarantine("update"))
         log.warning("%d new item(s) quarantined; see %s", len(quarantine), layout.quarantine("update"))
@@ -220,6 +215,12 @@ def _apply_commit(layout: RunLayout, staging: Path) -> None:
     shutil.rmtree(staging)
 
 
+def _publish(cfg: PipelineConfig, layout: RunLayout, model_id: str) -> None:
+    """The model version, then the generation, of a store and index that are complete and in place."""
+    publish_model_version(layout, model_id, cfg.training.keep_versions)
+    publish_generation(layout, cfg.training.keep_versions, cfg.training.generation_grace_s)
+
+
 def _retrain(cfg: PipelineConfig, result: UpdateResult) -> None:
     from aepipe.model.train import train_model
 
@@ -228,8 +229,7 @@ def _retrain(cfg: PipelineConfig, result: UpdateResult) -> None:
         encoded = encode_corpus(cfg)
         indexed = build_index(cfg)
         layout = RunLayout.at(cfg.run_dir)
-        publish_model_version(layout, indexed.model_id, cfg.training.keep_versions)
-        publish_generation(layout, cfg.training.keep_versions, cfg.training.generation_grace_s)
+        _publish(cfg, layout, indexed.model_id)
     result.retrained, result.model_id = True, trained.model_id
     result.n_items, result.index_ntotal, result.index_update = encoded.n_items, indexed.n_items, "rebuilt"
     result.rebuild_advised = None

@@ -283,73 +283,57 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(
             {"what": f"service, by vector, {b} per request", **batched, "vectors_per_s": batched["req_per_s"] * b}
         )
-        # Bulk: ids and distances as arrays (no record per hit), the body built and the answer
-        # parsed with orjson, as a batch job would; the same vectors, bulk_batch per request.
+        # Bulk, two forms, the same vectors, bulk_batch per request, the answer parsed as a batch job
+        # would: JSON arrays (ids and distances, no record per hit; built and parsed with orjson), and
+        # binary (a .npy body, an Arrow IPC stream read with pyarrow: no Python object per hit).
         import orjson
+        import pyarrow as pa
 
         bb = args.bulk_batch
-        bulk_bodies = [
-            orjson.dumps(
-                {
-                    "vectors": np.take(vectors, range(j * bb, j * bb + bb), axis=0, mode="wrap").tolist(),
-                    "k": 10,
-                    "format": "arrays",
-                }
-            )
-            for j in range(8)
-        ]
-
-        def bulk(c: int, i: int, sess: Any) -> Any:
-            r = sess.post(
-                url + "/api/search/vectors",
-                content=bulk_bodies[(c + max(i, 0)) % len(bulk_bodies)],
-                headers={"content-type": "application/json"},
-            )
-            if r.status_code == 200:
-                orjson.loads(r.content)
-            return r
-
-        print(f"service, bulk by vector, {bb} per request ...", file=sys.stderr, flush=True)
-        bulked = load(args.clients, max(args.requests // 10, 5), bulk)
-        rows.append(
-            {
-                "what": f"service, bulk by vector, {bb} per request (arrays)",
-                **bulked,
-                "vectors_per_s": bulked["req_per_s"] * bb,
-            }
-        )
-        # Bulk, binary: the vectors as a .npy body, the answer an Arrow IPC stream read with
-        # pyarrow (no Python object per hit at either end); the same vectors and batch size.
-        import io
-
-        import pyarrow as pa
+        chunks = [np.take(vectors, range(j * bb, j * bb + bb), axis=0, mode="wrap") for j in range(8)]
 
         def npy(arr: np.ndarray) -> bytes:
             buf = io.BytesIO()
             np.save(buf, arr.astype(np.float32))
             return buf.getvalue()
 
-        npy_bodies = [npy(np.take(vectors, range(j * bb, j * bb + bb), axis=0, mode="wrap")) for j in range(8)]
+        bulk_forms = [  # (row label, URL, content type, bodies, answer parser)
+            (
+                "arrays",
+                "/api/search/vectors",
+                "application/json",
+                [orjson.dumps({"vectors": c.tolist(), "k": 10, "format": "arrays"}) for c in chunks],
+                orjson.loads,
+            ),
+            (
+                "npy -> Arrow",
+                "/api/search/vectors?k=10",
+                "application/x-npy",
+                [npy(c) for c in chunks],
+                lambda content: pa.ipc.open_stream(content).read_all(),
+            ),
+        ]
+        for label, path, content_type, bodies, parse in bulk_forms:
 
-        def bulk_npy(c: int, i: int, sess: Any) -> Any:
-            r = sess.post(
-                url + "/api/search/vectors?k=10",
-                content=npy_bodies[(c + max(i, 0)) % len(npy_bodies)],
-                headers={"content-type": "application/x-npy"},
+            def bulk(
+                c: int, i: int, sess: Any, path=path, content_type=content_type, bodies=bodies, parse=parse
+            ) -> Any:
+                r = sess.post(
+                    url + path, content=bodies[(c + max(i, 0)) % len(bodies)], headers={"content-type": content_type}
+                )
+                if r.status_code == 200:
+                    parse(r.content)
+                return r
+
+            print(f"service, bulk by vector, {bb} per request, {label} ...", file=sys.stderr, flush=True)
+            bulked = load(args.clients, max(args.requests // 10, 5), bulk)
+            rows.append(
+                {
+                    "what": f"service, bulk by vector, {bb} per request ({label})",
+                    **bulked,
+                    "vectors_per_s": bulked["req_per_s"] * bb,
+                }
             )
-            if r.status_code == 200:
-                pa.ipc.open_stream(r.content).read_all()
-            return r
-
-        print(f"service, bulk by vector, {bb} per request, npy -> Arrow ...", file=sys.stderr, flush=True)
-        binary = load(args.clients, max(args.requests // 10, 5), bulk_npy)
-        rows.append(
-            {
-                "what": f"service, bulk by vector, {bb} per request (npy -> Arrow)",
-                **binary,
-                "vectors_per_s": binary["req_per_s"] * bb,
-            }
-        )
     finally:
         proc.terminate()
         proc.wait(timeout=60)
