@@ -210,6 +210,11 @@ class TransferConfig(_Section):
     freeze: bool = False
 
 
+# model.pca_basis: auto (chosen by benchmarks.sweep on the photo stand-ins, RESULTS-sweep.md, session 8)
+AUTO_PCA_BASIS = 128
+AUTO_PCA_BASIS_ABOVE = 2048
+
+
 class ModelConfig(_Section):
     """The four classic hyperparameters (code size, layers, nodes per layer, loss), the
     architecture, and the regularisers that make the other kinds of autoencoder."""
@@ -258,6 +263,15 @@ class ModelConfig(_Section):
         "of training.lr. auto: min(1, sqrt(1024 / inputs)), so that one Adam step moves a row of P by no more, "
         "relative to its unit length, than it does on a 32x32 input; at the full rate a 64x64 RGB input's PCA "
         "start is undone within a few steps",
+    )
+    pca_basis: Literal["auto"] | int = Field(
+        "auto",
+        description="dense with linear_path pca / pca-frozen: the deep path reads the item's first N principal "
+        "components (fitted on the training items beside the linear path) instead of its raw values, and writes "
+        "its correction back through the same N directions; far fewer weights on large inputs, which a dense "
+        "network otherwise memorises (600 colour photos at 64x64). auto: "
+        f"{AUTO_PCA_BASIS} for inputs of more than {AUTO_PCA_BASIS_ABOVE:,} values (colour images from 32x32 up), "
+        "else 0. 0: the raw values",
     )
     skip_connections: bool = Field(
         False,
@@ -308,8 +322,14 @@ class ModelConfig(_Section):
             raise ValueError("variational and sparsity do not combine: the VAE's KL term already regularises the code")
         if self.linear_path_lr != "auto" and not self.linear_path_lr > 0:
             raise ValueError(f"model.linear_path_lr must be auto or a number > 0, not {self.linear_path_lr}")
+        if self.pca_basis != "auto" and self.pca_basis < 0:
+            raise ValueError(f"model.pca_basis must be auto or a number >= 0, not {self.pca_basis}")
         if self.linear_path != "none":
             self._check_linear_path()
+        if self.pca_basis not in ("auto", 0) and not self.linear_path.startswith("pca"):
+            raise ValueError(
+                f"model.pca_basis: {self.pca_basis} needs model.linear_path: pca or pca-frozen (it is fitted beside it)"
+            )
         if self.contractive and self.contractive.method == "exact" and not self.exact_contractive_possible():
             raise ValueError(
                 "contractive.method exact needs a dense encoder with n_layers: 0 and "
@@ -331,6 +351,16 @@ class ModelConfig(_Section):
                 f"model.linear_path: {self.linear_path} needs loss: mse (or auto), not {self.loss}: PCA is the "
                 f"start only with an identity output (lsa also takes softmax); {fix}"
             )
+
+    def pca_basis_size(self, input_dim: int) -> int:
+        """How many principal components the deep path reads and writes (``pca_basis``) for
+        inputs of ``input_dim`` values: 0 = the raw values (also without a PCA linear path)."""
+        if not self.linear_path.startswith("pca"):
+            return 0
+        n = self.pca_basis
+        if n == "auto":
+            n = AUTO_PCA_BASIS if input_dim > AUTO_PCA_BASIS_ABOVE else 0
+        return min(int(n), input_dim)
 
     def exact_contractive_possible(self) -> bool:
         return (

@@ -84,6 +84,15 @@ RECIPES: dict[str, list[str]] = {
     "defaults, pca-path frozen, no knn": ["model.linear_path=pca-frozen", NO_KNN],
     "defaults, 256-128": ["model.n_layers=2", "model.nodes_per_layer=[256, 128]"],
     "defaults, 256-128, no knn": ["model.n_layers=2", "model.nodes_per_layer=[256, 128]", NO_KNN],
+    # model.pca_basis (session 8): the deep path reads and writes N principal components instead of
+    # the raw values. "defaults" is auto (128 above 2,048 inputs); 0 is the preset before.
+    "defaults, pca_basis 0": ["model.pca_basis=0"],
+    "defaults, pca_basis 0, no knn": ["model.pca_basis=0", NO_KNN],
+    "defaults, pca_basis 64": ["model.pca_basis=64"],
+    "defaults, pca_basis 64, no knn": ["model.pca_basis=64", NO_KNN],
+    "defaults, pca_basis 128, no knn": ["model.pca_basis=128", NO_KNN],
+    "defaults, pca_basis 256": ["model.pca_basis=256"],
+    "defaults, pca_basis 256, no knn": ["model.pca_basis=256", NO_KNN],
     "demo: 256-128, 100 epochs, batch 64, lr 3e-3": [
         "model.n_layers=2",
         "model.nodes_per_layer=[256, 128]",

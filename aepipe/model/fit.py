@@ -453,7 +453,13 @@ def init_linear_path(
     bias = None
     if net.output_activation == "softmax" and target_train is not None:
         bias = torch.from_numpy(np.log(np.maximum(target_train.reshape(len(a), -1).mean(0), 1e-12))).float()
-    net.init_linear_path(torch.from_numpy(components).float(), torch.from_numpy(mean).float(), bias)
+    basis, scale = None, 1.0
+    if net.pca_basis:  # model.pca_basis: the deep path's N principal components, a fit of their own
+        with timed(f"fit PCA-{net.pca_basis} on {len(a)} training items for the deep path's inputs"):
+            wide = fit_pca(a, net.pca_basis, cfg.training.seed)
+        basis = torch.from_numpy(wide.components_).float()
+        scale = float(np.sqrt(max(wide.explained_variance_[0], 1e-12)))
+    net.init_linear_path(torch.from_numpy(components).float(), torch.from_numpy(mean).float(), bias, basis, scale)
 
 
 # A network's score on the validation items, lower is better: one number, or several (all must improve).

@@ -161,13 +161,19 @@ class DenseAutoencoder(Autoencoder):
         decoder: str = "mirror",
         linear_path: str = "none",
         refine_channels: int = 0,
+        pca_basis: int = 0,
     ):
         super().__init__()
         self.input_shape = tuple(input_shape)
         self.output_activation = output_activation
         self.widths = list(widths)
         d_in = math.prod(self.input_shape)
-        dims = [d_in, *widths]
+        self.pca_basis = pca_basis
+        if pca_basis:  # the deep path reads and writes N principal components, set by init_linear_path
+            self.register_buffer("basis_components", torch.zeros(pca_basis, d_in))  # (N, D), orthonormal rows
+            self.register_buffer("basis_scale", torch.ones(()))  # sqrt of the first component's variance
+        deep_in = pca_basis or d_in
+        dims = [deep_in, *widths]
         body: list[nn.Module] = [nn.Flatten()]
         for a, b in zip(dims[:-1], dims[1:]):
             body += _dense_block(a, b, activation, batch_norm)
@@ -179,7 +185,7 @@ class DenseAutoencoder(Autoencoder):
         dec: list[nn.Module] = []
         for a, b in zip(rdims[:-1], rdims[1:]):
             dec += _dense_block(a, b, activation, batch_norm)
-        dec.append(nn.Linear(rdims[-1], d_in))
+        dec.append(nn.Linear(rdims[-1], deep_in))
         self.decoder = nn.Sequential(*dec)
         self.linear_path = linear_path
         if linear_path != "none":
@@ -196,14 +202,26 @@ class DenseAutoencoder(Autoencoder):
 
     @torch.no_grad()
     def init_linear_path(
-        self, components: torch.Tensor, mean: torch.Tensor, decoder_bias: torch.Tensor | None = None
+        self,
+        components: torch.Tensor,
+        mean: torch.Tensor,
+        decoder_bias: torch.Tensor | None = None,
+        basis: torch.Tensor | None = None,
+        basis_scale: float = 1.0,
     ) -> None:
         """Start as PCA (or LSA): P = ``components`` (k <= code rows, e.g. sklearn's ``components_``),
         the mean = ``mean``, and the deep path's last encoder and decoder layers at zero; the decoder's
         bias = ``decoder_bias`` when given (a softmax output's start: the mean word distribution's
-        logits). (k, D), (D,), (D,)"""
+        logits). ``basis`` (model.pca_basis): the N principal components the deep path reads and
+        writes, its inputs divided by ``basis_scale``. (k, D), (D,), (D,), (N, D)"""
         if self.linear_path == "none":
             raise ValueError("this network was built without a linear path (model.linear_path: none)")
+        if self.pca_basis:
+            if basis is None or len(basis) > self.pca_basis:
+                raise ValueError(f"this network's deep path reads {self.pca_basis} principal components: pass them")
+            self.basis_components.zero_()
+            self.basis_components[: len(basis)] = basis.to(self.basis_components)  # fewer rows: unused inputs
+            self.basis_scale.fill_(basis_scale)
         self.pca_components.zero_()
         self.pca_components[: len(components)] = components.to(self.pca_components)  # fewer rows: spare code units
         self.pca_mean.copy_(mean.to(self.pca_mean))
@@ -215,15 +233,24 @@ class DenseAutoencoder(Autoencoder):
         if decoder_bias is not None and isinstance(last, nn.Linear):
             last.bias.copy_(decoder_bias.to(last.bias))
 
+    def deep_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the deep path reads: the raw values, or their first ``pca_basis`` principal
+        components (scaled). (B, *input_shape) -> (B, D) or (B, N)"""
+        if not self.pca_basis:
+            return x
+        return (x.flatten(1) - self.pca_mean) @ self.basis_components.T / self.basis_scale
+
     def encode_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        z, logvar = super().encode_stats(x)
+        z, logvar = super().encode_stats(self.deep_input(x))
         if self.linear_path == "none":
             return z, logvar
         # (B, D) @ (D, code) -> (B, code); the config allows the path only for a linear, deterministic code
         return z + (x.flatten(1) - self.pca_mean) @ self.pca_components.T, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        out = self.decoder(z)  # (B, code) -> (B, D)
+        out = self.decoder(z)  # (B, code) -> (B, D), or (B, N) coefficients of the PCA basis
+        if self.pca_basis:
+            out = out @ self.basis_components  # (B, N) @ (N, D) -> (B, D)
         if self.linear_output:
             out = out + self.pca_mean + z @ self.pca_components  # (B, code) @ (code, D) -> (B, D)
         out = out.view(-1, *self.input_shape)  # (B, D) -> (B, C, H, W)
@@ -394,6 +421,7 @@ def _build(cfg: ModelConfig, input_shape: tuple[int, ...], output_activation: st
             cfg.decoder,
             cfg.linear_path,
             cfg.refine_channels,
+            cfg.pca_basis_size(math.prod(input_shape)),
         )
     c, h, w = input_shape  # conv: (C, H, W)
     return ConvAutoencoder(

@@ -85,6 +85,8 @@ def load_model(files: ModelFiles | str | Path) -> LoadedModel:
     # The saved config is complete as trained: no preset fills what it lacks. (A model saved before a
     # key existed was trained without it; the images preset's model.linear_path: pca would otherwise
     # describe another network than the weights.)
+    if isinstance(saved.get("model"), dict):  # saved before model.pca_basis: its deep path read raw values
+        saved["model"].setdefault("pca_basis", 0)
     config = PipelineConfig.model_validate({**saved, "preset": "none"}).model_copy(
         update={"preset": saved.get("preset", "auto")}
     )
