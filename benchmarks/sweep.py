@@ -93,6 +93,11 @@ RECIPES: dict[str, list[str]] = {
     "defaults, pca_basis 128, no knn": ["model.pca_basis=128", NO_KNN],
     "defaults, pca_basis 256": ["model.pca_basis=256"],
     "defaults, pca_basis 256, no knn": ["model.pca_basis=256", NO_KNN],
+    "defaults, pca_basis 128, batch norm": ["model.pca_basis=128", "model.batch_norm=true"],
+    "defaults, pca_basis 128, batch norm, no knn": ["model.pca_basis=128", "model.batch_norm=true", NO_KNN],
+    "defaults, pca_basis 64, batch norm, no knn": ["model.pca_basis=64", "model.batch_norm=true", NO_KNN],
+    "defaults, pca_basis 256, batch norm, no knn": ["model.pca_basis=256", "model.batch_norm=true", NO_KNN],
+    "defaults, batch norm, no knn": ["model.batch_norm=true", NO_KNN],
     "demo: 256-128, 100 epochs, batch 64, lr 3e-3": [
         "model.n_layers=2",
         "model.nodes_per_layer=[256, 128]",

@@ -311,3 +311,117 @@ def test_a_refiner_starts_as_the_pca_decoder_learns_and_still_decodes_codes_alon
 def test_refiner_refuses_what_has_no_image(overrides, message):
     with pytest.raises(ConfigError, match=message):
         build_config(overrides=overrides)
+
+
+# model.pca_basis: the deep path reads and writes the first N principal components.
+BASIS_CFG = CFG.model_copy(update={"pca_basis": 12})
+
+
+def test_a_deep_path_on_a_pca_basis_starts_as_pca_and_has_fewer_weights(digits_x):
+    cfg = build_config(overrides=["model.code_size=5", "model.n_layers=2", "model.nodes_per_layer=[32, 16]"])
+    cfg = cfg.model_copy(update={"model": BASIS_CFG})
+    torch.manual_seed(0)
+    net = build_autoencoder(BASIS_CFG, (1, 8, 8), "clamp")
+    raw = build_autoencoder(CFG, (1, 8, 8), "clamp")
+    assert isinstance(net, DenseAutoencoder) and net.pca_basis == 12
+    assert net.body[1].in_features == 12 and net.decoder[-1].out_features == 12  # not the 64 pixels
+    assert raw.body[1].in_features == 64
+    train = digits_x[:300]
+    init_linear_path(net, train, cfg)
+    basis = PCA(n_components=12, random_state=0).fit(train.reshape(300, -1))
+    np.testing.assert_allclose(net.basis_components.numpy(), basis.components_, atol=1e-5)
+    pca = PCA(n_components=5, random_state=0).fit(train.reshape(300, -1))
+    x = digits_x[300:400]
+    flat = x.reshape(len(x), -1)
+    with torch.inference_mode():
+        z, out = net.eval().code_and_output(torch.from_numpy(x))
+    np.testing.assert_allclose(z.numpy(), pca.transform(flat), atol=1e-4)
+    np.testing.assert_allclose(out.reshape(len(x), -1).numpy(), pca.inverse_transform(pca.transform(flat)), atol=1e-4)
+    # What the deep path reads: the held-out items' first 12 components, scaled by the first one's spread.
+    scale = np.sqrt(basis.explained_variance_[0])
+    with torch.inference_mode():
+        read = net.deep_input(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(read, basis.transform(flat) / scale, atol=1e-4)
+
+
+def test_the_deep_path_on_a_basis_can_only_change_the_output_within_it(digits_x):
+    """Its correction is a combination of the N basis directions: whatever it learns, the output
+    minus PCA's reconstruction has no part outside them."""
+    cfg = build_config(overrides=["model.code_size=5"]).model_copy(update={"model": BASIS_CFG})
+    net = build_autoencoder(BASIS_CFG, (1, 8, 8), "clamp")
+    init_linear_path(net, digits_x[:300], cfg)
+    net.train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    x = torch.from_numpy(digits_x[:64])
+    for _ in range(5):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(net(x).out, x).backward()
+        opt.step()
+    assert float(net.decoder[-1].weight.detach().abs().sum()) > 0  # the deep path moved
+    with torch.inference_mode():
+        z = net.eval().encode(x)
+        deep = net.decode(z).flatten(1) - (net.pca_mean + z @ net.pca_components)  # (B, D)
+        q = net.basis_components  # (N, D), orthonormal rows
+        outside = deep - (deep @ q.T) @ q
+    assert float(deep.abs().max()) > 1e-4 and float(outside.abs().max()) < 1e-4
+
+
+def test_a_model_with_a_pca_basis_reloads_and_encodes_identically(digits_x, tmp_path):
+    cfg = build_config(
+        overrides=[
+            "model.code_size=5",
+            "model.n_layers=2",
+            "model.nodes_per_layer=[32, 16]",
+            "model.linear_path=pca",
+            "model.pca_basis=12",
+        ]
+    )
+    net = build_autoencoder(cfg.model, (1, 8, 8), "clamp")
+    init_linear_path(net, digits_x[:300], cfg)
+    with torch.no_grad():
+        net.code_head.weight.normal_()
+    save_model(ModelFiles(tmp_path / "m"), net, cfg, ImagePreprocessor(height=8, width=8, channels=1))
+    loaded = load_model(tmp_path / "m")
+    assert isinstance(loaded.net, DenseAutoencoder) and loaded.net.pca_basis == 12
+    x = torch.from_numpy(digits_x[:50])
+    torch.testing.assert_close(encode_array(loaded.net, x)[0], encode_array(net.eval(), x)[0], rtol=0, atol=0)
+
+
+def test_a_model_saved_before_pca_basis_loads_with_raw_inputs(tmp_path):
+    """A 3x48x48 model (6,912 inputs: auto would mean 128 components) saved without the key
+    was trained on raw values; it must load as that network, not as auto's."""
+    cfg = build_config(overrides=["model.code_size=4", "model.n_layers=1", "model.nodes_per_layer=[8]"])
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"linear_path": "pca", "pca_basis": 0})})
+    net = build_autoencoder(cfg.model, (3, 48, 48), "clamp")
+    files = ModelFiles(tmp_path / "m")
+    save_model(files, net, cfg, ImagePreprocessor(height=48, width=48, channels=3))
+    saved = json.loads(files.config.read_text())
+    assert saved["model"].pop("pca_basis") == 0
+    files.config.write_text(json.dumps(saved))  # as an older version wrote it
+    loaded = load_model(files)
+    assert isinstance(loaded.net, DenseAutoencoder) and loaded.net.pca_basis == 0
+    assert ModelConfig(linear_path="pca").pca_basis_size(3 * 48 * 48) == 128  # what the default would build
+
+
+@pytest.mark.parametrize(
+    ("fields", "inputs", "expected"),
+    [
+        ({"linear_path": "pca"}, 3 * 32 * 32, 128),  # colour 32x32: auto reads 128 components
+        ({"linear_path": "pca"}, 28 * 28, 0),  # grayscale up to 45x45: raw values
+        ({"linear_path": "pca-frozen"}, 3 * 64 * 64, 128),
+        ({"linear_path": "pca", "pca_basis": 300}, 64, 64),  # never more than the inputs
+        ({"linear_path": "lsa"}, 5000, 0),  # documents: no basis
+        ({}, 3 * 32 * 32, 0),  # no linear path: nothing to fit it beside
+    ],
+)
+def test_pca_basis_size(fields, inputs, expected):
+    assert ModelConfig(**fields).pca_basis_size(inputs) == expected
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [({"pca_basis": 64}, "needs model.linear_path"), ({"linear_path": "pca", "pca_basis": -1}, "auto or a number")],
+)
+def test_pca_basis_refuses_what_it_cannot_do(fields, message):
+    with pytest.raises(ValidationError, match=message):
+        ModelConfig(**fields)
