@@ -97,7 +97,8 @@ RECIPES: dict[str, list[str]] = {
     "defaults, pca_basis 128, batch norm, no knn": ["model.pca_basis=128", "model.batch_norm=true", NO_KNN],
     "defaults, pca_basis 64, batch norm, no knn": ["model.pca_basis=64", "model.batch_norm=true", NO_KNN],
     "defaults, pca_basis 256, batch norm, no knn": ["model.pca_basis=256", "model.batch_norm=true", NO_KNN],
-    "defaults, batch norm, no knn": ["model.batch_norm=true", NO_KNN],
+    "defaults, batch norm, no knn": ["model.batch_norm=true", NO_KNN],  # pca_basis auto: 128 on colour photos
+    "defaults, pca_basis 0, batch norm, no knn": ["model.pca_basis=0", "model.batch_norm=true", NO_KNN],
     "demo: 256-128, 100 epochs, batch 64, lr 3e-3": [
         "model.n_layers=2",
         "model.nodes_per_layer=[256, 128]",
