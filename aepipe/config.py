@@ -241,7 +241,11 @@ class ModelConfig(_Section):
     )
     activation: Literal["relu", "gelu", "leaky_relu", "tanh", "sigmoid"] = "gelu"
     code_activation: Literal["linear", "relu", "sigmoid"] = "linear"
-    batch_norm: bool = False
+    batch_norm: Literal["auto"] | bool = Field(
+        "auto",
+        description="batch normalisation after each hidden layer. auto: on when the deep path reads a PCA basis "
+        "(model.pca_basis), else off",
+    )
     variational: bool = Field(False, description="VAE: KL-regularised latent; codes are the posterior mean")
     kl_weight: float = Field(1.0, ge=0, description="beta of the VAE's KL term")
     sparsity: SparsityConfig | None = None
@@ -362,6 +366,10 @@ class ModelConfig(_Section):
             n = AUTO_PCA_BASIS if input_dim > AUTO_PCA_BASIS_ABOVE else 0
         return min(int(n), input_dim)
 
+    def uses_batch_norm(self, input_dim: int) -> bool:
+        """``batch_norm`` for inputs of ``input_dim`` values (auto: with a PCA basis)."""
+        return self.pca_basis_size(input_dim) > 0 if self.batch_norm == "auto" else bool(self.batch_norm)
+
     def exact_contractive_possible(self) -> bool:
         return (
             self.architecture == "dense"
@@ -406,6 +414,13 @@ class KnnTargetConfig(_Section):
     only and no labels; exact search, O(N^2 * dim) once before training."""
 
     k: int = Field(20, ge=1)
+    max_image_inputs: int = Field(
+        AUTO_PCA_BASIS_ABOVE,
+        ge=1,
+        description="images with more input values than this (colour images from 32x32 up) train on their own "
+        "targets: there cosine neighbours in pixel space share colour and brightness more than content, and the "
+        "smoothed targets lost to plain ones on both measures (benchmarks/RESULTS-sweep.md, session 8)",
+    )
     max_items: int = Field(
         100_000,
         ge=1,

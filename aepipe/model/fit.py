@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from aepipe.config import CorpusConfig, FeaturesConfig, PipelineConfig, TrainingConfig, TransferConfig
 from aepipe.corpus import Quarantine, open_corpus
 from aepipe.errors import ConfigError, CorpusError
-from aepipe.features import Preprocessor, TextPreprocessor
+from aepipe.features import ImagePreprocessor, Preprocessor, TextPreprocessor
 from aepipe.features.text import fit_text_preprocessor
 from aepipe.files import atomic_write_json, atomic_write_table, fresh_dir, replace_dir
 from aepipe.layout import ModelFiles, RunLayout
@@ -195,6 +195,12 @@ def training_target(
             "training.knn_target skipped: %d training items > knn_target.max_items=%d (exact search is O(N^2))",
             len(train_idx),
             knn.max_items,
+        )
+        knn = None
+    inputs = int(np.prod(x.shape[1:]))
+    if knn is not None and isinstance(prep, ImagePreprocessor) and inputs > knn.max_image_inputs:
+        log.info(
+            "training.knn_target off: %d input values > knn_target.max_image_inputs=%d", inputs, knn.max_image_inputs
         )
         knn = None
     if loss != "softmax" and knn is None:

@@ -148,6 +148,9 @@ class DenseAutoencoder(Autoencoder):
     ``init_linear_path`` (e.g. log of the mean word distribution), so the first steps fit the
     decoder to the LSA codes before the codes move."""
 
+    basis_components: torch.Tensor  # (N, D) buffers when pca_basis > 0 (model.pca_basis)
+    basis_scale: torch.Tensor  # () the first basis component's standard deviation
+
     def __init__(
         self,
         input_shape: tuple[int, ...],
@@ -414,7 +417,7 @@ def _build(cfg: ModelConfig, input_shape: tuple[int, ...], output_activation: st
             widths,
             cfg.code_size,
             cfg.activation,
-            cfg.batch_norm,
+            cfg.uses_batch_norm(math.prod(input_shape)),
             output_activation,
             cfg.code_activation,
             cfg.variational,
@@ -429,7 +432,7 @@ def _build(cfg: ModelConfig, input_shape: tuple[int, ...], output_activation: st
         widths,
         cfg.code_size,
         cfg.activation,
-        cfg.batch_norm,
+        cfg.uses_batch_norm(math.prod(input_shape)),
         output_activation,
         cfg.code_activation,
         cfg.variational,

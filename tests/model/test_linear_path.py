@@ -425,3 +425,28 @@ def test_pca_basis_size(fields, inputs, expected):
 def test_pca_basis_refuses_what_it_cannot_do(fields, message):
     with pytest.raises(ValidationError, match=message):
         ModelConfig(**fields)
+
+
+def test_batch_norm_auto_comes_with_a_pca_basis():
+    assert ModelConfig(linear_path="pca").uses_batch_norm(3 * 32 * 32)  # basis 128: normalised deep path
+    assert not ModelConfig(linear_path="pca").uses_batch_norm(28 * 28)  # raw values: as before
+    assert not ModelConfig(linear_path="pca", batch_norm=False).uses_batch_norm(3 * 32 * 32)  # the user's word
+    assert ModelConfig(batch_norm=True).uses_batch_norm(64)
+    net = build_autoencoder(
+        ModelConfig(linear_path="pca", code_size=4, n_layers=1, nodes_per_layer=[8]), (3, 32, 32), "clamp"
+    )
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in net.modules())
+
+
+@pytest.mark.parametrize(("side", "smoothed"), [(16, True), (32, False)])  # 3x16x16 = 768 values; 3x32x32 = 3,072
+def test_knn_target_is_left_out_for_images_above_max_image_inputs(side, smoothed):
+    from aepipe.model.fit import training_target
+
+    cfg = build_config(overrides=["training.knn_target={k: 3}"])
+    assert cfg.training.knn_target is not None and cfg.training.knn_target.max_image_inputs == 2048
+    x = np.random.default_rng(0).random((40, 3, side, side), dtype=np.float32)
+    prep = ImagePreprocessor(height=side, width=side, channels=3)
+    target = training_target(cfg, prep, "mse", x, np.arange(30))
+    assert (target is not None) == smoothed
+    if target is not None:
+        assert not np.allclose(target[:30], x[:30]) and np.array_equal(target[30:], x[30:])  # training items only
