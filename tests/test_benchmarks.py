@@ -27,6 +27,17 @@ def test_mnist_kinds_tiny_writes_a_table_for_each_kind(tmp_path, capsys):
     assert len(pca_rows) == 1 and "(" not in table.split("| method |")[1]  # one method per row, no "(PCA)" cells
 
 
+def test_mnist_kinds_tiny_with_dec_adds_a_refined_row_after_the_kind(tmp_path):
+    assert mnist_kinds.main(["--tiny", "--kinds", "dense", "--dec", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert [r["kind"] for r in rows] == ["dense", "dense+dec"]
+    dec = rows[1]
+    assert 0 <= dec["acc"] <= 1 and 0 <= dec["train_dec_acc"] <= 1 and dec["sse"] > 0
+    model_info = json.loads((tmp_path / "runs" / "dense" / "model" / "info.json").read_text())
+    assert model_info["refined_by"] == "dec"  # the row measured the refined encoder, not the pretrained one
+    assert "| AE dense+dec |" in (tmp_path / "results.md").read_text()
+
+
 def test_mnist_kinds_rejects_unknown_kinds(tmp_path):
     with pytest.raises(SystemExit) as exc:
         mnist_kinds.main(["--tiny", "--kinds", "dense,fancy", "--out", str(tmp_path)])
