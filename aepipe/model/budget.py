@@ -29,7 +29,7 @@ class MemoryEstimate:
 
     n_parameters: int
     data_mb: float  # the in-memory training array (and its target copy)
-    model_mb: float  # weights, gradients and the two Adam moments
+    model_mb: float  # weights, gradients and the two Adam moments; buffers (e.g. a PCA basis) once
     activations_mb: float  # one training batch: kept for the backward pass, and their gradients
     runtime_mb: float = RUNTIME_MB
 
@@ -45,13 +45,14 @@ def estimate_training_memory(
     with torch.device("meta"):  # shapes only: nothing is allocated, whatever the input size
         net = build_autoencoder(cfg.model, input_shape)
     n_params = sum(p.numel() for p in net.parameters())
+    n_buffers = sum(b.numel() for b in net.buffers())  # model.pca_basis: N x inputs, no gradient or moments
     act_elems = _activation_elements(net, input_shape)
     dim = math.prod(input_shape)
     data_mb = n_items * dim * 4 * (2 if with_target else 1) / _MB
     return MemoryEstimate(
         n_parameters=n_params,
         data_mb=data_mb,
-        model_mb=n_params * 4 * 4 / _MB,
+        model_mb=(n_params * 4 * 4 + n_buffers * 4) / _MB,
         activations_mb=cfg.training.batch_size * act_elems * 4 * 2 / _MB,
     )
 

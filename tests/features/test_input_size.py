@@ -139,8 +139,15 @@ def test_estimate_counts_parameters_without_allocating_them():
     est = estimate_training_memory(cfg, big, n_items=61)
     d = 3 * 3000 * 4000
     pca_path = 32 * d + d  # the images preset's model.linear_path: pca: components (32 x d) and mean (d)
-    assert est.n_parameters == (d * 512 + 512) + (512 * 32 + 32) + (32 * 512 + 512) + (512 * d + d) + pca_path
-    assert est.peak_mb > 100_000
+    b = 128  # model.pca_basis auto: the deep path reads and writes 128 principal components of the d inputs
+    bn = 2 * (512 + 512)  # model.batch_norm auto (on with a basis): scale and shift of the two 512-wide layers
+    assert est.n_parameters == (b * 512 + 512) + (512 * 32 + 32) + (32 * 512 + 512) + (512 * b + b) + pca_path + bn
+    assert est.model_mb >= (est.n_parameters * 16 + b * d * 4) / 2**20  # the basis (a buffer) counts once
+    assert est.peak_mb > 40_000  # the linear path alone holds 33 x 36M floats, four times over (Adam)
+    raw = estimate_training_memory(
+        cfg.model_copy(update={"model": cfg.model.model_copy(update={"pca_basis": 0})}), big, 61
+    )
+    assert raw.n_parameters == (d * 512 + 512) + (512 * 32 + 32) + (32 * 512 + 512) + (512 * d + d) + pca_path
     small = estimate_training_memory(cfg, (1, 8, 8), n_items=1797)
     assert small.peak_mb < 1000
 
