@@ -33,7 +33,7 @@ def test_mnist_kinds_tiny_with_dec_adds_a_refined_row_after_the_kind(tmp_path):
     assert [r["kind"] for r in rows] == ["dense", "dense+dec"]
     dec = rows[1]
     assert 0 <= dec["acc"] <= 1 and 0 <= dec["train_dec_acc"] <= 1 and dec["sse"] > 0
-    model_info = json.loads((tmp_path / "runs" / "dense" / "model" / "info.json").read_text())
+    model_info = json.loads((tmp_path / "runs" / "dense" / "model" / "model.json").read_text())
     assert model_info["refined_by"] == "dec"  # the row measured the refined encoder, not the pretrained one
     assert "| AE dense+dec |" in (tmp_path / "results.md").read_text()
 

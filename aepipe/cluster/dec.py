@@ -15,6 +15,7 @@ codes by ``aepipe.pipeline.cluster_stage`` (what the pipeline, the CLI and the f
 from __future__ import annotations
 
 import logging
+import shutil
 from typing import Any
 
 import faiss
@@ -120,6 +121,12 @@ def refine_encoder(cfg: PipelineConfig) -> dict[str, Any]:
     net.eval()
     staging = fresh_dir(layout.staging("model-dec"))
     recover_dir(layout.model.root)
+    # The training record stays with the refined model: its split (which items `aepipe eval` holds
+    # out), its metrics and quarantine. Without the split, eval on a refined run had nothing to read.
+    for name in ("split", "metrics", "quarantine"):
+        source = getattr(layout.model, name)
+        if source.is_file():
+            shutil.copy2(source, getattr(ModelFiles(staging), name))
     model_id = save_model(
         ModelFiles(staging),
         net,

@@ -60,6 +60,13 @@ def test_dec_clusters_digits_better_than_kmeans_on_the_pretrained_codes(run_copy
     q = soft_assign(torch.from_numpy(codes), torch.from_numpy(centroids))
     agree = (q.argmax(1).numpy() == np.asarray(assignments.column("cluster"))).mean()
     assert agree == 1.0  # centroids.npy: DEC's learned centroids
+    # the training record stays with the refined model, so `aepipe eval` still knows its held-out
+    # items (it failed with FileNotFoundError on split.parquet before)
+    from aepipe.report.evaluate import evaluate_run
+
+    assert layout.model.split.is_file() and layout.model.metrics.is_file()
+    report = evaluate_run(run_copy.config())
+    assert report["reconstruction"]["ae"]["sse_per_item"] > 0 and "clustering" in report
 
 
 def test_target_distribution_sharpens_and_normalises():
