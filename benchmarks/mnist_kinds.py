@@ -98,38 +98,22 @@ def run(args: argparse.Namespace) -> list[dict]:
         t = time.perf_counter()
         trained = train_model(cfg)
         train_s = time.perf_counter() - t
-        report = evaluate_run(cfg)
         row = {
             "kind": kind,
             "kinds": cfg.model.kinds,
             "epochs": trained.metrics["epochs"],
             "train_s": round(train_s, 1),
-            "sse": report["reconstruction"]["ae"]["sse_per_item"],
-            "pca_sse": report["reconstruction"]["pca"]["sse_per_item"],
         }
-        if "retrieval" in report:
-            row.update(
-                p10=report["retrieval"]["ae"]["precision_at_10"],
-                pca_p10=report["retrieval"]["pca"]["precision_at_10"],
-                map100=report["retrieval"]["ae"][f"map_at_{cfg.evaluation.map_k}"],
-                acc=report["clustering"]["ae"]["acc"],
-                nmi=report["clustering"]["ae"]["nmi"],
-                pca_acc=report["clustering"]["pca"]["acc"],
-                pca_nmi=report["clustering"]["pca"]["nmi"],
-            )
-            if "ae_umap" in report["clustering"]:
-                row.update(
-                    umap_acc=report["clustering"]["ae_umap"]["acc"], umap_nmi=report["clustering"]["ae_umap"]["nmi"]
-                )
+        row.update(scores(evaluate_run(cfg), cfg.evaluation.map_k))
         rows.append(row)
         print(json.dumps(row), flush=True)
         if args.dec:
-            rows.append(refine_with_dec(cfg, kind, args))
+            rows.append(refine_with_dec(cfg, kind))
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
-def refine_with_dec(cfg, kind: str, args: argparse.Namespace) -> dict:
+def refine_with_dec(cfg, kind: str) -> dict:
     """The library's clustering stage with ``cluster.method=dec`` on the trained run (encode the
     training images, refine the encoder with IDEC, re-encode), then the same evaluation: k-means on
     the refined test codes, so the columns mean what they mean for every other row. The training
@@ -142,27 +126,36 @@ def refine_with_dec(cfg, kind: str, args: argparse.Namespace) -> dict:
     encode_corpus(cfg)
     clustered = cluster_codes(cfg)
     dec_s = time.perf_counter() - t
-    report = evaluate_run(cfg)
-    row = {
+    return {
         "kind": f"{kind}+dec",
         "kinds": cfg.model.kinds + ["dec"],
         "epochs": "–",
         "train_s": round(dec_s, 1),
-        "sse": report["reconstruction"]["ae"]["sse_per_item"],
-        "pca_sse": report["reconstruction"]["pca"]["sse_per_item"],
         "train_dec_acc": clustered.acc,
         "train_dec_nmi": clustered.nmi,
+        **scores(evaluate_run(cfg), cfg.evaluation.map_k),
+    }
+
+
+def scores(report: dict, map_k: int) -> dict:
+    """A row's figures from ``evaluate_run``'s report: test SSE, and with labels P@10, mAP and
+    k-means ACC/NMI (UMAP's too when it ran), each beside PCA's."""
+    row = {
+        "sse": report["reconstruction"]["ae"]["sse_per_item"],
+        "pca_sse": report["reconstruction"]["pca"]["sse_per_item"],
     }
     if "retrieval" in report:
         row.update(
             p10=report["retrieval"]["ae"]["precision_at_10"],
             pca_p10=report["retrieval"]["pca"]["precision_at_10"],
-            map100=report["retrieval"]["ae"][f"map_at_{cfg.evaluation.map_k}"],
+            map100=report["retrieval"]["ae"][f"map_at_{map_k}"],
             acc=report["clustering"]["ae"]["acc"],
             nmi=report["clustering"]["ae"]["nmi"],
             pca_acc=report["clustering"]["pca"]["acc"],
             pca_nmi=report["clustering"]["pca"]["nmi"],
         )
+        if "ae_umap" in report["clustering"]:
+            row.update(umap_acc=report["clustering"]["ae_umap"]["acc"], umap_nmi=report["clustering"]["ae_umap"]["nmi"])
     return row
 
 

@@ -411,20 +411,21 @@ def build_autoencoder(
 
 
 def _build(cfg: ModelConfig, input_shape: tuple[int, ...], output_activation: str, widths: list[int]) -> Autoencoder:
+    n_inputs = math.prod(input_shape)
     if cfg.architecture == "dense":
         return DenseAutoencoder(
             input_shape,
             widths,
             cfg.code_size,
             cfg.activation,
-            cfg.uses_batch_norm(math.prod(input_shape)),
+            cfg.uses_batch_norm(n_inputs),
             output_activation,
             cfg.code_activation,
             cfg.variational,
             cfg.decoder,
             cfg.linear_path,
             cfg.refine_channels,
-            cfg.pca_basis_size(math.prod(input_shape)),
+            cfg.pca_basis_size(n_inputs),
         )
     c, h, w = input_shape  # conv: (C, H, W)
     return ConvAutoencoder(
@@ -432,7 +433,7 @@ def _build(cfg: ModelConfig, input_shape: tuple[int, ...], output_activation: st
         widths,
         cfg.code_size,
         cfg.activation,
-        cfg.uses_batch_norm(math.prod(input_shape)),
+        cfg.uses_batch_norm(n_inputs),
         output_activation,
         cfg.code_activation,
         cfg.variational,

@@ -59,17 +59,21 @@ def test_network_starts_as_exactly_the_fitted_pca(digits_x):
     assert ae_sse <= pca_sse + 1e-5 and ae_sse > 0
 
 
-@pytest.mark.parametrize("mode", ["pca", "pca-frozen"])
-def test_deep_path_learns_and_frozen_pca_stays(digits_x, mode):
-    net, pca = _pca_net(digits_x, CFG.model_copy(update={"linear_path": mode}))
+def _train_steps(net: DenseAutoencoder, x: torch.Tensor, steps: int) -> None:
+    """A few AdamW steps (lr 1e-2) of MSE reconstruction of ``x``, the network in training mode."""
     net.train()
-    before = net.pca_components.detach().clone()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
-    x = torch.from_numpy(digits_x[:64])
-    for _ in range(3):
+    for _ in range(steps):
         opt.zero_grad()
         torch.nn.functional.mse_loss(net(x).out, x).backward()
         opt.step()
+
+
+@pytest.mark.parametrize("mode", ["pca", "pca-frozen"])
+def test_deep_path_learns_and_frozen_pca_stays(digits_x, mode):
+    net, pca = _pca_net(digits_x, CFG.model_copy(update={"linear_path": mode}))
+    before = net.pca_components.detach().clone()
+    _train_steps(net, torch.from_numpy(digits_x[:64]), 3)
     assert float(net.code_head.weight.detach().abs().sum()) > 0  # the zero-initialised deep path moved
     assert float(net.decoder[-1].weight.detach().abs().sum()) > 0
     assert torch.equal(net.pca_components, before) == (mode == "pca-frozen")
@@ -350,13 +354,8 @@ def test_the_deep_path_on_a_basis_can_only_change_the_output_within_it(digits_x)
     cfg = build_config(overrides=["model.code_size=5"]).model_copy(update={"model": BASIS_CFG})
     net = build_autoencoder(BASIS_CFG, (1, 8, 8), "clamp")
     init_linear_path(net, digits_x[:300], cfg)
-    net.train()
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
     x = torch.from_numpy(digits_x[:64])
-    for _ in range(5):
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(net(x).out, x).backward()
-        opt.step()
+    _train_steps(net, x, 5)
     assert float(net.decoder[-1].weight.detach().abs().sum()) > 0  # the deep path moved
     with torch.inference_mode():
         z = net.eval().encode(x)
