@@ -37,7 +37,15 @@ from aepipe.model.networks import Autoencoder, DenseAutoencoder, build_autoencod
 from aepipe.model.progress import EpochLog
 from aepipe.model.saved import encode_array, load_model, save_model
 from aepipe.model.tasks import RESTORATION_TASKS, evaluate_task, match_targets, task_psnr
-from aepipe.model.timebudget import StepPlan, budget_minutes, plan_steps, planned_steps, probe_step_seconds
+from aepipe.model.timebudget import (
+    PROBE_SECONDS,
+    StepPlan,
+    budget_minutes,
+    overestimated,
+    plan_steps,
+    planned_steps,
+    probe_step_seconds,
+)
 from aepipe.model.verdict import baseline_summary, baseline_verdict, linear_codes, retrieval_comparison
 from aepipe.quality.metrics import fit_pca, label_retrieval, pca_baseline, reconstruction_scores
 
@@ -375,6 +383,8 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     fit_s = time.perf_counter() - fit_t0
     if not trainer.is_global_zero:
         return TrainResult(str(layout.model.root), "", {}, len(data.ids), len(quarantine), time.perf_counter() - t0)
+    if warning := overestimated(plan, int(trainer.global_step), fit_s):
+        log.warning(warning)
     # Our own checkpoint, but still read without unpickling arbitrary objects.
     best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(best)
@@ -587,7 +597,12 @@ def plan_time_budget(
     if one_process:
         device = resolve_device(tc)
         where = "cuda" if device.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
+        t = time.perf_counter()
         step_s = probe_step_seconds(net, x, train, tc.batch_size, loss, where)
+        if (quick := plan_steps(tc, n_items, elapsed_s, steps, step_s)) and quick.max_steps is not None:
+            # the budget binds: plan on a longer probe, so a burst of load during 5 steps cannot cut the run
+            step_s = probe_step_seconds(net, x, train, tc.batch_size, loss, where, min_seconds=PROBE_SECONDS)
+        elapsed_s += time.perf_counter() - t
     plan = plan_steps(tc, n_items, elapsed_s, steps, step_s)
     assert plan is not None
     if plan.max_steps is not None:

@@ -34,7 +34,14 @@ RESERVE = 0.15
 # bare step: mnist20k's fit ran 23.7 ms a step where bare steps took 16.3 ms (1.45x).
 STEP_MARGIN = 1.5
 WARMUP_STEPS = 2  # the first steps allocate and warm caches (34 ms, then ~16 ms, on mnist's network)
-PROBE_STEPS = 5
+# Timed steps: at least PROBE_MIN_STEPS (and min_seconds of them, at most PROBE_MAX_STEPS), the
+# median taken. Five steps of 30 ms once read 0.59 s a step during a burst of load on a shared
+# machine (the fit then ran at 0.12 s) and cut a 25-epoch MNIST run to 4; so when the quick probe
+# says the budget binds, the plan is made on a probe of PROBE_SECONDS, where a stall has to last
+# half the probe to move it.
+PROBE_MIN_STEPS = 5
+PROBE_SECONDS = 3.0
+PROBE_MAX_STEPS = 200
 
 
 def budget_minutes(tc: TrainingConfig, n_items: int) -> float | None:
@@ -57,16 +64,25 @@ class StepPlan:
 
 
 def probe_step_seconds(
-    net: Autoencoder, x: np.ndarray, rows: np.ndarray, batch_size: int, loss: str, device: str
+    net: Autoencoder,
+    x: np.ndarray,
+    rows: np.ndarray,
+    batch_size: int,
+    loss: str,
+    device: str,
+    min_seconds: float = 0.0,
 ) -> float:
     """Median seconds of one optimizer step (forward, reconstruction loss, backward, AdamW) of a copy
-    of ``net`` on batches drawn from ``x[rows]`` (x: (N, ...)), after ``WARMUP_STEPS``; ``net`` is
-    left untouched."""
+    of ``net`` on batches drawn from ``x[rows]`` (x: (N, ...)), after ``WARMUP_STEPS``, over at
+    least ``PROBE_MIN_STEPS`` steps and ``min_seconds`` (at most ``PROBE_MAX_STEPS`` steps); ``net``
+    is left untouched."""
     probe = copy.deepcopy(net).to(device).train()
     opt = torch.optim.AdamW([p for p in probe.parameters() if p.requires_grad], lr=1e-6)
     rng = np.random.default_rng(0)
-    times = []
-    for i in range(WARMUP_STEPS + PROBE_STEPS):
+    times: list[float] = []
+    for i in range(WARMUP_STEPS + PROBE_MAX_STEPS):
+        if len(times) >= PROBE_MIN_STEPS and sum(times) >= min_seconds:
+            break
         idx = np.sort(rng.choice(rows, min(batch_size, len(rows)), replace=False))
         xb = torch.from_numpy(np.ascontiguousarray(x[idx])).to(device)
         t = time.perf_counter()
@@ -106,3 +122,18 @@ def planned_steps(tc: TrainingConfig, epochs: int, n_train: int) -> int:
     per_epoch = max(math.ceil(n_train / tc.batch_size), 1)
     steps = epochs * per_epoch
     return min(steps, tc.max_steps) if tc.max_steps else steps
+
+
+def overestimated(plan: StepPlan | None, steps_run: int, fit_s: float) -> str | None:
+    """A warning when the plan cut the steps but the fit ran them in under half the time it had
+    (the machine was busier while probing than while training); None otherwise."""
+    if plan is None or plan.max_steps is None or plan.step_s is None or steps_run < plan.max_steps:
+        return None
+    if fit_s >= plan.seconds_left / 2:
+        return None
+    return (
+        f"the time budget planned {plan.max_steps} steps at {plan.step_s:.3f} s a step, and the fit ran them at "
+        f"{fit_s / max(steps_run, 1):.3f} s a step in {fit_s:.0f} s of the {plan.seconds_left:.0f} s it had: the "
+        "machine was busier while the steps were timed; rerun, or set training.max_steps or "
+        "training.max_time_minutes=null to train every planned step"
+    )
