@@ -15,6 +15,12 @@ in a fresh process (so its peak RSS is its own), on a corpus made here from publ
   or 96x96 and saved as JPEG, every tenth with an EXIF rotation tag: exercises the input-size choice
 - ``newsgroups``: 20 Newsgroups (all 18,846 posts), ``corpus.kind=documents``
 - ``python-docs``: the built-in corpus of standard-library docstrings, ``corpus.kind=documents``
+- ``manpages``: a corpus none of the recipes was chosen on: the machine's own manual pages
+  (``/usr/share/man``, sections 1, 2, 3, 5, 7, 8, up to 300 a section drawn with seed 0, troff
+  requests and escapes stripped, pages under 30 words or ``.so`` links left out) as a folder of
+  ``.txt`` files, the section as the label; ``corpus.kind=documents``. Debian's pages on the
+  machine of the committed table; another system's pages give another corpus (the row says how
+  many documents it made), and a machine without them reports the row as not run.
 
 Measured on the run's own held-out test split (10 %, seed 0): reconstruction SSE per item AE vs
 PCA at the same code size (on word distributions for documents), precision@10 of held-out queries
@@ -41,7 +47,7 @@ from typing import Any
 import numpy as np
 
 DATASETS = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
-ROWS = ["digits", "png400", "mnist20k", "mnist60k", "cifar10k", "mixed-photos", "newsgroups", "python-docs"]
+ROWS = ["digits", "png400", "mnist20k", "mnist60k", "cifar10k", "mixed-photos", "newsgroups", "python-docs", "manpages"]
 IMAGE_CODE, TEXT_CODE = 10, 32  # the only overrides: the code size (the image default is 10)
 
 
@@ -62,7 +68,10 @@ def prepare(row: str, data: Path, datasets: Path) -> list[str]:
     done = folder / ".complete"
     if not done.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        if row == "png400":
+        if row == "manpages":
+            write_man_corpus(folder, MAN_ROOT)
+            done.touch()
+        elif row == "png400":
             from sklearn.datasets import load_digits
 
             d = load_digits()
@@ -76,7 +85,60 @@ def prepare(row: str, data: Path, datasets: Path) -> list[str]:
             n = 10_000 if row == "cifar10k" else 600
             write_photo_folder(folder, x, y, names, range(n), mixed_sizes=row != "cifar10k")
         done.touch()
-    return [f"corpus.source={folder}"]
+    return (["corpus.kind=documents"] if row == "manpages" else []) + [f"corpus.source={folder}"]
+
+
+MAN_ROOT = Path("/usr/share/man")
+MAN_SECTIONS, MAN_PER_SECTION = ("1", "2", "3", "5", "7", "8"), 300
+# troff font changes (\fB), special characters (\(em), size changes (\s-1), strings (\*(Tm), other escapes
+TROFF_ESCAPES = r"\\f[BIRP]|\\\(..|\\s[-+]?\d|\\\*\(..|\\."
+# requests whose argument is text (headings, fonts, list tags, mdoc names); other requests are dropped
+TEXT_REQUESTS = {".SH", ".SS", ".B", ".I", ".BR", ".IR", ".BI", ".IB", ".TP", ".IP", ".Nm", ".Nd", ".Fn", ".Xr"}
+
+
+def man_page_text(troff: str) -> str:
+    """Plain text of a manual page's troff source: comments and formatting requests dropped,
+    the text of headings and font requests kept, escapes removed."""
+    import re
+
+    lines = []
+    for line in troff.splitlines():
+        if line.startswith(('.\\"', "'\\\"")):  # comments
+            continue
+        if line.startswith("."):
+            request, _, rest = line.partition(" ")
+            if request in TEXT_REQUESTS and rest:
+                lines.append(rest)
+            continue
+        lines.append(line)
+    return re.sub(TROFF_ESCAPES, " ", "\n".join(lines))
+
+
+def write_man_corpus(folder: Path, root: Path) -> int:
+    """Up to MAN_PER_SECTION pages of each section (seeded draw) as ``man<section>/<page>.txt``."""
+    import gzip
+
+    rng = np.random.default_rng(0)
+    n = 0
+    for section in MAN_SECTIONS:
+        pages = sorted((root / f"man{section}").glob("*.gz"))
+        kept = 0
+        for i in rng.permutation(len(pages)):
+            if kept == MAN_PER_SECTION:
+                break
+            troff = gzip.open(pages[i], "rt", errors="replace").read()
+            if troff.startswith(".so "):  # a link to another page
+                continue
+            text = man_page_text(troff)
+            if len(text.split()) < 30:
+                continue
+            (folder / f"man{section}").mkdir(exist_ok=True)
+            (folder / f"man{section}" / (pages[i].name.removesuffix(".gz") + ".txt")).write_text(text)
+            kept += 1
+        n += kept
+    if n == 0:
+        raise FileNotFoundError(f"no manual pages under {root}: the manpages row needs them")
+    return n
 
 
 PHOTO_SIZES = [(64, 48), (200, 150), (320, 240), (96, 96)]
@@ -242,7 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     start = {"commit": git_commit(), "load": f"{os.getloadavg()[0]:.1f}", "time": f"{datetime.now(UTC):%Y-%m-%d %H:%M}"}
     rows = []
     for row in rows_wanted:
-        corpus = prepare(row, out / "data", Path(args.datasets))
+        try:
+            corpus = prepare(row, out / "data", Path(args.datasets))
+        except FileNotFoundError as exc:  # e.g. no manual pages on this machine: the row is not run
+            rows.append({"row": row, "error": str(exc)})
+            print(rows[-1], file=sys.stderr, flush=True)
+            continue
         (out / f"{row}.corpus.json").write_text(json.dumps(corpus))
         proc = subprocess.run(
             [sys.executable, "-m", "benchmarks.defaults", "--out", str(out), "--child", row],

@@ -47,3 +47,31 @@ def test_photo_folders_mixed_sizes_with_exif_rotations_or_plain_pngs(tmp_path):
     assert [p.parent.name for p in pngs] == ["cat", "dog", "ship"]
     with Image.open(pngs[1]) as img:
         assert img.size == (32, 32) and np.array_equal(np.asarray(img), x[1])
+
+
+def test_man_pages_become_a_labelled_text_folder(tmp_path):
+    """The manpages row's corpus: troff made plain text, one folder per section, links and stubs
+    left out; a machine without pages gets a clear error (the row is reported as not run)."""
+    import gzip
+
+    from benchmarks.defaults import write_man_corpus
+
+    root = tmp_path / "man"
+    (root / "man1").mkdir(parents=True)
+    (root / "man2").mkdir()
+    page = (
+        '.\\" a comment that must not reach the text\n.TH LS 1\n.SH NAME\nls \\- list directory contents\n'
+        ".SH DESCRIPTION\n.B ls\nlists \\fBfiles\\fR " + "and folders " * 20 + "\n.PP\n"
+    )
+    for name, body in [("ls.1.gz", page), ("dir.1.gz", ".so man1/ls.1\n"), ("tiny.1.gz", ".SH NAME\nx\n")]:
+        (root / "man1" / name).write_bytes(gzip.compress(body.encode()))
+    (root / "man2" / "read.2.gz").write_bytes(gzip.compress(page.replace("ls", "read").encode()))
+    out = tmp_path / "corpus"
+    out.mkdir()
+    assert write_man_corpus(out, root) == 2
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.txt")) == ["man1/ls.1.txt", "man2/read.2.txt"]
+    text = (out / "man1" / "ls.1.txt").read_text()
+    assert "list directory contents" in text and "files" in text and "comment" not in text
+    assert "\\f" not in text and ".SH" not in text and ".TH" not in text
+    with pytest.raises(FileNotFoundError, match="no manual pages"):
+        write_man_corpus(tmp_path / "empty", tmp_path / "nowhere")

@@ -48,7 +48,7 @@ from aepipe.files import (
 )
 from aepipe.layout import RunLayout, StoreFiles
 from aepipe.logs import timed
-from aepipe.model.saved import LoadedModel, encode_array, inference_settings, load_model
+from aepipe.model.saved import LoadedModel, encode_array, inference_settings, load_model, reconstruction_target
 from aepipe.prefetch import prefetch
 from aepipe.runconfig import run_stage
 
@@ -218,6 +218,7 @@ def encode_batches(
         batches = corpus.iter_batches(model.prep, ec.batch_size, quarantine, shard, keep, workers)  # type: ignore[arg-type]
     else:
         batches = corpus.iter_batches(model.prep, ec.batch_size, quarantine, shard=shard, keep=keep)  # type: ignore[arg-type]
+    is_text = isinstance(model.prep, TextPreprocessor)  # errors against word distributions
     threads = torch.get_num_threads()
     if workers > 0 and device.type == "cpu":
         # the decode workers take the cores: torch's own threads beside them only oversubscribe
@@ -225,7 +226,8 @@ def encode_batches(
         torch.set_num_threads(max(1, _usable_cores() - workers))
     try:
         for batch in prefetch(batches, ec.prefetch_batches):
-            codes, errors = encode_array(net, torch.from_numpy(batch.x), autocast)
+            target = torch.from_numpy(reconstruction_target(model.prep, batch.x)) if is_text else None
+            codes, errors = encode_array(net, torch.from_numpy(batch.x), autocast, target)
             yield batch, codes.numpy(), errors.numpy()
     finally:
         torch.set_num_threads(threads)

@@ -35,7 +35,7 @@ from aepipe.model.device import resolve_device
 from aepipe.model.module import AutoencoderModule, reconstruction_loss
 from aepipe.model.networks import Autoencoder, DenseAutoencoder, build_autoencoder
 from aepipe.model.progress import EpochLog
-from aepipe.model.saved import encode_array, load_model, save_model
+from aepipe.model.saved import encode_array, load_model, reconstruction_target, save_model
 from aepipe.model.tasks import RESTORATION_TASKS, evaluate_task, match_targets, task_psnr
 from aepipe.model.timebudget import (
     PROBE_SECONDS,
@@ -392,7 +392,7 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     kept_start = keep_better_start(net, start, *criterion) if start is not None and criterion else False
 
     with timed("evaluate held-out items against the linear baseline"):
-        metrics = evaluate_reconstruction(net, x, split, cfg, data.labels)
+        metrics = evaluate_reconstruction(net, x, split, cfg, data.labels, prep)
     if cfg.training.task in RESTORATION_TASKS:
         held = next((split[s] for s in ("test", "val", "train") if len(split[s])), split["train"])
 
@@ -662,18 +662,25 @@ def init_from_model(net: Autoencoder, transfer: TransferConfig) -> int:
 
 
 def evaluate_reconstruction(
-    net, x: np.ndarray, split: dict[str, np.ndarray], cfg: PipelineConfig, labels: list[str | None] | None = None
+    net,
+    x: np.ndarray,
+    split: dict[str, np.ndarray],
+    cfg: PipelineConfig,
+    labels: list[str | None] | None = None,
+    prep: Preprocessor | None = None,
 ) -> dict:
     """AE vs the linear baseline at the same code size, on the test split (or val, or train when
     tiny; which one is recorded as ``evaluated_on``: only "test" figures are held-out):
     reconstruction next to PCA, and with ``labels`` P@10 next to PCA (LSA for documents) codes;
-    ``baseline`` says who won, with hints when the AE lost (aepipe.model.verdict)."""
+    ``baseline`` says who won, with hints when the AE lost (aepipe.model.verdict). Documents
+    (``prep`` a TextPreprocessor): both the AE and PCA reconstruct the word distributions."""
     split_name = next((s for s in ("test", "val", "train") if len(split[s])), "train")
     if split_name != "test":
         log.warning("no test split: reconstruction is measured on the %s items, which are not held out", split_name)
     held = split[split_name]
     xt = x[held]
-    codes_t, sse = _encode_all(net, xt)
+    reference = (lambda a: reconstruction_target(prep, a)) if prep is not None else (lambda a: a)
+    codes_t, sse = _encode_all(net, xt, reference(xt))
     dim = int(np.prod(xt.shape[1:]))
     ae = reconstruction_scores(sse, dim)
     xtrain = x[split["train"]]
@@ -685,7 +692,9 @@ def evaluate_reconstruction(
         retrieval = retrieval_comparison(
             cfg, codes_train, codes_t, base_train, base_test, list(y[split["train"]]), list(y[held])
         )
-    if net.output_activation == "softmax":  # as encode_array: both reconstruct the inputs normalised to sum 1
+    if prep is not None:
+        xtrain, xt = reference(xtrain), reference(xt)
+    elif net.output_activation == "softmax":  # no preprocessor to undo the weighting: the inputs normalised
         xtrain, xt = (a / np.maximum(a.sum(1, keepdims=True), 1e-12) for a in (xtrain, xt))
     pca = pca_baseline(xtrain, xt, cfg.model.code_size, cfg.training.seed)
     return {
@@ -697,12 +706,21 @@ def evaluate_reconstruction(
         "retrieval": retrieval,
         "evaluated_on": split_name,
         "n_evaluated": len(xt),
+        "reconstruction_target": "word distribution" if isinstance(prep, TextPreprocessor) else "input",
     }
 
 
-def _encode_all(net, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Codes and per-item SSE of an array, 4,096 items at a time. (N, ...) -> (N, code), (N,)"""
-    parts = [encode_array(net, torch.from_numpy(x[i : i + 4096])) for i in range(0, len(x), 4096)]
+def _encode_all(net, x: np.ndarray, target: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and per-item SSE (against ``target``, default the input) of an array, 4,096 items at a
+    time. (N, ...) -> (N, code), (N,)"""
+    parts = [
+        encode_array(
+            net,
+            torch.from_numpy(x[i : i + 4096]),
+            target=None if target is None else torch.from_numpy(target[i : i + 4096]),
+        )
+        for i in range(0, len(x), 4096)
+    ]
     return np.concatenate([z.numpy() for z, _ in parts]), np.concatenate([e.numpy() for _, e in parts])
 
 

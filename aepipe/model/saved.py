@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from aepipe import __version__
 from aepipe.config import PipelineConfig
 from aepipe.errors import ConfigError, MissingArtifact
-from aepipe.features import Preprocessor, preprocessor_from_dict
+from aepipe.features import Preprocessor, TextPreprocessor, preprocessor_from_dict
 from aepipe.files import atomic_write_json, read_json
 from aepipe.layout import ModelFiles
 from aepipe.model.networks import Autoencoder, build_autoencoder
@@ -114,9 +115,13 @@ def load_model(files: ModelFiles | str | Path) -> LoadedModel:
 
 
 @torch.inference_mode()
-def encode_array(net: Autoencoder, x: torch.Tensor, autocast: str = "off") -> tuple[torch.Tensor, torch.Tensor]:
+def encode_array(
+    net: Autoencoder, x: torch.Tensor, autocast: str = "off", target: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes and per-item summed squared reconstruction error. (B, C, H, W) -> (B, code), (B,)
-    For a softmax output (documents) the error is measured against the input normalised to sum 1.
+    The error is measured against ``target`` (B, ...) when given: for documents, the word
+    distribution the softmax decoder is trained to output (``reconstruction_target``); without it,
+    against the input (for a softmax output, the input normalised to sum 1: only codes wanted).
     Runs on the device of ``net`` (``x`` is moved there); results come back as float32 on the CPU.
     ``autocast``: "bf16" / "fp16" run the forward pass in that precision (torch.autocast)."""
     device = next(net.parameters()).device
@@ -125,9 +130,18 @@ def encode_array(net: Autoencoder, x: torch.Tensor, autocast: str = "off") -> tu
         z, out = net.code_and_output(x)  # (B, code), (B, *input_shape); a U-Net's decoder also needs the encoder maps
         recon = net.activate(out)
     z, recon = z.float(), recon.float()
-    if net.output_activation == "softmax":
+    if target is not None:
+        x = target.to(device)
+    elif net.output_activation == "softmax":
         x = x / x.sum(-1, keepdim=True).clamp_min(1e-12)
     return z.cpu(), (recon - x).pow(2).flatten(1).sum(1).cpu()
+
+
+def reconstruction_target(prep: Preprocessor, x: np.ndarray) -> np.ndarray:
+    """What a model's reconstruction is scored against: the items themselves, or for documents
+    their word distributions (term counts normalised to sum 1; the TF-IDF inputs normalised to sum 1
+    are a different distribution, which the decoder is never trained to output). (N, ...) -> (N, ...)"""
+    return prep.word_distribution(x) if isinstance(prep, TextPreprocessor) else x
 
 
 AUTOCAST_DTYPES = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -21,11 +21,12 @@ from aepipe.codes.encode import codes_of
 from aepipe.config import PipelineConfig
 from aepipe.corpus import Quarantine
 from aepipe.errors import MissingArtifact, missing_extra
+from aepipe.features import TextPreprocessor
 from aepipe.files import atomic_write_bytes, atomic_write_json
 from aepipe.layout import RunLayout
 from aepipe.logs import timed
 from aepipe.model.fit import Dataset, read_items
-from aepipe.model.saved import LoadedModel, load_model
+from aepipe.model.saved import LoadedModel, load_model, reconstruction_target
 from aepipe.quality.metrics import (
     cluster_scores,
     fit_pca,
@@ -95,17 +96,20 @@ def evaluate_run(cfg: PipelineConfig) -> dict[str, Any]:
         db_codes, q_codes = codes_of(model, db.x), codes_of(model, queries.x)
         recon = _reconstruct(model, queries.x)
     flat_db, flat_q = db.x.reshape(len(db.x), -1), queries.x.reshape(len(queries.x), -1)
-    target = "input"
+    target, ref_db, ref_q = "input", flat_db, flat_q
     if model.net.output_activation == "softmax":
-        # documents: the decoder outputs the word distribution, so both the AE and PCA (LSA) are
-        # scored on reconstructing the inputs normalised to sum 1 (as training and encode measure
-        # it), never a distribution against raw TF-IDF weights
+        # documents: PCA codes of the TF-IDF inputs normalised to sum 1 are the (LSA) retrieval
+        # baseline; the decoder outputs a word distribution, so the AE and a PCA of the word
+        # distributions are both scored on reconstructing the word distributions (as in training and encode)
         flat_db, flat_q = (a / np.maximum(a.sum(1, keepdims=True), 1e-12) for a in (flat_db, flat_q))
-        target = "word distribution (inputs normalised to sum 1)"
+        text = isinstance(model.prep, TextPreprocessor)
+        target = "word distribution" if text else "inputs normalised to sum 1"
+        ref_db, ref_q = (reconstruction_target(model.prep, a) for a in (db.x, queries.x)) if text else (flat_db, flat_q)
     with timed(f"PCA-{d} baseline"):
         pca = fit_pca(flat_db, d, ec.seed)
         pca_db, pca_q = pca.transform(flat_db), pca.transform(flat_q)
-        pca_recon = pca.inverse_transform(pca_q)
+        recon_pca = pca if ref_q is flat_q else fit_pca(ref_db, d, ec.seed)
+        pca_recon = recon_pca.inverse_transform(recon_pca.transform(ref_q))
     dim = flat_q.shape[1]
     report: dict[str, Any] = {
         "model_id": model.model_id,
@@ -115,8 +119,8 @@ def evaluate_run(cfg: PipelineConfig) -> dict[str, Any]:
         "n_queries": len(queries.ids),
         "reconstruction": {
             "target": target,
-            "ae": reconstruction_scores(sse_per_item(flat_q, recon), dim),
-            "pca": reconstruction_scores(sse_per_item(flat_q, pca_recon), dim),
+            "ae": reconstruction_scores(sse_per_item(ref_q, recon), dim),
+            "pca": reconstruction_scores(sse_per_item(ref_q, pca_recon), dim),
         },
         "bytes_per_item": {"code_float32": 4 * d, "code_float16": 2 * d, "raw_uint8": dim, "raw_float32": 4 * dim},
     }

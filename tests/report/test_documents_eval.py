@@ -3,6 +3,8 @@ PCA (LSA) on the same target, the normalised word distribution."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -69,3 +71,39 @@ def test_document_eval_compares_word_distributions_for_both_methods(doc_run):
     assert rec["target"].startswith("word distribution")
     # two distributions differ by at most 2 in summed squared error; raw TF-IDF inputs are far larger
     assert 0 < rec["ae"]["sse_per_item"] <= 2 and 0 < rec["pca"]["sse_per_item"] <= 2
+
+
+def test_reconstruction_is_scored_against_word_distributions_not_normalised_tfidf(doc_run):
+    """The softmax decoder is trained to output each document's word distribution (term counts
+    normalised to sum 1). Training's verdict, the store's per-item errors and eval score exactly that
+    target, for the AE and for PCA alike; the TF-IDF inputs normalised to sum 1 are a different
+    distribution (log counts times idf), which the AE was scored against before."""
+    import torch
+
+    from aepipe.model.saved import load_model
+    from aepipe.quality.metrics import pca_baseline
+
+    layout = RunLayout.at(doc_run.run_dir)
+    model = load_model(layout.model)
+    split = dict(zip(*pq.read_table(layout.model.split).to_pydict().values()))
+    root = Path(doc_run.corpus.source)
+    docs = sorted(root.rglob("*.txt"))
+    ids = [str(p.relative_to(root)) for p in docs]
+    x = model.prep.transform([p.read_text() for p in docs])  # (N, V) TF-IDF
+    words = model.prep.word_distribution(x)  # (N, V) rows sum to 1
+    tfidf_sum1 = x / x.sum(1, keepdims=True)
+    assert np.abs(words - tfidf_sum1).sum(1).mean() > 0.05  # the two targets differ on this corpus
+    with torch.no_grad():
+        out = model.net.reconstruct(torch.from_numpy(x)).numpy()
+    want = ((out - words) ** 2).sum(1)
+
+    store = pq.read_table(layout.store).to_pydict()
+    errors = dict(zip(store["id"], store["recon_error"]))
+    np.testing.assert_allclose([errors[i] for i in ids], want, rtol=1e-4, atol=1e-7)
+
+    metrics = read_json(layout.model.metrics)
+    test = np.array([split[i] == "test" for i in ids])
+    train = np.array([split[i] == "train" for i in ids])
+    assert metrics["ae"]["sse_per_item"] == pytest.approx(want[test].mean(), rel=1e-4)
+    pca = pca_baseline(words[train], words[test], model.code_size, seed=doc_run.training.seed)
+    assert metrics["pca"]["sse_per_item"] == pytest.approx(pca["sse_per_item"], rel=1e-3)
