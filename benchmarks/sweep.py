@@ -16,7 +16,8 @@ Each recipe is one set of overrides on top of the defaults; one row per recipe, 
 training split only (the same read and ``split_indices(n, 0.1, 0.1, seed 0)`` as the pipeline),
 written as a JSONL of text and label (the package); each run's 10 % test split of it is the
 validation set, AE against LSA (P@10, cosine) and PCA on the word distributions (SSE). Only the
-document recipes (``doc:``) apply to it.
+document recipes (``doc:``) apply to it. ``--dataset manpages``: the same for the defaults
+benchmark's manpages row (the machine's manual pages, made as that row makes them).
 
 ``--dataset digits32`` (a png400 stand-in, 1,024 inputs): 400 of those training items outside the
 first 400 digits (png400's items), upscaled 4x bilinear to 32x32 as png400 is; the same protocol
@@ -167,26 +168,44 @@ def carve_digits32(out: Path, n_items: int = 400) -> Path:
     return path
 
 
-def carve_python_docs(out: Path) -> Path:
-    """The python-docs row's training split only, as a JSONL of id, text and label: the items read as
+def carve_documents(out: Path, row: str, source: str) -> Path:
+    """A document row's training split only, as a JSONL of id, text and label: the items read as
     the training stage reads them (``load_training_data``), split as it splits them."""
     import json
 
     from aepipe.corpus import Quarantine, open_corpus
     from aepipe.model.fit import load_training_data
 
-    cfg = build_config(overrides=["corpus.kind=documents", "corpus.source=python-docs", "model.code_size=32"])
+    cfg = build_config(overrides=["corpus.kind=documents", f"corpus.source={source}", "model.code_size=32"])
     data, _ = load_training_data(cfg, Quarantine("train"))
     tc = cfg.training
     train = split_indices(len(data.ids), tc.val_fraction, tc.test_fraction, tc.seed)["train"]
     keep = {data.ids[i] for i in train}
-    path = out / "python-docs-train-split.jsonl"
+    path = out / f"{row}-train-split.jsonl"
     with open(path, "w") as fh:
         for raw in open_corpus(cfg.corpus).iter_raw():
             if raw.id in keep:
                 fh.write(json.dumps({"id": raw.id, "text": raw.payload.text, "label": raw.label}) + "\n")
                 keep.discard(raw.id)
     return path
+
+
+def carve_python_docs(out: Path) -> Path:
+    """The python-docs row's training split only."""
+    return carve_documents(out, "python-docs", "python-docs")
+
+
+def carve_manpages(out: Path) -> Path:
+    """The manpages row's training split only: the machine's manual pages made into a folder as
+    ``benchmarks.defaults`` makes them (same draw), then its training split as a JSONL."""
+    from benchmarks.defaults import MAN_ROOT, write_man_corpus
+
+    folder = out / "manpages"
+    if not (folder / ".complete").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_man_corpus(folder, MAN_ROOT)
+        (folder / ".complete").touch()
+    return carve_documents(out, "manpages", str(folder))
 
 
 def carve_photos(out: Path, n_items: int = 600) -> Path:
@@ -228,7 +247,9 @@ CARVES = {
     "photos": carve_photos,
     "cifar": carve_cifar,
     "python-docs": carve_python_docs,
+    "manpages": carve_manpages,
 }
+DOCUMENT_SETS = ("python-docs", "manpages")
 
 
 def run_recipe(
@@ -300,7 +321,7 @@ def table(rows: list[dict], argv: list[str]) -> str:
             f"| {r['val_pca_p10']:.3f}{base} | {_count(r['beats_both'], r['n_seeds'])} "
             f"| {_count(r['kept_start'], r['n_seeds'])} | {r['epochs']:.0f} | {r['seconds']:.0f} |"
         )
-    row = "python-docs" if "python-docs" in argv else "digits"
+    row = next((d for d in DOCUMENT_SETS if d in argv), "digits")
     if "cifar" in argv:
         lines += [
             "",
@@ -337,8 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         help="digits: the digits row's 1,437 training items (8x8); digits32: 400 of them outside png400, "
         "upscaled to 32x32 (a png400 stand-in); photos: 600 CIFAR-10 training images outside the cifar10k "
         "and mixed-photos rows, written as mixed-photos is (a stand-in for both); cifar: CIFAR-10 training images "
-        "10,000-19,999 as PNGs (a cifar10k stand-in); python-docs: the python-docs row's training documents "
-        "(use --code-size 32, as the defaults row)",
+        "10,000-19,999 as PNGs (a cifar10k stand-in); python-docs / manpages: that row's training documents "
+        "(use --code-size 32, as the defaults rows)",
     )
     # Recipe names hold commas: the list is separated by semicolons.
     p.add_argument(
@@ -350,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated training.seed values: each recipe runs once per seed, the table shows means",
     )
     args = p.parse_args(argv)
-    default = [n for n in RECIPES if (n in DOC_RECIPES) == (args.dataset == "python-docs")]
+    default = [n for n in RECIPES if (n in DOC_RECIPES) == (args.dataset in DOCUMENT_SETS)]
     names = default if not args.recipes else [n.strip() for n in args.recipes.split(";") if n.strip()]
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
