@@ -134,6 +134,9 @@ DOC_RECIPES: dict[str, list[str]] = {
     "doc: knn_target k=10": [*DOCS, "training.knn_target={k: 10}"],
     "doc: knn_target k=20": [*DOCS, "training.knn_target={k: 20}"],
     "doc: lr 1e-3": [*DOCS, "training.lr=0.001", NO_KNN],
+    # session 9, after the manpages row: less or no masking noise (with the preset's knn_target)
+    "doc: masking 0.25": [*DOCS, "model.denoising.level=0.25"],
+    "doc: no denoising": [*DOCS, "model.denoising=null"],
 }
 RECIPES.update(DOC_RECIPES)
 
