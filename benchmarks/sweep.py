@@ -137,6 +137,8 @@ DOC_RECIPES: dict[str, list[str]] = {
     # session 9, after the manpages row: less or no masking noise (with the preset's knn_target)
     "doc: masking 0.25": [*DOCS, "model.denoising.level=0.25"],
     "doc: no denoising": [*DOCS, "model.denoising=null"],
+    "doc: min_steps 1000": [*DOCS, "training.min_steps=1000"],
+    "doc: min_steps 1000, masking 0.25": [*DOCS, "training.min_steps=1000", "model.denoising.level=0.25"],
 }
 RECIPES.update(DOC_RECIPES)
 
