@@ -271,7 +271,7 @@ def table(rows: list[dict], not_run: list[str], argv: list[str], start: dict[str
             continue
         lines.append(
             f"| {r['row']} | {r['n_items']:,} | {'x'.join(map(str, r['input_shape']))} | {r['code_size']} "
-            f"| {r['ae_sse']:.3f} | {r['pca_sse']:.3f} | {r['ae_p10']:.3f} | {r['base_p10']:.3f} ({r['baseline']}) "
+            f"| {r['ae_sse']:.4g} | {r['pca_sse']:.4g} | {r['ae_p10']:.4f} | {r['base_p10']:.4f} ({r['baseline']}) "
             f"| {r['ae_acc']:.3f} | {r['base_acc']:.3f} | {r['ae_nmi']:.3f} | {r['base_nmi']:.3f} "
             f"| {'yes' if r['beats_both'] else 'NO'} | {'yes' if r.get('kept_start') else 'no'} "
             f"| {r['epochs']} ({r['steps']}) | {r['train_s']:.0f} "
