@@ -170,7 +170,7 @@ def test_empty_vocabulary_is_a_corpus_error():
 def test_document_defaults_give_way_to_explicit_settings():
     cfg = build_config(overrides=["corpus.kind=documents"])
     assert cfg.model.decoder == "linear" and cfg.model.loss == "softmax" and cfg.index.metric == "cosine"
-    assert cfg.model.widths() == [500, 250, 125] and cfg.model.denoising.level == 0.5
+    assert cfg.model.widths() == [500, 250, 125] and cfg.model.denoising.level == 0.25
     cfg = build_config(
         overrides=["corpus.kind=documents", "model.n_layers=2", "model.denoising=null", "index.metric=l2"]
     )
