@@ -22,7 +22,7 @@ from aepipe.config import PipelineConfig
 from aepipe.errors import ConfigError
 from aepipe.files import atomic_write_json, fresh_dir, recover_dir, replace_dir
 from aepipe.index.choose import Choice, choose_index, training_size, wants_on_disk
-from aepipe.index.faissio import METRICS, ivf_of, normalize, write_index_file
+from aepipe.index.faissio import METRICS, bulk_adder, ivf_of, normalize, write_index_file
 from aepipe.index.ondisk import add_on_disk
 from aepipe.index.tune import exact_neighbours, latency_percentiles, load_eval_queries, tune_search
 from aepipe.index.vectors import add_all
@@ -121,7 +121,8 @@ def write_index(cfg: PipelineConfig, store_dir: Path, dest: Path) -> dict[str, A
         if on_disk:
             add_on_disk(index, store, ic, files)
         else:
-            add_all(store, ic, files, lambda x, _: index.add(x))
+            add = bulk_adder(index)
+            add_all(store, ic, files, lambda x, _: add(x))
         seconds["add"] = time.perf_counter() - t
         if not on_disk:
             t = time.perf_counter()

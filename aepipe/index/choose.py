@@ -22,7 +22,7 @@ import numpy as np
 
 from aepipe.config import IndexConfig
 from aepipe.errors import ConfigError
-from aepipe.index.faissio import METRICS, ivf_of, normalize, set_search_params
+from aepipe.index.faissio import EXACT_ASSIGN_MAX_LISTS, METRICS, bulk_adder, ivf_of, normalize, set_search_params
 from aepipe.index.tune import tune_search
 
 log = logging.getLogger(__name__)
@@ -290,7 +290,7 @@ def calibrate_one(
         index.train(sample[rng.permutation(s)[: training_size(index, s, cfg.train_points_per_list)]])
     train_s = time.perf_counter() - t
     t = time.perf_counter()
-    index.add(sample)
+    bulk_adder(index)(sample)  # as build_index adds: an HNSW quantizer's lists assigned exactly
     add_s = time.perf_counter() - t
     params, recall, latency, _ = tune_search(index, queries, excluded, truth, k, cfg.recall_target)
     quantizer_ms = 0.0
@@ -363,10 +363,11 @@ def extrapolate(
       add x (n/s) x ln n / ln s; query x ln n / ln s.
     - IVF, training: k-means on ``n_train`` points against nlist centroids: x n_train*nlist; with
       ``coarse`` = (points, seconds) of k-means at the full nlist (coarse_training_cost): x n_train/points.
-    - IVF, add: one coarse assignment per vector: flat quantizer x n*nlist, HNSW quantizer
-      x n * ln nlist.
-    - IVF, query: the quantizer part scales like the assignment; the scan of nprobe lists with the
-      list length n/nlist (nprobe is taken as it was tuned on the sample)."""
+    - IVF, add: one coarse assignment per vector, exact (a flat search over the centroids, also
+      under an HNSW quantizer up to EXACT_ASSIGN_MAX_LISTS lists: ``bulk_adder``) x n*nlist, else
+      through the HNSW graph x n * ln nlist.
+    - IVF, query: the quantizer part x nlist (flat) or x ln nlist (HNSW); the scan of nprobe lists
+      with the list length n/nlist (nprobe is taken as it was tuned on the sample)."""
     s = sample["items"]
     if name.startswith("HNSW"):
         grow = math.log(n) / math.log(s)
@@ -377,13 +378,14 @@ def extrapolate(
     if coarse is not None:
         train = coarse[1] * n_train / coarse[0]
     if "_HNSW" in name:
-        assign = math.log(max(nlist, 2)) / math.log(max(nlist_s, 2))
+        lookup = math.log(max(nlist, 2)) / math.log(max(nlist_s, 2))
     else:
-        assign = nlist / nlist_s
-    add = sample["add_s"] * n / s * assign
+        lookup = nlist / nlist_s
+    exact = "_HNSW" not in name or nlist <= EXACT_ASSIGN_MAX_LISTS  # how bulk_adder assigns at the full size
+    add = sample["add_s"] * n / s * (nlist / nlist_s if exact else lookup)
     quantizer = sample["quantizer_ms_per_query"]
     scan = max(sample["latency_ms_per_query"] - quantizer, 0.0)
-    return train + add, quantizer * assign + scan * (n / nlist) / (s / nlist_s)
+    return train + add, quantizer * lookup + scan * (n / nlist) / (s / nlist_s)
 
 
 def pick(measured: list[dict[str, Any]], cfg: IndexConfig) -> tuple[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,35 @@ def ivf_of(index: Any) -> Any:  # faiss.IndexIVF | None
         return faiss.extract_index_ivf(index)
     except (RuntimeError, TypeError):
         return None
+
+
+# Bulk assignment by a flat search up to this many lists: at 4,096 it took 1.5 s for 1M x 32-d where
+# the HNSW quantizer took 5.6 s (2 threads); its cost grows with the lists, the graph's with their log.
+EXACT_ASSIGN_MAX_LISTS = 8192
+
+
+def bulk_adder(index: Any) -> Callable[[np.ndarray], None]:
+    """How to add batches to a freshly trained ``index``: ``index.add``, except for an IVF index
+    whose coarse quantizer is approximate (``IVF…_HNSW32``): there each batch is assigned to its
+    exact nearest list by one flat (BLAS) search over the centroids and handed to faiss's
+    ``add_preassigned`` (up to ``EXACT_ASSIGN_MAX_LISTS`` lists). Exact is also cheaper in bulk:
+    1M x 32-d into IVF4096_HNSW32 spent most of its add time in 1M HNSW searches
+    (benchmarks/RESULTS-large.md, session 9)."""
+    ivf = faiss.downcast_index(index)
+    if not isinstance(ivf, faiss.IndexIVF) or isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexFlat):
+        return index.add  # not IVF, IVF under a transform (OPQ), or already a flat quantizer
+    if ivf.nlist > EXACT_ASSIGN_MAX_LISTS:
+        return index.add  # a flat search's cost grows with the lists, the graph's with their log
+    from faiss.contrib.ivf_tools import add_preassigned
+
+    centroids = faiss.IndexFlat(ivf.d, ivf.quantizer.metric_type)
+    centroids.add(ivf.quantizer.reconstruct_n(0, ivf.nlist))
+
+    def add(x: np.ndarray) -> None:
+        _, lists = centroids.search(x, 1)  # (B, 1)
+        add_preassigned(ivf, x, lists[:, 0].astype(np.int64))
+
+    return add
 
 
 def normalize(x: np.ndarray, metric: str) -> np.ndarray:

@@ -154,8 +154,9 @@ def test_extrapolation_follows_each_kinds_cost_model():
     # k-means measured at the full 4096 lists on 159,744 points: training scales with the points only
     build_measured, _ = extrapolate("IVF4096,Flat", 1_000_000, ivf_sample, 1_000_000, (159_744, 0.8))
     assert build_measured == pytest.approx(0.8 * 1e6 / 159_744 + 0.01 * 100 * 16)
-    hnsw_q = extrapolate("IVF4096_HNSW32,Flat", 1_000_000, ivf_sample, 1_000_000)[1]
-    assert hnsw_q < query  # log of the centroids, not their number
+    hnsw_build, hnsw_q = extrapolate("IVF4096_HNSW32,Flat", 1_000_000, ivf_sample, 1_000_000)
+    assert hnsw_q < query  # queries look up the centroids in a graph: log of their number
+    assert hnsw_build == pytest.approx(build)  # bulk adds assign exactly (bulk_adder), as under a flat quantizer
 
 
 def test_calibrated_names_fit_the_memory_budget():
