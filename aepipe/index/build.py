@@ -122,7 +122,7 @@ def write_index(cfg: PipelineConfig, store_dir: Path, dest: Path) -> dict[str, A
             add_on_disk(index, store, ic, files)
         else:
             add = bulk_adder(index)
-            add_all(store, ic, files, lambda x, _: add(x))
+            add_all(store, ic, files, lambda x, _: add(x, None))
         seconds["add"] = time.perf_counter() - t
         if not on_disk:
             t = time.perf_counter()

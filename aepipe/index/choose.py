@@ -290,7 +290,7 @@ def calibrate_one(
         index.train(sample[rng.permutation(s)[: training_size(index, s, cfg.train_points_per_list)]])
     train_s = time.perf_counter() - t
     t = time.perf_counter()
-    bulk_adder(index)(sample)  # as build_index adds: an HNSW quantizer's lists assigned exactly
+    bulk_adder(index)(sample, None)  # as build_index adds: an HNSW quantizer's lists assigned exactly
     add_s = time.perf_counter() - t
     params, recall, latency, _ = tune_search(index, queries, excluded, truth, k, cfg.recall_target)
     quantizer_ms = 0.0

@@ -35,26 +35,31 @@ def ivf_of(index: Any) -> Any:  # faiss.IndexIVF | None
 EXACT_ASSIGN_MAX_LISTS = 8192
 
 
-def bulk_adder(index: Any) -> Callable[[np.ndarray], None]:
-    """How to add batches to a freshly trained ``index``: ``index.add``, except for an IVF index
+def bulk_adder(index: Any) -> Callable[[np.ndarray, np.ndarray | None], None]:
+    """How to add batches (vectors, and int64 ids or None for positions) to a freshly trained
+    ``index``: ``index.add`` / ``add_with_ids``, except for an IVF index
     whose coarse quantizer is approximate (``IVF…_HNSW32``): there each batch is assigned to its
     exact nearest list by one flat (BLAS) search over the centroids and handed to faiss's
     ``add_preassigned`` (up to ``EXACT_ASSIGN_MAX_LISTS`` lists). Exact is also cheaper in bulk:
     1M x 32-d into IVF4096_HNSW32 spent most of its add time in 1M HNSW searches
     (benchmarks/RESULTS-large.md, session 9)."""
     ivf = faiss.downcast_index(index)
+
+    def plain(x: np.ndarray, ids: np.ndarray | None = None) -> None:
+        index.add(x) if ids is None else index.add_with_ids(x, ids)
+
     if not isinstance(ivf, faiss.IndexIVF) or isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexFlat):
-        return index.add  # not IVF, IVF under a transform (OPQ), or already a flat quantizer
+        return plain  # not IVF, IVF under a transform (OPQ), or already a flat quantizer
     if ivf.nlist > EXACT_ASSIGN_MAX_LISTS:
-        return index.add  # a flat search's cost grows with the lists, the graph's with their log
+        return plain  # a flat search's cost grows with the lists, the graph's with their log
     from faiss.contrib.ivf_tools import add_preassigned
 
     centroids = faiss.IndexFlat(ivf.d, ivf.quantizer.metric_type)
     centroids.add(ivf.quantizer.reconstruct_n(0, ivf.nlist))
 
-    def add(x: np.ndarray) -> None:
+    def add(x: np.ndarray, ids: np.ndarray | None = None) -> None:
         _, lists = centroids.search(x, 1)  # (B, 1)
-        add_preassigned(ivf, x, lists[:, 0].astype(np.int64))
+        add_preassigned(ivf, x, lists[:, 0].astype(np.int64), ids)
 
     return add
 

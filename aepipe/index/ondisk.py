@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 
 from aepipe.config import IndexConfig
-from aepipe.index.faissio import quiet_stdout, write_index_file
+from aepipe.index.faissio import bulk_adder, quiet_stdout, write_index_file
 from aepipe.index.vectors import add_all
 from aepipe.layout import IndexFiles
 from aepipe.logs import timed
@@ -24,6 +24,7 @@ def add_on_disk(index: faiss.Index, store, ic: IndexConfig, files: IndexFiles) -
     shard_dir.mkdir(exist_ok=True)
     paths: list[str] = []
     part = None
+    add_to_part = None
 
     def flush() -> None:
         nonlocal part
@@ -33,10 +34,12 @@ def add_on_disk(index: faiss.Index, store, ic: IndexConfig, files: IndexFiles) -
         part = None
 
     def add(x: np.ndarray, position: int) -> None:
-        nonlocal part
+        nonlocal part, add_to_part
         if part is None:
             part = faiss.clone_index(index)
-        part.add_with_ids(x, np.arange(position, position + len(x), dtype=np.int64))  # labels = store positions
+            add_to_part = bulk_adder(part)
+        assert add_to_part is not None
+        add_to_part(x, np.arange(position, position + len(x), dtype=np.int64))  # labels = store positions
         if part.ntotal >= ic.on_disk_shard_items:
             flush()
 

@@ -364,3 +364,22 @@ def test_ivf_with_an_hnsw_quantizer_puts_every_item_in_its_exact_nearest_list(ru
     set_search_params(index, {"nprobe": ivf.nlist})
     _, found = index.search(x[:50], 1)
     assert (found[:, 0] == np.arange(50)).mean() >= 0.9  # exact duplicates in the store may come first
+
+
+def test_on_disk_ivf_with_an_hnsw_quantizer_keeps_store_positions_as_labels(run_copy):
+    """The on-disk build fills partial indexes through the same exact assignment, with explicit ids:
+    every stored vector comes back under its own store position."""
+    build_index(
+        run_copy.config("index.factory=IVF16_HNSW32,Flat", "index.on_disk=always", "index.on_disk_shard_items=128")
+    )
+    layout = RunLayout.at(run_copy.run_dir)
+    assert layout.index.ivfdata.is_file()
+    from aepipe.index.faissio import read_index_file
+
+    index = read_index_file(layout.index, json.loads(layout.index.infos.read_text()))  # lists in index.ivfdata
+    _, codes = open_store(layout.store).read_codes()
+    assert index.ntotal == len(codes)
+    set_search_params(index, {"nprobe": 16})
+    distances, found = index.search(np.ascontiguousarray(codes), 1)
+    assert np.allclose(distances[:, 0], 0, atol=1e-4)  # each finds itself (or an exact copy) at distance 0
+    assert (found[:, 0] == np.arange(len(codes))).mean() >= 0.9
