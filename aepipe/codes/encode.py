@@ -48,8 +48,15 @@ from aepipe.files import (
 )
 from aepipe.layout import RunLayout, StoreFiles
 from aepipe.logs import timed
-from aepipe.model.saved import LoadedModel, encode_array, inference_settings, load_model, reconstruction_target
+from aepipe.model.saved import (
+    LoadedModel,
+    encode_array,
+    inference_settings,
+    load_model,
+    reconstruction_target,
+)
 from aepipe.prefetch import prefetch
+from aepipe.quality.metrics import RECON_TARGET_WORDS
 from aepipe.runconfig import run_stage
 
 log = logging.getLogger(__name__)
@@ -169,7 +176,13 @@ def encode_shard(
     schema = store_schema(
         model.code_size,
         ec.code_dtype,
-        {"model_id": model.model_id, "config": cfg.model_dump(mode="json"), "input_shape": list(model.prep.shape)},
+        {
+            "model_id": model.model_id,
+            "config": cfg.model_dump(mode="json"),
+            "input_shape": list(model.prep.shape),
+            # what recon_error measures (documents: since 589afba; drift compares like with like)
+            "recon_error_target": RECON_TARGET_WORDS if isinstance(model.prep, TextPreprocessor) else "input",
+        },
         DOCUMENT_COLUMNS if isinstance(model.prep, TextPreprocessor) else (),
         ec.code_layout,
     )

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from aepipe.config import PipelineConfig
 from aepipe.layout import RunLayout
+from aepipe.quality.metrics import RECON_TARGET_WORDS
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,15 @@ def measure_drift(
 
     dc = cfg.drift
     if len(new_errors) == 0:
+        return None
+    if cfg.corpus.kind == "documents" and store.meta.get("recon_error_target") != RECON_TARGET_WORDS:
+        # stores encoded before 589afba measured documents against the normalised TF-IDF inputs:
+        # their errors are not comparable with the new items' (a false alarm, or a missed one)
+        log.warning(
+            "drift not measured: this store's reconstruction errors were written by an earlier aepipe, against "
+            "a different target than the new items'; run `aepipe encode --run-dir %s` once to measure them again",
+            cfg.run_dir,
+        )
         return None
     t = store.read(["id", "recon_error"])
     ids = t.column("id")

@@ -29,6 +29,11 @@ def fit_pca(train: np.ndarray, n_components: int, seed: int = 0) -> PCA:
     return PCA(n_components=min(n_components, a.shape[0], a.shape[1]), random_state=seed).fit(a)
 
 
+# What a document store's recon_error measures (its ``recon_error_target`` metadata): the squared
+# error against each document's word distribution (an image store's: against the input).
+RECON_TARGET_WORDS = "word distribution"
+
+
 def pca_baseline(train: np.ndarray, test: np.ndarray, n_components: int, seed: int = 0) -> dict[str, float]:
     """The linear baseline of every AE: PCA at the same code size, fitted on ``train``, its
     reconstruction of ``test`` scored like the AE's."""

@@ -107,3 +107,33 @@ def test_reconstruction_is_scored_against_word_distributions_not_normalised_tfid
     assert metrics["ae"]["sse_per_item"] == pytest.approx(want[test].mean(), rel=1e-4)
     pca = pca_baseline(words[train], words[test], model.code_size, seed=doc_run.training.seed)
     assert metrics["pca"]["sse_per_item"] == pytest.approx(pca["sse_per_item"], rel=1e-3)
+
+
+def test_drift_is_not_measured_against_errors_an_earlier_version_measured_differently(doc_run, tmp_path, caplog):
+    """A document store encoded before errors were scored on word distributions carries no
+    ``recon_error_target``: drift against it would compare two different measures, so it is
+    skipped with a warning naming the fix (re-encode); a store written now is measured."""
+    import json
+    import shutil
+
+    import pyarrow as pa
+
+    from aepipe.codes.store import META_KEY, open_store
+    from aepipe.quality.drift import measure_drift
+
+    layout = RunLayout.at(doc_run.run_dir)
+    store = open_store(layout.store)
+    assert store.meta["recon_error_target"] == "word distribution"
+    new_errors = store.read(["recon_error"]).column("recon_error").to_numpy()[:30] * 3
+    report = measure_drift(doc_run, layout, store, pa.array([], pa.string()), new_errors)
+    assert report is not None and report.n_new == 30
+
+    old = tmp_path / "old-store"
+    shutil.copytree(layout.store, old)
+    for part in sorted(old.glob("part-*.parquet")):  # as an earlier aepipe wrote them: no marker
+        table = pq.read_table(part)
+        meta = json.loads(table.schema.metadata[META_KEY])
+        del meta["recon_error_target"]
+        pq.write_table(table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()}), part)
+    assert measure_drift(doc_run, layout, open_store(old), pa.array([], pa.string()), new_errors) is None
+    assert any("drift not measured" in r.getMessage() and "aepipe encode" in r.getMessage() for r in caplog.records)
