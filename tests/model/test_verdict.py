@@ -103,3 +103,16 @@ def test_an_undertrained_run_warns_and_records_the_verdict(tmp_path, caplog):
     r = b["retrieval"]
     assert r["n_queries"] == 30 and 0 <= r["ae_precision_at_10"] <= 1 and r["baseline_precision_at_10"] > 0.5
     assert "the autoencoder did not beat PCA" in caplog.text
+
+
+def test_the_smaller_network_hint_counts_the_deep_path_only():
+    """A PCA linear path adds a code x inputs matrix that nodes_per_layer does not size: the
+    'smaller network' hint counts what its advice changes."""
+    from aepipe.model.fit import deep_parameters
+    from aepipe.model.networks import DenseAutoencoder
+
+    plain = DenseAutoencoder((1, 32, 32), [16], 4, output_activation="identity")
+    with_path = DenseAutoencoder((1, 32, 32), [16], 4, output_activation="identity", linear_path="pca")
+    total = sum(p.numel() for p in with_path.parameters())
+    assert total == sum(p.numel() for p in plain.parameters()) + 4 * 1024 + 1024
+    assert deep_parameters(with_path) == deep_parameters(plain) == sum(p.numel() for p in plain.parameters())
