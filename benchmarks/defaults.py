@@ -70,7 +70,6 @@ def prepare(row: str, data: Path, datasets: Path) -> list[str]:
         folder.mkdir(parents=True, exist_ok=True)
         if row == "manpages":
             write_man_corpus(folder, MAN_ROOT)
-            done.touch()
         elif row == "png400":
             from sklearn.datasets import load_digits
 

@@ -47,7 +47,7 @@ from aepipe.model.timebudget import (
     probe_step_seconds,
 )
 from aepipe.model.verdict import baseline_summary, baseline_verdict, linear_codes, retrieval_comparison
-from aepipe.quality.metrics import fit_pca, label_retrieval, pca_baseline, reconstruction_scores
+from aepipe.quality.metrics import RECON_TARGET_WORDS, fit_pca, label_retrieval, pca_baseline, reconstruction_scores
 
 log = logging.getLogger(__name__)
 
@@ -672,8 +672,8 @@ def evaluate_reconstruction(
     x: np.ndarray,
     split: dict[str, np.ndarray],
     cfg: PipelineConfig,
-    labels: list[str | None] | None = None,
-    prep: Preprocessor | None = None,
+    labels: list[str | None] | None,
+    prep: Preprocessor,
 ) -> dict:
     """AE vs the linear baseline at the same code size, on the test split (or val, or train when
     tiny; which one is recorded as ``evaluated_on``: only "test" figures are held-out):
@@ -685,8 +685,7 @@ def evaluate_reconstruction(
         log.warning("no test split: reconstruction is measured on the %s items, which are not held out", split_name)
     held = split[split_name]
     xt = x[held]
-    reference = (lambda a: reconstruction_target(prep, a)) if prep is not None else (lambda a: a)
-    codes_t, sse = _encode_all(net, xt, reference(xt))
+    codes_t, sse = _encode_all(net, xt, reconstruction_target(prep, xt))
     dim = int(np.prod(xt.shape[1:]))
     ae = reconstruction_scores(sse, dim)
     xtrain = x[split["train"]]
@@ -698,10 +697,7 @@ def evaluate_reconstruction(
         retrieval = retrieval_comparison(
             cfg, codes_train, codes_t, base_train, base_test, list(y[split["train"]]), list(y[held])
         )
-    if prep is not None:
-        xtrain, xt = reference(xtrain), reference(xt)
-    elif net.output_activation == "softmax":  # no preprocessor to undo the weighting: the inputs normalised
-        xtrain, xt = (a / np.maximum(a.sum(1, keepdims=True), 1e-12) for a in (xtrain, xt))
+    xtrain, xt = reconstruction_target(prep, xtrain), reconstruction_target(prep, xt)
     pca = pca_baseline(xtrain, xt, cfg.model.code_size, cfg.training.seed)
     return {
         "ae": ae,
@@ -712,7 +708,7 @@ def evaluate_reconstruction(
         "retrieval": retrieval,
         "evaluated_on": split_name,
         "n_evaluated": len(xt),
-        "reconstruction_target": "word distribution" if isinstance(prep, TextPreprocessor) else "input",
+        "reconstruction_target": RECON_TARGET_WORDS if isinstance(prep, TextPreprocessor) else "input",
     }
 
 

@@ -28,6 +28,7 @@ from aepipe.logs import timed
 from aepipe.model.fit import Dataset, read_items
 from aepipe.model.saved import LoadedModel, load_model, reconstruction_target
 from aepipe.quality.metrics import (
+    RECON_TARGET_WORDS,
     cluster_scores,
     fit_pca,
     label_retrieval,
@@ -103,7 +104,7 @@ def evaluate_run(cfg: PipelineConfig) -> dict[str, Any]:
         # distributions are both scored on reconstructing the word distributions (as in training and encode)
         flat_db, flat_q = (a / np.maximum(a.sum(1, keepdims=True), 1e-12) for a in (flat_db, flat_q))
         text = isinstance(model.prep, TextPreprocessor)
-        target = "word distribution" if text else "inputs normalised to sum 1"
+        target = RECON_TARGET_WORDS if text else "inputs normalised to sum 1"
         ref_db, ref_q = (reconstruction_target(model.prep, a) for a in (db.x, queries.x)) if text else (flat_db, flat_q)
     with timed(f"PCA-{d} baseline"):
         pca = fit_pca(flat_db, d, ec.seed)
