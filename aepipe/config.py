@@ -653,11 +653,13 @@ class IndexConfig(_Section):
 
 
 class ClusterConfig(_Section):
-    method: Literal["kmeans", "dec"] = Field(
+    method: Literal["kmeans", "dec", "scan"] = Field(
         "kmeans",
         description="kmeans: k-means on the stored codes; dec: first refine the encoder for clustering (IDEC: "
         "reconstruction + dec_gamma x KL to a sharpened target of Student-t soft assignments, from k-means "
-        "on the pretrained codes), replace the run's model with it and re-encode the store (rebuild the index after)",
+        "on the pretrained codes), replace the run's model with it and re-encode the store (rebuild the index after); "
+        "scan: train classifier heads that put each code and its nearest codes in one cluster (SCAN's "
+        "clustering step), keep the head with the lowest loss; the codes and the index stay as they are",
     )
     n_clusters: int | None = Field(None, ge=2, description="default: number of distinct labels, else 10")
     niter: int = Field(50, ge=1)
@@ -678,6 +680,18 @@ class ClusterConfig(_Section):
         0.001, ge=0, description="dec: stop when fewer than this share of the sample changed cluster in an epoch"
     )
     n_exemplars: int = Field(3, ge=0, description="documents: exemplar documents listed per topic")
+    scan_neighbours: int = Field(20, ge=1, description="scan: nearest codes mined per code (exact search)")
+    scan_entropy_weight: float = Field(
+        2.0, gt=0, description="scan: weight of the entropy of the mean assignment (keeps every cluster in use)"
+    )
+    scan_heads: int = Field(16, ge=1, description="scan: heads trained from different random starts")
+    scan_steps: int = Field(3000, ge=1, description="scan: optimizer steps (the same for any corpus size)")
+    scan_batch_size: int = Field(512, ge=2)
+    scan_hidden: int = Field(256, ge=1, description="scan: hidden units of each head")
+    scan_lr: float = Field(1e-3, gt=0, description="scan: Adam learning rate")
+    scan_max_items: int = Field(
+        65_536, ge=2, description="scan: heads train on a seeded sample of at most this many codes (all are assigned)"
+    )
 
 
 class EvaluationConfig(_Section):

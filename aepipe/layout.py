@@ -14,7 +14,8 @@ run_dir/
                          _items.parquet (fingerprint of every corpus item the store reflects)
   quarantine/            <stage>.parquet: items that could not be read (id, source, reason)
   index/                 index.faiss, ids.parquet, index_infos.json (+ index.ivfdata on disk)
-  clusters/              assignments.parquet, summary.json, centroids.npy, prototypes.png (images)
+  clusters/              assignments.parquet, summary.json, centroids.npy, prototypes.png (images),
+                         head.safetensors (cluster.method scan)
                          or topics.json (documents)
   generations/           gNNNNNN/ {model, store, index, clusters}: published together (hard links),
                          current.json: the generation readers use (RunLayout.current())
@@ -164,6 +165,11 @@ class ClusterFiles:
     @property
     def topics(self) -> Path:
         return self.root / "topics.json"
+
+    @property
+    def head(self) -> Path:
+        """cluster.method=scan: the classifier head that assigned the items (safetensors)"""
+        return self.root / "head.safetensors"
 
 
 @dataclass(frozen=True)

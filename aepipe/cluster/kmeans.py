@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from aepipe.cluster.dec import refine_encoder
+from aepipe.cluster.scan import ClusterHead, train_head
 from aepipe.cluster.topics import topics_report
 from aepipe.codes.encode import encode_corpus
 from aepipe.codes.store import open_store
@@ -71,7 +72,9 @@ def cluster_codes(cfg: PipelineConfig, centroids: np.ndarray | None = None, extr
     """k-means in memory that does not grow with the store (beyond two ints per item): train on a
     seeded sample of at most ``cluster.max_train_items`` codes, then assign every item in one
     streaming pass that writes assignments.parquet batch by batch. ``cluster.method=dec`` refines
-    the encoder first (aepipe.cluster.dec), which comes back here with its ``centroids`` (L2)."""
+    the encoder first (aepipe.cluster.dec), which comes back here with its ``centroids`` (L2).
+    ``cluster.method=scan`` trains a classifier head on the sample instead of k-means
+    (aepipe.cluster.scan); the head assigns, and each item's distance is to its cluster's mean."""
     if cfg.cluster.method == "dec" and centroids is None:
         refined = refine_encoder(cfg)
         encode_corpus(cfg)  # the store now holds the refined encoder's codes
@@ -85,7 +88,21 @@ def cluster_codes(cfg: PipelineConfig, centroids: np.ndarray | None = None, extr
     n = store.n_items
     has_snippets = "snippet" in store.dataset.schema.names
     label_codes, label_names = _label_codes(store)
-    if centroids is None:
+    head: ClusterHead | None = None
+    if centroids is None and cc.method == "scan":
+        k = max(2, min(cc.n_clusters or (len(label_names) if label_names else 10), n))
+        (x,) = store.gather([_training_positions(n, max(min(cc.max_train_items, cc.scan_max_items), k), cc.seed)])
+        head, scan_info = train_head(x, k, cc, metric)
+        x = normalize(x, metric)
+        assigned = head.assign(x)
+        sizes0 = np.bincount(assigned, minlength=k)
+        centroids = np.where(sizes0[:, None] > 0, _cluster_sums(assigned, x, k) / np.maximum(sizes0, 1)[:, None], 0)
+        centroids = centroids.astype(np.float32)
+        n_train = len(x)
+        extra = {**(extra or {}), "scan": scan_info}
+        del x
+        nearest: faiss.Index | _HeadAssigner = _HeadAssigner(head, centroids)
+    elif centroids is None:
         k = cc.n_clusters or (len(label_names) if label_names else 10)
         k = max(2, min(k, n))
         (x,) = store.gather([_training_positions(n, max(cc.max_train_items, k), cc.seed)])
@@ -106,8 +123,9 @@ def cluster_codes(cfg: PipelineConfig, centroids: np.ndarray | None = None, extr
         centroids, nearest = np.asarray(km.centroids), km.index
     else:  # given (DEC): nearest centroid = the argmax of the Student-t soft assignment
         k, n_train = len(centroids), (extra or {}).get("dec", {}).get("n_train", 0)
-        nearest = faiss.IndexFlatL2(centroids.shape[1])
-        nearest.add(np.ascontiguousarray(centroids, np.float32))
+        flat = faiss.IndexFlatL2(centroids.shape[1])
+        flat.add(np.ascontiguousarray(centroids, np.float32))
+        nearest = flat
     staging = fresh_dir(layout.staging("clusters"))
     files = ClusterFiles(staging)
     with timed(f"assign {n} codes to {k} clusters"):
@@ -133,6 +151,9 @@ def cluster_codes(cfg: PipelineConfig, centroids: np.ndarray | None = None, extr
         mask = label_codes >= 0
         summary.update(cluster_scores(label_codes[mask], assign[mask]))
     np.save(files.centroids, means)
+    if head is not None:
+        head.save(files.head)
+        summary["head"] = files.head.name
     try:
         model = load_model(layout.model)
         if model.model_id == store.model_id and isinstance(model.prep, TextPreprocessor):
@@ -162,6 +183,19 @@ def cluster_codes(cfg: PipelineConfig, centroids: np.ndarray | None = None, extr
         summary.get("nmi"),
         round(time.perf_counter() - t0, 3),
     )
+
+
+class _HeadAssigner:
+    """What ``_assign_all`` needs of a faiss index (``search(x, 1)``), for a SCAN head: the head's
+    cluster of each (normalised) code and the squared L2 distance to that cluster's mean."""
+
+    def __init__(self, head: ClusterHead, means: np.ndarray) -> None:
+        self.head, self.means = head, means
+
+    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        cluster = self.head.assign(x)  # x is normalised already; normalising twice is a no-op
+        dist = ((x - self.means[cluster]) ** 2).sum(1).astype(np.float32)
+        return dist[:, None], cluster[:, None].astype(np.int64)
 
 
 def _training_positions(n: int, limit: int, seed: int) -> np.ndarray:
@@ -195,7 +229,7 @@ ASSIGNMENT_SCHEMA = pa.schema(
 
 
 def _assign_all(
-    store, index: faiss.Index, metric: str, path: Path, k: int, n_exemplars: int, has_snippets: bool
+    store, index: faiss.Index | _HeadAssigner, metric: str, path: Path, k: int, n_exemplars: int, has_snippets: bool
 ) -> _Assigned:
     """Nearest centroid of every item, batch by batch: writes (id, cluster, distance, label) rows to
     ``path`` and keeps per-cluster sums, the inertia and each cluster's nearest items so far."""

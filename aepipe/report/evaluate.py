@@ -3,7 +3,8 @@
 Queries are held-out items (the run's test split, or a separate query corpus);
 the database is the rest. Reconstruction needs no labels; retrieval (precision@10,
 mAP@100) and clustering (k-means ACC with Hungarian matching, NMI) use labels
-when the corpus has them.
+when the corpus has them; so does the run's own cluster stage (``aepipe cluster``, any method)
+applied to the query codes, when the run has clusters of its model.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from aepipe.cluster.scan import ClusterHead
 from aepipe.codes.encode import codes_of
 from aepipe.config import PipelineConfig
 from aepipe.corpus import Quarantine
 from aepipe.errors import MissingArtifact, missing_extra
 from aepipe.features import TextPreprocessor
-from aepipe.files import atomic_write_bytes, atomic_write_json
+from aepipe.files import atomic_write_bytes, atomic_write_json, read_json
+from aepipe.index.faissio import normalize
 from aepipe.layout import RunLayout
 from aepipe.logs import timed
 from aepipe.model.fit import Dataset, read_items
@@ -74,6 +77,32 @@ def _kmeans(codes: np.ndarray, labels: np.ndarray, k: int, seed: int) -> dict[st
     km = faiss.Kmeans(x.shape[1], k, niter=50, nredo=3, seed=seed, verbose=False)
     km.train(x)
     return cluster_scores(labels, km.index.search(x, 1)[1][:, 0])
+
+
+def _cluster_stage_scores(layout: RunLayout, model_id: str, codes: np.ndarray, labels: np.ndarray) -> dict | None:
+    """How the run's cluster stage (``aepipe cluster``, any method) assigns the query codes: its
+    saved head (scan) or its nearest centroid (k-means, DEC's learned centroids), fitted on the
+    store's codes without labels. None when the run has no clusters of this model."""
+    files = layout.clusters
+    try:
+        summary = read_json(files.summary)
+        if summary.get("model_id") != model_id:
+            return None
+        if summary.get("head"):
+            assign = ClusterHead.load(files.head).assign(codes)
+        else:
+            centroids = np.ascontiguousarray(np.load(files.centroids), np.float32)
+            nearest = faiss.IndexFlatL2(centroids.shape[1])
+            nearest.add(centroids)
+            assign = nearest.search(normalize(np.asarray(codes, np.float32), summary.get("metric", "l2")), 1)[1][:, 0]
+    except FileNotFoundError:  # no clusters, or a concurrent cluster run replaced them mid-read
+        return None
+    return {
+        "method": summary.get("method", "kmeans"),
+        "n_clusters": summary["n_clusters"],
+        "fitted_on_store_items": summary.get("n_train"),
+        **cluster_scores(labels, assign),
+    }
 
 
 def _umap(codes: np.ndarray, dim: int, seed: int) -> np.ndarray:
@@ -142,6 +171,9 @@ def evaluate_run(cfg: PipelineConfig) -> dict[str, Any]:
             }
             if ec.umap:
                 report["clustering"]["ae_umap"] = _kmeans(_umap(q_codes, ec.umap_dim, ec.seed), ql, k, ec.seed)
+            stage = _cluster_stage_scores(layout, model.model_id, q_codes, ql)
+            if stage is not None:
+                report["clustering"]["cluster_stage"] = stage
     else:
         report["note"] = "corpus has no labels: retrieval and clustering scores need labels"
     report["seconds"] = round(time.perf_counter() - t0, 2)
@@ -165,6 +197,10 @@ def markdown_table(report: dict[str, Any]) -> str:
         if "ae_umap" in report["clustering"]:
             for key in ("acc", "nmi"):
                 rows.append((f"UMAP + k-means {key.upper()}", report["clustering"]["ae_umap"][key], float("nan")))
+        if "cluster_stage" in report["clustering"]:
+            stage = report["clustering"]["cluster_stage"]
+            for key in ("acc", "nmi"):
+                rows.append((f"cluster stage ({stage['method']}) {key.upper()}", stage[key], float("nan")))
     d = report["code_size"]
     what = f"{report['n_queries']} queries, {report['n_database']} database items"
     lines = [
