@@ -110,8 +110,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         row.update(scores(evaluate_run(cfg), cfg.evaluation.map_k))
         rows.append(row)
         print(json.dumps(row), flush=True)
-        if args.scan:  # before dec, which replaces the model
-            rows.append(cluster_with_scan(cfg, kind, row))
+        for seed in args.scan_seeds if args.scan else []:  # before dec, which replaces the model
+            rows.append(cluster_with_scan(cfg, kind, row, seed))
             print(json.dumps(rows[-1]), flush=True)
         if args.dec:
             rows.append(refine_with_dec(cfg, kind))
@@ -143,7 +143,7 @@ def refine_with_dec(cfg, kind: str) -> dict:
     }
 
 
-def cluster_with_scan(cfg, kind: str, base: dict) -> dict:
+def cluster_with_scan(cfg, kind: str, base: dict, seed: int = 0) -> dict:
     """The library's clustering stage with ``cluster.method=scan`` on the trained run: encode the
     training images, train the heads on their codes (no labels), then score the chosen head's
     assignments of the test codes (``aepipe eval``'s cluster-stage scores). The encoder is not
@@ -151,9 +151,10 @@ def cluster_with_scan(cfg, kind: str, base: dict) -> dict:
     from aepipe.cluster.kmeans import cluster_codes
     from aepipe.codes.encode import encode_corpus
 
-    cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"method": "scan", "n_clusters": 10})})
+    update = {"method": "scan", "n_clusters": 10, "seed": seed}
+    cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update=update)})
     t = time.perf_counter()
-    encode_corpus(cfg)
+    encode_corpus(cfg)  # unchanged codes after the first seed: encode skips the shards it has
     clustered = cluster_codes(cfg)
     scan_s = time.perf_counter() - t
     report = evaluate_run(cfg)
@@ -161,6 +162,7 @@ def cluster_with_scan(cfg, kind: str, base: dict) -> dict:
     keep = ("sse", "pca_sse", "p10", "pca_p10", "map100", "acc", "nmi", "pca_acc", "pca_nmi")
     return {
         "kind": f"{kind}+scan",
+        "scan_seed": seed,
         "kinds": cfg.model.kinds + ["scan"],
         "epochs": "–",
         "train_s": round(scan_s, 1),
@@ -194,6 +196,10 @@ def scores(report: dict, map_k: int) -> dict:
     return row
 
 
+def _seed(row: dict) -> str:
+    return f" (seed {row['scan_seed']})" if "scan_seed" in row else ""
+
+
 def _mark(value: float | None, target: float, higher: bool) -> str:
     if value is None:
         return "–"
@@ -222,7 +228,7 @@ def table(rows: list[dict], command: str, started: str = "", code: str = "") -> 
 
     for r in rows:
         lines.append(
-            f"| AE {'+'.join(r['kinds'])} | {r['epochs']} | {r['train_s']} | {_mark(r['sse'], TARGETS['sse'], False)}"
+            f"| AE {'+'.join(r['kinds'])}{_seed(r)} | {r['epochs']} | {r['train_s']} | {_mark(r['sse'], TARGETS['sse'], False)}"
             f" | {_mark(r.get('p10'), TARGETS['p10'], True)} | {r.get('map100', nan):.3f}"
             f" | {_mark(r.get('acc'), TARGETS['acc'], True)} | {_mark(r.get('nmi'), TARGETS['nmi'], True)}"
             f" | {umap(r, 'umap_acc')} | {umap(r, 'umap_nmi')}"
@@ -255,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="after each kind, also cluster its training codes with cluster.method=scan and score the head on the "
         "test codes (a row 'KIND+scan'; 'train s' is encode + clustering; the other columns are the kind's own)",
+    )
+    p.add_argument(
+        "--scan-seeds",
+        default=[0],
+        type=lambda s: [int(v) for v in s.split(",")],
+        help="with --scan: one row per cluster.seed, e.g. 0,1,2 (the heads' random starts)",
     )
     p.add_argument("--out", default="bench-out/mnist")
     p.add_argument("--tiny", action="store_true", help="digits, 2 epochs: checks the benchmark runs (CI)")

@@ -39,16 +39,18 @@ def test_mnist_kinds_tiny_with_dec_adds_a_refined_row_after_the_kind(tmp_path):
 
 
 def test_mnist_kinds_tiny_with_scan_scores_the_head_on_the_test_codes(tmp_path):
-    assert mnist_kinds.main(["--tiny", "--kinds", "dense", "--scan", "--out", str(tmp_path)]) == 0
+    assert (
+        mnist_kinds.main(["--tiny", "--kinds", "dense", "--scan", "--scan-seeds", "0,1", "--out", str(tmp_path)]) == 0
+    )
     rows = json.loads((tmp_path / "results.json").read_text())
-    assert [r["kind"] for r in rows] == ["dense", "dense+scan"]
-    base, scan = rows
+    assert [(r["kind"], r.get("scan_seed")) for r in rows] == [("dense", None), ("dense+scan", 0), ("dense+scan", 1)]
+    base, scan = rows[:2]
     assert 0 <= scan["stage_acc"] <= 1 and 0 <= scan["stage_nmi"] <= 1 and 0 <= scan["train_scan_acc"] <= 1
     assert scan["p10"] == base["p10"] and scan["acc"] == base["acc"]  # same encoder, same codes
     summary = json.loads((tmp_path / "runs" / "dense" / "clusters" / "summary.json").read_text())
     assert summary["method"] == "scan"
     md = (tmp_path / "results.md").read_text()
-    assert "| AE dense+scan |" in md and "cluster stage ACC" in md
+    assert "| AE dense+scan (seed 1) |" in md and "cluster stage ACC" in md
 
 
 def test_mnist_kinds_rejects_unknown_kinds(tmp_path):
