@@ -6,7 +6,8 @@ Protocol (../shared/datasets/README.md): the vocabulary and the autoencoder are 
 training documents only; the test documents are queries against the training codes, ranked by
 cosine. P@10 = share of the 10 nearest training documents with the query's label; precision at
 recall r = precision at the rank where a share r of the query's relevant training documents has
-been retrieved; topic NMI = k-means (k = number of test labels) on the L2-normalised test codes.
+been retrieved; topic NMI = k-means (k = number of test labels) on the L2-normalised test codes
+(``--scan``: a row with the library's scan heads, trained on the training codes, assigning them).
 LSA (TruncatedSVD of the 2,000-term sublinear TF-IDF) at the same dimensions, and that TF-IDF
 itself, are measured in the same run. Labels are used for scoring only. Nothing here depends on
 a particular corpus: any Parquet file with text, label and split columns works.
@@ -30,6 +31,7 @@ from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics import normalized_mutual_info_score
 
+from aepipe.cluster.scan import train_head
 from aepipe.cluster.topics import describe_topics, format_topics
 from aepipe.codes.encode import codes_of
 from aepipe.config import build_config
@@ -97,6 +99,24 @@ def score(
     return row
 
 
+def scan_row(ae: dict, db: np.ndarray, q: np.ndarray, yte: np.ndarray, cfg, args: argparse.Namespace) -> dict:
+    """Topics by the library's ``cluster.method=scan`` instead of k-means: heads trained on the
+    training documents' codes (cosine neighbours, no labels), the chosen head assigns the test
+    codes. Same codes as the AE row, so its P@10 and precision-at-recall columns are copied."""
+    cc = cfg.cluster.model_copy(update={"method": "scan", "seed": args.seed})
+    t = time.perf_counter()
+    head, info = train_head(db, len(set(yte.tolist())), cc, "cosine")
+    row = {
+        **{key: value for key, value in ae.items() if key not in ("epochs", "train_s")},
+        "method": ae["method"] + " + scan",
+        "nmi": float(normalized_mutual_info_score(yte, head.assign(q))),
+        "scan_s": round(time.perf_counter() - t, 1),
+        "scan_head": info["head"],
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     out = Path(args.out)
     paths = split_corpus(args, out)
@@ -152,6 +172,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                 kinds=cfg.model.kinds,
             )
         )
+        if args.scan:
+            rows.append(scan_row(rows[-1], db, q, yte, cfg, args))
         assign = topic_clusters(q, yte, args.seed)
         means = np.stack([q[assign == c].mean(0) for c in range(assign.max() + 1)])
         topics = describe_topics(
@@ -228,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         "the test rows are never read into the run",
     )
     p.add_argument("--val-share", type=float, default=0.2, help="--validate: share of training rows used as queries")
+    p.add_argument(
+        "--scan",
+        action="store_true",
+        help="also topics by cluster.method=scan (heads trained on the training codes) instead of k-means: "
+        "a row 'AE ... + scan' per dimension",
+    )
     args = p.parse_args(argv)
     if not Path(args.data).is_file():
         p.error(f"{args.data} not found (see ../shared/datasets/README.md)")

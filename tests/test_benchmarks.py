@@ -202,7 +202,8 @@ def test_newsgroups_validation_never_reads_the_test_rows(tmp_path):
     data = tmp_path / "docs.parquet"
     _newsgroups_like(data)
     common = ["--data", str(data), "--tiny", "--dims", "4", "--epochs", "2", "--minutes", "1", "--max-features", "60"]
-    assert newsgroups.main([*common, "--validate", "--out", str(tmp_path / "val")]) == 0
+    scan = ["--scan", "--set", "cluster.scan_steps=100", "--set", "cluster.scan_heads=2"]
+    assert newsgroups.main([*common, "--validate", *scan, "--out", str(tmp_path / "val")]) == 0
     md = (tmp_path / "val" / "results.md").read_text()
     assert "VALIDATION" in md and "48 held-out training documents query the other 192" in md
     assert "NMI ≥ 0.55" in md and "Commit: " in md
@@ -211,6 +212,10 @@ def test_newsgroups_validation_never_reads_the_test_rows(tmp_path):
     rows = json.loads((tmp_path / "val" / "results.json").read_text())
     assert {r["method"].split(" ")[0] for r in rows} == {"TF-IDF", "LSA", "AE"}
     assert next(r for r in rows if r["method"] == "LSA")["p10"] > 0.5  # four clean topics: easy for LSA
+    ae, scanned = (
+        next(r for r in rows if r["method"].startswith("AE") and r["method"].endswith(e)) for e in (")", "scan")
+    )
+    assert scanned["p10"] == ae["p10"] and 0 <= scanned["nmi"] <= 1 and "| AE (knn target k=10) + scan | 4 |" in md
 
     assert newsgroups.main([*common, "--out", str(tmp_path / "test"), "--knn-k", "0"]) == 0
     md = (tmp_path / "test" / "results.md").read_text()
