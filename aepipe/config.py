@@ -689,6 +689,12 @@ class ClusterConfig(_Section):
     scan_batch_size: int = Field(512, ge=2)
     scan_hidden: int = Field(256, ge=1, description="scan: hidden units of each head")
     scan_lr: float = Field(1e-3, gt=0, description="scan: Adam learning rate")
+    scan_refine_pairs: int = Field(
+        5,
+        ge=0,
+        description="scan: re-split this many most entangled pairs of clusters with fresh two-way heads, keeping a "
+        "split that severs fewer neighbour pairs (0: off)",
+    )
     scan_max_items: int = Field(
         65_536, ge=2, description="scan: heads train on a seeded sample of at most this many codes (all are assigned)"
     )

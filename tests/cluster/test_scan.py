@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from aepipe.cluster.kmeans import cluster_codes
-from aepipe.cluster.scan import ClusterHead, mine_neighbours, scan_loss, train_head
+from aepipe.cluster.scan import ClusterHead, cut_pairs, mine_neighbours, refine_pairs, scan_loss, train_head
 from aepipe.codes.store import open_store
 from aepipe.config import ClusterConfig
 from aepipe.layout import RunLayout
@@ -74,6 +74,32 @@ def test_scan_finds_elongated_clusters_that_kmeans_cuts_across():
     assert head.assign(centres + 0.05).tolist() == majority
 
 
+def test_refinement_replaces_a_cut_through_two_blobs_by_the_gap_between_them():
+    """Blobs A and B side by side (a gap between them along x) and C far away. A cut of A u B
+    along y (through both blobs, as some random starts cut MNIST's 4s and 9s by slant) severs
+    more neighbour pairs than the gap does: re-splitting the pair finds the gap."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[-2.0, 0.0], [2.0, 0.0], [0.0, 12.0]])
+    x = np.concatenate([c + rng.normal(0, [0.6, 1.5], (300, 2)) for c in centres]).astype(np.float32)
+    y = np.repeat(np.arange(3), 300)
+    by_style = np.where(y == 2, 2, (x[:, 1] > 0).astype(int))  # A u B cut along y
+    nearest = mine_neighbours(x, 10)
+    z = torch.from_numpy((x - x.mean(0)) / x.std(0))
+    cc = ClusterConfig(scan_neighbours=10, scan_steps=400, scan_heads=4, scan_refine_pairs=3)
+    torch.manual_seed(0)
+    refined, rows = refine_pairs(z, nearest, by_style, 3, cc, torch.Generator().manual_seed(0))
+    assert cluster_scores(y, by_style)["acc"] < 0.8
+    assert cluster_scores(y, refined)["acc"] > 0.97, rows
+    first = rows[0]
+    assert sorted(first["clusters"]) == [0, 1] and first["kept"] and first["severed_after"] < first["severed_before"]
+    assert (refined[y == 2] == 2).all()  # C untouched
+    # a split is only kept when it severs fewer pairs: the right clusters stay as they are
+    again, rows = refine_pairs(z, nearest, refined, 3, cc, torch.Generator().manual_seed(1))
+    assert (again == refined).all() and not any(r["kept"] for r in rows)
+    counts = cut_pairs(refined, nearest, 3)
+    assert (counts == counts.T).all() and (np.diag(counts) == 0).all()
+
+
 def test_head_round_trips_through_safetensors(tmp_path):
     x, _ = _bands(180)
     head, _ = train_head(x, 3, ClusterConfig(scan_neighbours=5, scan_steps=50, scan_heads=2), "cosine")
@@ -102,6 +128,7 @@ def test_scan_stage_assigns_every_item_through_the_saved_head(scanned):
     summary = json.loads(layout.clusters.summary.read_text())
     assert summary["method"] == "scan" and summary["head"] == "head.safetensors"
     assert summary["scan"]["n_train"] == len(ids) and len(summary["scan"]["head_losses"]) == 4
+    assert all({"clusters", "severed_before", "kept"} <= set(r) for r in summary["scan"]["refined_pairs"])
     assert sum(summary["sizes"]) == len(ids) and summary["sizes"] == result.sizes
     # distance: to the mean code of the item's cluster, which centroids.npy holds
     means = np.load(layout.clusters.centroids)
