@@ -148,3 +148,26 @@ def test_scan_stage_assigns_every_item_through_the_saved_head(scanned):
     expected = cluster_scores(labels, head.assign(codes[rows]))
     assert stage["method"] == "scan" and stage["n_clusters"] == result.n_clusters
     assert stage["acc"] == pytest.approx(expected["acc"], abs=0.02), (stage, expected)
+
+
+def test_eval_scores_kmeans_clusters_by_nearest_centroid_and_ignores_another_models(run_copy):
+    from aepipe.files import atomic_write_json
+    from aepipe.report.evaluate import evaluate_run
+
+    cfg = run_copy.config()
+    cluster_codes(cfg)
+    layout = RunLayout.at(cfg.run_dir)
+    stage = evaluate_run(cfg)["clustering"]["cluster_stage"]
+    ids, codes = open_store(layout.store).read_codes()
+    split = pq.read_table(layout.model.split).to_pydict()
+    held = {i for i, s in zip(split["id"], split["split"]) if s == "test"}
+    rows = [n for n, i in enumerate(ids) if i in held]
+    means = np.load(layout.clusters.centroids)
+    nearest = ((codes[rows][:, None] - means[None]) ** 2).sum(-1).argmin(1)
+    labels = np.asarray(open_store(layout.store).read(["label"]).column("label").to_pylist(), dtype=object)[rows]
+    assert stage["method"] == "kmeans"
+    assert stage["acc"] == pytest.approx(cluster_scores(labels, nearest)["acc"], abs=0.02)
+    # clusters of another model (e.g. before a retrain) are not scored as this model's
+    summary = json.loads(layout.clusters.summary.read_text())
+    atomic_write_json(layout.clusters.summary, {**summary, "model_id": "another"})
+    assert "cluster_stage" not in evaluate_run(cfg)["clustering"]
