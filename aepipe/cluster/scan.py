@@ -33,7 +33,7 @@ import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from aepipe.config import ClusterConfig
@@ -116,18 +116,18 @@ class ClusterHead:
 
     @classmethod
     def load(cls, path: Path) -> ClusterHead:
-        from safetensors import safe_open
-
         with safe_open(str(path), "pt") as f:
             metric = (f.metadata() or {}).get("metric", "l2")
-        t = load_file(str(path))
+            t = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
         return cls(t["w1"], t["b1"], t["w2"], t["b2"], t["mean"], t["scale"], metric)
 
 
 def train_head(x: np.ndarray, k: int, cc: ClusterConfig, metric: str) -> tuple[ClusterHead, dict]:
     """Mine neighbours in ``x`` (n, dim) stored codes, train ``cc.scan_heads`` heads for
-    ``cc.scan_steps`` steps and keep the one with the lowest loss on the whole sample.
-    Returns the head and a summary (each head's final loss, the chosen one, neighbour count)."""
+    ``cc.scan_steps`` steps and keep the one with the lowest loss on the whole sample; re-split
+    its ``cc.scan_refine_pairs`` most entangled pairs of clusters (``refine_pairs``) and, when that
+    changed anything, fit one head to the refined clusters (``distil``). Returns the head and a
+    summary (each head's final loss, the chosen one, the re-split pairs, neighbour agreement)."""
     xn = np.ascontiguousarray(normalize(np.asarray(x, np.float32), metric))
     n = len(xn)
     with timed(f"scan: {cc.scan_neighbours} nearest neighbours of {n} codes"):
