@@ -118,7 +118,7 @@ class ClusterHead:
     def load(cls, path: Path) -> ClusterHead:
         with safe_open(str(path), "pt") as f:
             metric = (f.metadata() or {}).get("metric", "l2")
-            t = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            t = {name: f.get_tensor(name) for name in f.keys()}
         return cls(t["w1"], t["b1"], t["w2"], t["b2"], t["mean"], t["scale"], metric)
 
 
