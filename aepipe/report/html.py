@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 N_RECON = 10  # held-out items in the reconstruction grid
 N_PCA_FIT = 1000  # training items the grid's PCA baseline is fitted on
 N_MEMBERS = 12  # member thumbnails per cluster sheet
+METHOD_NAMES = {"kmeans": "k-means", "dec": "IDEC", "scan": "scan: neighbour-consistency heads"}
 MAX_SHEETS = 40  # cluster sheets shown (the largest clusters)
 N_MAP = 5000  # codes drawn on the 2-D map
 
@@ -347,7 +348,8 @@ def _section_clusters(run: _Run) -> str | None:
         sheets.append(f'<div class="sheet"><div><b>{html.escape(head)}</b></div>{proto}{thumbs}</div>')
     acc = summary.get("acc")
     note = (
-        f"{summary['n_clusters']} clusters of {summary['n_items']} items"
+        f"{summary['n_clusters']} clusters ({METHOD_NAMES.get(summary.get('method', 'kmeans'), summary.get('method'))})"
+        f" of {summary['n_items']} items"
         + (f"; ACC {acc:.3f}, NMI {summary.get('nmi', float('nan')):.3f} against the labels" if acc is not None else "")
         + f". Per cluster: the decoded cluster mean (red frame), then the {N_MEMBERS} members nearest the centre."
     )

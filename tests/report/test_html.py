@@ -46,7 +46,10 @@ def test_report_of_a_clustered_run_is_self_contained_with_every_section(clustere
     # one sheet per cluster with label, purity, a decoded prototype and the members nearest the centre
     summary = json.loads(layout.clusters.summary.read_text())
     sheets = page.split('<section id="clusters">')[1].split("</section>")[0]
-    assert sheets.count('class="sheet"') == summary["n_clusters"]
+    assert (
+        sheets.count('class="sheet"') == summary["n_clusters"]
+        and f"{summary['n_clusters']} clusters (k-means) of" in sheets
+    )
     assert sheets.count('class="proto"') == summary["n_clusters"]
     assert "majority label" in sheets and "purity" in sheets and "decoded: corpus unreadable" not in sheets
     assert sheets.count("<img") == summary["n_clusters"] + sum(min(12, s) for s in summary["sizes"])
