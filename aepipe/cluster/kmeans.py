@@ -89,8 +89,9 @@ def cluster_codes(cfg: PipelineConfig, centroids: np.ndarray | None = None, extr
     has_snippets = "snippet" in store.dataset.schema.names
     label_codes, label_names = _label_codes(store)
     head: ClusterHead | None = None
+    wanted = max(2, min(cc.n_clusters or (len(label_names) if label_names else 10), n))
     if centroids is None and cc.method == "scan":
-        k = max(2, min(cc.n_clusters or (len(label_names) if label_names else 10), n))
+        k = wanted
         (x,) = store.gather([_training_positions(n, max(min(cc.max_train_items, cc.scan_max_items), k), cc.seed)])
         head, scan_info = train_head(x, k, cc, metric)
         x = normalize(x, metric)
@@ -103,8 +104,7 @@ def cluster_codes(cfg: PipelineConfig, centroids: np.ndarray | None = None, extr
         del x
         nearest: faiss.Index | _HeadAssigner = _HeadAssigner(head, centroids)
     elif centroids is None:
-        k = cc.n_clusters or (len(label_names) if label_names else 10)
-        k = max(2, min(k, n))
+        k = wanted
         (x,) = store.gather([_training_positions(n, max(cc.max_train_items, k), cc.seed)])
         x = normalize(x, metric)
         n_train = len(x)

@@ -14,13 +14,12 @@ Several heads train at once from different random starts; the one with the lowes
 whole sample (no labels) wins. Its clusters are then refined pair by pair: some random starts cut a
 region holding two classes through both rather than between them (measured on MNIST: two
 clusters of about half the 4s and half the 9s each), a cut that severs more neighbour pairs than
-the class boundary does. So the
-``scan_refine_pairs`` pairs of clusters with the most neighbour pairs between them (per item of
-the smaller) are re-split, each on its own with fresh two-way heads, and the new split is kept
-when it severs fewer neighbour pairs. A last head is fitted to the refined clusters (cross-entropy)
-and assigns the items, so one head describes the result. The encoder is not changed, so the store and the index
-stay as they are. The head is saved (``clusters/head.safetensors``) and assigns new codes with
-``ClusterHead.assign``.
+the class boundary does. So the ``scan_refine_pairs`` pairs of clusters with the most neighbour
+pairs between them (per item of the smaller) are re-split, each on its own with fresh two-way
+heads, and the new split is kept when it severs fewer neighbour pairs. A last head is fitted to
+the refined clusters (cross-entropy) and assigns the items, so one head describes the result.
+The encoder is not changed, so the store and the index stay as they are. The head is saved
+(``clusters/head.safetensors``) and assigns new codes with ``ClusterHead.assign``.
 """
 
 from __future__ import annotations
@@ -137,21 +136,12 @@ def train_head(x: np.ndarray, k: int, cc: ClusterConfig, metric: str) -> tuple[C
     z = torch.from_numpy((xn - mean) / scale)
     torch.manual_seed(cc.seed)
     gen = torch.Generator().manual_seed(cc.seed)
-    heads = Heads(z.shape[1], k, cc.scan_heads, cc.scan_hidden)
-    opt = torch.optim.Adam(heads.parameters(), lr=cc.scan_lr)
-    batch = min(cc.scan_batch_size, n)
-    with timed(f"scan: {cc.scan_heads} heads, {cc.scan_steps} steps of {batch} codes, {k} clusters"):
-        for _ in range(cc.scan_steps):
-            rows = torch.randint(0, n, (batch,), generator=gen)
-            pick = nearest[rows, torch.randint(0, nearest.shape[1], (batch,), generator=gen)]
-            p = F.softmax(heads(z[rows]), -1)
-            p_neighbour = F.softmax(heads(z[pick]), -1)
-            loss = scan_loss(p, p_neighbour, cc.scan_entropy_weight)
-            opt.zero_grad()
-            loss.sum().backward()
-            opt.step()
+    with timed(
+        f"scan: {cc.scan_heads} heads, {cc.scan_steps} steps of {min(cc.scan_batch_size, n)} codes, {k} clusters"
+    ):
+        heads = fit_heads(z, nearest, k, cc.scan_steps, cc, gen)
     with torch.no_grad():
-        p_all = torch.cat([F.softmax(heads(z[i : i + 8192]), -1) for i in range(0, n, 8192)], 1)  # (H, n, k)
+        p_all = F.softmax(_logits(heads, z), -1)  # (H, n, k)
         final = torch.stack(
             [scan_loss(p_all, p_all[:, nearest[:, j]], cc.scan_entropy_weight) for j in range(nearest.shape[1])]
         ).mean(0)  # every (item, neighbour) pair
@@ -220,41 +210,50 @@ def refine_pairs(
         local = np.full(len(assign), -1, np.int64)
         local[members] = np.arange(len(members))
         nb = local[nearest[members]]  # (m, K); -1: neighbour outside the pair
-        inside = nb >= 0
-        nb = np.where(inside, nb, np.arange(len(members))[:, None])  # outside -> itself (agrees trivially)
+        nb = np.where(nb >= 0, nb, np.arange(len(members))[:, None])  # outside -> itself (agrees trivially)
         side = (assign[members] == b).astype(np.int64)
         before = int((side[nb] != side[:, None]).sum())
-        splits = _two_way_splits(z[torch.from_numpy(members)], torch.from_numpy(nb), cc, gen)  # (H, m)
+        zp = z[torch.from_numpy(members)]
+        two_way = fit_heads(zp, torch.from_numpy(nb), 2, max(1, cc.scan_steps // 4), cc, gen)
+        splits = _logits(two_way, zp).argmax(-1).numpy()  # (H, m) 0/1
         severed = (splits[:, nb] != splits[:, :, None]).sum((1, 2))
         smaller = np.minimum(splits.sum(1), len(members) - splits.sum(1))
         ok = smaller >= 0.5 * min(side.sum(), len(members) - side.sum())
-        row = {"clusters": [int(a), int(b)], "items": len(members), "severed_before": before}
+        row: dict = {"clusters": [int(a), int(b)], "items": len(members), "severed_before": before, "kept": False}
         if ok.any():
             best = int(np.flatnonzero(ok)[np.argmin(severed[ok])])
             row["severed_after"] = int(severed[best])
             if severed[best] < before:
                 assign[members] = np.where(splits[best] == 1, b, a)
                 row["kept"] = True
-        log_rows.append({**row, "kept": row.get("kept", False)})
-        log.info("scan: pair %s: %s", row["clusters"], log_rows[-1])
+        log_rows.append(row)
+        log.info("scan: pair %s", row)
     return assign, log_rows
 
 
-def _two_way_splits(z: torch.Tensor, nb: torch.Tensor, cc: ClusterConfig, gen: torch.Generator) -> np.ndarray:
-    """``cc.scan_heads`` two-way heads trained by the scan loss on these items: (heads, m) 0/1."""
-    m = len(z)
-    heads = Heads(z.shape[1], 2, cc.scan_heads, cc.scan_hidden)
+def fit_heads(
+    z: torch.Tensor, nearest: torch.Tensor, k: int, steps: int, cc: ClusterConfig, gen: torch.Generator
+) -> Heads:
+    """``cc.scan_heads`` heads of ``k`` clusters trained by ``scan_loss`` for ``steps`` steps, each
+    on a batch of items and one random neighbour of each. z: (n, dim); nearest: (n, K) positions."""
+    n = len(z)
+    heads = Heads(z.shape[1], k, cc.scan_heads, cc.scan_hidden)
     opt = torch.optim.Adam(heads.parameters(), lr=cc.scan_lr)
-    batch = min(cc.scan_batch_size, m)
-    for _ in range(max(1, cc.scan_steps // 4)):
-        rows = torch.randint(0, m, (batch,), generator=gen)
-        pick = nb[rows, torch.randint(0, nb.shape[1], (batch,), generator=gen)]
+    batch = min(cc.scan_batch_size, n)
+    for _ in range(steps):
+        rows = torch.randint(0, n, (batch,), generator=gen)
+        pick = nearest[rows, torch.randint(0, nearest.shape[1], (batch,), generator=gen)]
         loss = scan_loss(F.softmax(heads(z[rows]), -1), F.softmax(heads(z[pick]), -1), cc.scan_entropy_weight)
         opt.zero_grad()
         loss.sum().backward()
         opt.step()
+    return heads
+
+
+def _logits(heads: Heads, z: torch.Tensor) -> torch.Tensor:
+    """Every head's logits for every row, in chunks. (n, dim) -> (heads, n, k)"""
     with torch.no_grad():
-        return torch.cat([heads(z[i : i + 8192]) for i in range(0, m, 8192)], 1).argmax(-1).numpy()
+        return torch.cat([heads(z[i : i + 8192]) for i in range(0, len(z), 8192)], 1)
 
 
 def distil(
@@ -271,8 +270,7 @@ def distil(
         opt.zero_grad()
         loss.backward()
         opt.step()
-    with torch.no_grad():
-        fitted = torch.cat([head(z[i : i + 8192])[0] for i in range(0, len(z), 8192)]).argmax(-1).numpy()
+    fitted = _logits(head, z)[0].argmax(-1).numpy()
     params = [t[0].detach().clone() for t in (head.w1, head.b1, head.w2, head.b2)]
     return params, round(float((fitted == assign).mean()), 5)
 
