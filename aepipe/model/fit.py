@@ -32,10 +32,11 @@ from aepipe.layout import ModelFiles, RunLayout
 from aepipe.logs import timed
 from aepipe.model.budget import check_memory_budget
 from aepipe.model.device import resolve_device
-from aepipe.model.module import AutoencoderModule, reconstruction_loss
+from aepipe.model.guard import StartGuard, start_criterion
+from aepipe.model.module import AutoencoderModule
 from aepipe.model.networks import Autoencoder, DenseAutoencoder, build_autoencoder
 from aepipe.model.progress import EpochLog
-from aepipe.model.saved import encode_array, load_model, reconstruction_target, save_model
+from aepipe.model.saved import encode_all, load_model, reconstruction_target, save_model
 from aepipe.model.tasks import RESTORATION_TASKS, evaluate_task, match_targets, task_psnr
 from aepipe.model.timebudget import (
     PROBE_SECONDS,
@@ -47,7 +48,7 @@ from aepipe.model.timebudget import (
     probe_step_seconds,
 )
 from aepipe.model.verdict import baseline_summary, baseline_verdict, linear_codes, retrieval_comparison
-from aepipe.quality.metrics import RECON_TARGET_WORDS, fit_pca, label_retrieval, pca_baseline, reconstruction_scores
+from aepipe.quality.metrics import RECON_TARGET_WORDS, fit_pca, pca_baseline, reconstruction_scores
 
 log = logging.getLogger(__name__)
 
@@ -337,6 +338,13 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     max_steps = plan.max_steps if plan and plan.max_steps else (tc.max_steps or -1)
     min_steps = min(tc.min_steps, max_steps) if tc.min_steps and max_steps > 0 else tc.min_steps
     callbacks: list[L.Callback] = [EarlyStopping(monitor=monitor, patience=tc.early_stopping_patience), checkpoint]
+    # The linear path starts as PCA (LSA): keep that start unless training beats it on the validation
+    # items; the guard watches every epoch (on rank 0) for the best state that does.
+    guard = None
+    if linear_path and has_val and cfg.training.task == "reconstruct":
+        with timed("score the linear start on the validation items"):
+            guard = StartGuard(module.net, start_criterion(data.x, split, target, loss, data.labels, cfg.index.metric))
+        callbacks.append(guard)
     if not on_terminal:  # scheduled jobs and logs: one line per epoch instead of a bar
         callbacks.append(EpochLog(plan.seconds_left if plan else None))
     log.info("training on %s, precision %s", device.accelerator, device.precision)
@@ -366,10 +374,6 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
         ) from None
     if trainer.is_global_zero:  # other ranks start later (Lightning's launcher) or never write
         fresh_dir(staging)
-    # The linear path starts as PCA (LSA): keep that start unless training beat it on the validation items.
-    guard = linear_path and has_val and cfg.training.task == "reconstruct"
-    criterion = start_criterion(cfg, data, split, target, loss) if guard else None
-    start = {k: v.detach().clone() for k, v in module.net.state_dict().items()} if guard else None
     x = data.x
     fit_t0 = time.perf_counter()
     with timed(f"fit {cfg.model.architecture} autoencoder on {len(split['train'])} items"):
@@ -389,7 +393,7 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(best)
     net = module.net.cpu().eval()
-    kept_start = keep_better_start(net, start, *criterion) if start is not None and criterion else False
+    kept_start = guard.restore(net) if guard is not None else False
 
     with timed("evaluate held-out items against the linear baseline"):
         metrics = evaluate_reconstruction(net, x, split, cfg, data.labels, prep)
@@ -417,6 +421,7 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
         max_epochs=int(trainer.max_epochs or 0),
         best_val_loss=float(checkpoint.best_model_score or np.nan),
         kept_pca_start=kept_start,
+        start_guard=None if guard is None else guard.summary(),
         time_budget=None
         if plan is None
         else {
@@ -475,103 +480,6 @@ def init_linear_path(
         basis = torch.from_numpy(wide.components_).float()
         scale = float(np.sqrt(max(wide.explained_variance_[0], 1e-12)))
     net.init_linear_path(torch.from_numpy(components).float(), torch.from_numpy(mean).float(), bias, basis, scale)
-
-
-# A network's score on the validation items, lower is better: one number, or several (all must improve).
-Score = Callable[[Autoencoder], float | tuple[float, ...]]
-
-
-def start_criterion(
-    cfg: PipelineConfig,
-    data: Dataset,
-    split: dict[str, np.ndarray],
-    target: np.ndarray | None,
-    loss: str,
-) -> tuple[Score, str]:
-    """How ``keep_better_start`` compares the start with the trained network on the validation
-    items: the loss on them (against what the decoder reconstructs there: the input itself, or a
-    document's word distribution, never a smoothed target) and, with a label on every training and
-    validation item, precision@10 of the validation queries against the training items (the
-    index's metric): both measures the verdict holds against the linear baseline."""
-    train, val = split["train"], split["val"]
-    y = np.array(data.labels, dtype=object)
-    recon = validation_loss(data.x[val], _rows(target, val), loss)
-    if all(v is not None for v in y[np.concatenate([train, val])]) and len(set(y[train])) >= 2:
-        x_train, x_val, metric = data.x[train], data.x[val], cfg.index.metric
-
-        @torch.no_grad()
-        def both(net: Autoencoder) -> tuple[float, float]:
-            codes_train, codes_val = _encode_all(net, x_train)[0], _encode_all(net, x_val)[0]
-            p10 = label_retrieval(codes_train, codes_val, y[train], y[val], metric=metric, k=10)["precision_at_10"]
-            return -p10, recon(net)
-
-        return both, "precision@10 and loss"
-    return recon, "loss"
-
-
-def validation_loss(x_val: np.ndarray, target_val: np.ndarray | None, loss: str) -> Callable[[Autoencoder], float]:
-    """Mean training loss on the validation items (``target_val``: what the decoder reconstructs,
-    when not the input)."""
-    y_val = x_val if target_val is None else target_val
-
-    @torch.no_grad()
-    def score(net: Autoencoder) -> float:
-        total = 0.0
-        for i in range(0, len(x_val), 4096):
-            xb, yb = torch.from_numpy(x_val[i : i + 4096]), torch.from_numpy(y_val[i : i + 4096])
-            total += float(reconstruction_loss(net(xb).out, yb, loss, net)) * len(xb)
-        return total / len(x_val)
-
-    return score
-
-
-@torch.no_grad()
-def keep_better_start(net: Autoencoder, start: dict[str, torch.Tensor], score: Score, criterion: str = "loss") -> bool:
-    """Put the PCA (LSA) start (``start``: its state) back into the trained ``net`` unless training
-    beat it on the validation items (``score``, lower is better, one number or several: the trained
-    network must be at least as good on every one and better on one; the best checkpoint compares
-    epochs only, never the start). Returns whether the start was put back."""
-    net.eval()
-    trained_score, trained = _scores(score(net)), {k: v.clone() for k, v in net.state_dict().items()}
-    net.load_state_dict(start)
-    start_score = _scores(score(net))
-    won = all(t <= s for t, s in zip(trained_score, start_score)) and any(
-        t < s for t, s in zip(trained_score, start_score)
-    )
-    if not won:
-        log.warning(
-            "training did not beat its linear start on the validation items (%s: trained %s, start %s): "
-            "keeping the start",
-            criterion,
-            ", ".join(f"{abs(v):.4g}" for v in trained_score),
-            ", ".join(f"{abs(v):.4g}" for v in start_score),
-        )
-        return True
-    net.load_state_dict(trained)
-    return False
-
-
-def keep_better_than_input(net: Autoencoder, cfg: PipelineConfig, clean: np.ndarray, inputs: np.ndarray | None) -> bool:
-    """A residual restoration model starts as the identity (it returns its input). If the trained
-    correction makes the validation images (``clean``, and their real ``inputs`` or the task's
-    corruption) worse than leaving them alone, put that start back: zero the last layer again.
-    Returns whether it did."""
-    before, after = task_psnr(net, cfg, clean, inputs)
-    if after >= before:
-        return False
-    log.warning(
-        "the trained %s correction made the validation images worse (PSNR %.2f vs %.2f dB as they are): keeping "
-        "the start, which returns its input; train longer (training.max_time_minutes) or on more images",
-        cfg.training.task,
-        after,
-        before,
-    )
-    net.make_residual()  # zeroes the last layer again: output = input
-    return True
-
-
-def _scores(v: float | tuple[float, ...]) -> tuple[float, ...]:
-    return v if isinstance(v, tuple) else (v,)
 
 
 def deep_parameters(net: Autoencoder) -> int:
@@ -642,6 +550,25 @@ def epochs_for(tc: TrainingConfig, n_train: int) -> int:
     return epochs
 
 
+def keep_better_than_input(net: Autoencoder, cfg: PipelineConfig, clean: np.ndarray, inputs: np.ndarray | None) -> bool:
+    """A residual restoration model starts as the identity (it returns its input). If the trained
+    correction makes the validation images (``clean``, and their real ``inputs`` or the task's
+    corruption) worse than leaving them alone, put that start back: zero the last layer again.
+    Returns whether it did."""
+    before, after = task_psnr(net, cfg, clean, inputs)
+    if after >= before:
+        return False
+    log.warning(
+        "the trained %s correction made the validation images worse (PSNR %.2f vs %.2f dB as they are): keeping "
+        "the start, which returns its input; train longer (training.max_time_minutes) or on more images",
+        cfg.training.task,
+        after,
+        before,
+    )
+    net.make_residual()  # zeroes the last layer again: output = input
+    return True
+
+
 def _rows(a: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
     return None if a is None else a[idx]
 
@@ -685,14 +612,14 @@ def evaluate_reconstruction(
         log.warning("no test split: reconstruction is measured on the %s items, which are not held out", split_name)
     held = split[split_name]
     xt = x[held]
-    codes_t, sse = _encode_all(net, xt, reconstruction_target(prep, xt))
+    codes_t, sse = encode_all(net, xt, reconstruction_target(prep, xt))
     dim = int(np.prod(xt.shape[1:]))
     ae = reconstruction_scores(sse, dim)
     xtrain = x[split["train"]]
     name, base_train, base_test = linear_codes(cfg, xtrain, xt)
     retrieval = None
     if labels is not None:
-        codes_train, _ = _encode_all(net, xtrain)
+        codes_train, _ = encode_all(net, xtrain)
         y = np.array(labels, dtype=object)
         retrieval = retrieval_comparison(
             cfg, codes_train, codes_t, base_train, base_test, list(y[split["train"]]), list(y[held])
@@ -710,20 +637,6 @@ def evaluate_reconstruction(
         "n_evaluated": len(xt),
         "reconstruction_target": RECON_TARGET_WORDS if isinstance(prep, TextPreprocessor) else "input",
     }
-
-
-def _encode_all(net, x: np.ndarray, target: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Codes and per-item SSE (against ``target``, default the input) of an array, 4,096 items at a
-    time. (N, ...) -> (N, code), (N,)"""
-    parts = [
-        encode_array(
-            net,
-            torch.from_numpy(x[i : i + 4096]),
-            target=None if target is None else torch.from_numpy(target[i : i + 4096]),
-        )
-        for i in range(0, len(x), 4096)
-    ]
-    return np.concatenate([z.numpy() for z, _ in parts]), np.concatenate([e.numpy() for _, e in parts])
 
 
 def _write_split(path: Path, ids: list[str], split: dict[str, np.ndarray]) -> None:

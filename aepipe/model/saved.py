@@ -137,6 +137,20 @@ def encode_array(
     return z.cpu(), (recon - x).pow(2).flatten(1).sum(1).cpu()
 
 
+def encode_all(net: Autoencoder, x: np.ndarray, target: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``encode_array`` over an array, 4,096 items at a time: codes and per-item SSE (against
+    ``target``, default the input). (N, ...) -> (N, code), (N,)"""
+    parts = [
+        encode_array(
+            net,
+            torch.from_numpy(x[i : i + 4096]),
+            target=None if target is None else torch.from_numpy(target[i : i + 4096]),
+        )
+        for i in range(0, len(x), 4096)
+    ]
+    return np.concatenate([z.numpy() for z, _ in parts]), np.concatenate([e.numpy() for _, e in parts])
+
+
 def reconstruction_target(prep: Preprocessor, x: np.ndarray) -> np.ndarray:
     """What a model's reconstruction is scored against: the items themselves, or for documents
     their word distributions (term counts normalised to sum 1; the TF-IDF inputs normalised to sum 1

@@ -17,14 +17,8 @@ from aepipe.errors import ConfigError
 from aepipe.features import ImagePreprocessor
 from aepipe.layout import ModelFiles, RunLayout
 from aepipe.model import build_autoencoder, load_model, save_model
-from aepipe.model.fit import (
-    Dataset,
-    init_linear_path,
-    keep_better_start,
-    resolve_loss,
-    start_criterion,
-    validation_loss,
-)
+from aepipe.model.fit import init_linear_path, resolve_loss
+from aepipe.model.guard import Criterion, StartGuard, start_criterion, validation_loss
 from aepipe.model.networks import DenseAutoencoder
 from aepipe.model.saved import encode_array
 from aepipe.model.train import train_model
@@ -79,39 +73,131 @@ def test_deep_path_learns_and_frozen_pca_stays(digits_x, mode):
     assert torch.equal(net.pca_components, before) == (mode == "pca-frozen")
 
 
-def test_keep_better_start_restores_the_pca_start_when_training_made_it_worse(digits_x):
+def _state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def _same(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+
+
+def test_guard_restores_the_pca_start_when_training_made_it_worse(digits_x):
     net, _ = _pca_net(digits_x)
-    start = {k: v.clone() for k, v in net.state_dict().items()}
+    start = _state(net)
+    guard = StartGuard(net, Criterion(validation_loss(digits_x[300:400], None, "mse")))
     with torch.no_grad():
         net.decoder[-1].bias.add_(0.3)  # "training" that hurts every pixel
-    score = validation_loss(digits_x[300:400], None, "mse")
-    assert keep_better_start(net, start, score)
-    assert all(torch.equal(v, start[k]) for k, v in net.state_dict().items())
+    guard.consider(net, 0)
+    assert guard.restore(net) and _same(net, start)
+    assert guard.summary()["chosen"] is None and guard.summary()["epochs_seen"] == 1
     with torch.no_grad():
-        net.pca_mean.add_(0.3)  # now the start is the worse one
-    worse_start = {k: v.clone() for k, v in net.state_dict().items()}
+        net.pca_mean.add_(0.3)  # a worse start for a second guard: now "training" (back to PCA) beats it
+    guard = StartGuard(net, Criterion(validation_loss(digits_x[300:400], None, "mse")))
     net.load_state_dict(start)
-    assert not keep_better_start(net, worse_start, score)
-    assert all(torch.equal(v, start[k]) for k, v in net.state_dict().items())
+    guard.consider(net, 3)
+    with torch.no_grad():
+        net.decoder[-1].bias.add_(0.3)
+    assert not guard.restore(net) and _same(net, start)
+    assert guard.summary()["chosen"]["epoch"] == 3
 
 
-def test_the_start_is_kept_unless_training_beats_it_on_every_measure(digits_x):
-    """With labels the guard holds the trained network to the verdict's two measures: better
-    retrieval bought with worse reconstruction keeps the start (the user's PCA tie, not a loss)."""
+class _Scripted:
+    """Measures read from the network's decoder bias (its first entry names the "epoch"), so a
+    test scripts what every state scores; counts the precision calls."""
+
+    def __init__(self, table: dict[int, tuple[float, float]]):
+        self.table, self.precision_calls = table, 0
+
+    def key(self, net: DenseAutoencoder) -> int:
+        return round(float(net.decoder[-1].bias.detach()[0]) * 100)
+
+    def criterion(self) -> Criterion:
+        def precision(net: DenseAutoencoder) -> float:
+            self.precision_calls += 1
+            return self.table[self.key(net)][0]
+
+        return Criterion(lambda net: self.table[self.key(net)][1], precision)
+
+
+def _set_epoch(net: DenseAutoencoder, epoch: int) -> None:
+    with torch.no_grad():
+        net.decoder[-1].bias[0] = epoch / 100
+
+
+def test_guard_keeps_the_lowest_loss_state_that_beats_the_start_on_every_measure(digits_x):
+    """With labels the guard holds every epoch to the verdict's two measures: better retrieval
+    bought with worse reconstruction does not count (the user's PCA tie, not a loss), and among
+    the states that beat the start the lowest validation loss wins, wherever it came in training."""
     net, _ = _pca_net(digits_x)
-    start = {k: v.clone() for k, v in net.state_dict().items()}
-    bias = net.decoder[-1].bias
-    with torch.no_grad():
-        bias.add_(0.01)  # the "trained" state
-    trained_bias = bias.detach().clone()
-    results = iter([(-0.9, 0.5), (-0.8, 0.4)])  # trained: P@10 0.9 but loss 0.5; start: 0.8 and 0.4
-    assert keep_better_start(net, start, lambda _net: next(results), "precision@10 and loss")
-    assert torch.equal(net.decoder[-1].bias, start[f"decoder.{len(net.decoder) - 1}.bias"])
-    with torch.no_grad():
-        net.decoder[-1].bias.copy_(trained_bias)
-    results = iter([(-0.9, 0.4), (-0.8, 0.4)])  # better retrieval, the same loss: training won
-    assert not keep_better_start(net, start, lambda _net: next(results), "precision@10 and loss")
-    assert torch.equal(net.decoder[-1].bias, trained_bias)
+    # key: (P@10, loss); 0 is the start
+    scripted = _Scripted(
+        {0: (0.80, 0.40), 1: (0.90, 0.50), 2: (0.80, 0.39), 3: (0.79, 0.30), 4: (0.85, 0.35), 5: (0.95, 0.36)}
+    )
+    _set_epoch(net, 0)
+    guard = StartGuard(net, scripted.criterion())
+    states = {}
+    for epoch in (1, 2, 3, 4, 5):
+        _set_epoch(net, epoch)
+        states[epoch] = _state(net)
+        guard.consider(net, epoch)
+    # 1: better retrieval, worse loss; 2: same retrieval, lower loss (beats the start); 3: lowest loss,
+    # worse retrieval; 4: beats the start with a lower loss than 2; 5: beats the start, loss above 4's
+    assert not guard.restore(net) and _same(net, states[4])
+    assert guard.summary()["chosen"] == {"epoch": 4, "val_loss": 0.35, "val_precision_at_10": 0.85}
+    assert guard.summary()["start"] == {"val_loss": 0.4, "val_precision_at_10": 0.8}
+    # precision, the costly measure, only for the start and states whose loss could be chosen (2, 3, 4)
+    assert scripted.precision_calls == 4
+    assert not net.training  # restore leaves the network as it found it (eval)
+
+
+def test_guard_keeps_the_start_when_no_epoch_beats_it_on_both_measures(digits_x):
+    net, _ = _pca_net(digits_x)
+    scripted = _Scripted({0: (0.80, 0.40), 1: (0.90, 0.41), 2: (0.79, 0.30)})
+    _set_epoch(net, 0)
+    start = _state(net)
+    guard = StartGuard(net, scripted.criterion())
+    for epoch in (1, 2):
+        _set_epoch(net, epoch)
+        guard.consider(net, epoch)
+    assert guard.restore(net) and _same(net, start)
+
+
+def test_guard_watches_every_epoch_of_a_real_trainer(digits_x):
+    """In a Lightning fit the guard scores each validation epoch (not the sanity check) and the
+    chosen state is one the network passed through."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from aepipe.config import TrainingConfig
+    from aepipe.model.module import AutoencoderModule
+
+    net, _ = _pca_net(digits_x)
+    net.train()
+    guard = StartGuard(net, Criterion(validation_loss(digits_x[300:400], None, "mse")))
+    seen: list[dict[str, torch.Tensor]] = []
+
+    class Record(L.Callback):
+        def on_validation_end(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                seen.append(_state(pl_module.net))
+
+    module = AutoencoderModule(net, "mse", 1e-2, 0.0, "constant", CFG, TrainingConfig())
+    x = torch.from_numpy(digits_x)
+    trainer = L.Trainer(
+        max_epochs=4,
+        callbacks=[guard, Record()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=1,
+    )
+    trainer.fit(
+        module, DataLoader(TensorDataset(x[:300]), batch_size=64), DataLoader(TensorDataset(x[300:400]), batch_size=100)
+    )
+    assert guard.epochs_seen == 4
+    assert not guard.restore(net)  # from PCA, 300 digits lower the validation loss within four epochs
+    assert any(_same(net, s) for s in seen)
 
 
 def test_saved_model_with_a_linear_path_reloads_and_encodes_identically(digits_x, tmp_path):
@@ -244,21 +330,21 @@ def test_start_criterion_is_validation_precision_with_labels_else_loss():
     net = build_autoencoder(cfg.model, (x.shape[1],), "softmax")
     init_linear_path(net, x[split["train"]], cfg, target[split["train"]])
     start = {k: v.clone() for k, v in net.state_dict().items()}
-    ids = [str(i) for i in range(len(x))]
 
-    score, name = start_criterion(cfg, Dataset(x, ids, labels), split, target, "softmax")
-    assert name == "precision@10 and loss"
-    p10, recon = score(net.eval())
-    assert p10 == pytest.approx(-1.0)  # two clean topics: LSA codes retrieve perfectly
-    assert recon == pytest.approx(float(-(target[100:] * np.log(target[:100].mean(0))).sum(1).mean()), rel=1e-4)
+    criterion = start_criterion(x, split, target, "softmax", labels, cfg.index.metric)
+    assert criterion.name == "precision@10 and loss"
+    guard = StartGuard(net.eval(), criterion)
+    assert guard.start[0] == pytest.approx(-1.0)  # two clean topics: LSA codes retrieve perfectly
+    unigram_loss = float(-(target[100:] * np.log(target[:100].mean(0))).sum(1).mean())
+    assert guard.start[1] == pytest.approx(unigram_loss, rel=1e-4)
     with torch.no_grad():
         net.pca_components.normal_()  # "training" that scrambles the codes
-    assert keep_better_start(net, start, score, name)
-    assert all(torch.equal(v, start[k]) for k, v in net.state_dict().items())
+    guard.consider(net, 0)
+    assert guard.restore(net) and _same(net, start)
 
-    score, name = start_criterion(cfg, Dataset(x, ids, [None] * len(x)), split, target, "softmax")
-    assert name == "loss"  # no labels: the training loss on the validation items, against the word distributions
-    assert score(net) == pytest.approx(float(-(target[100:] * np.log(target[:100].mean(0))).sum(1).mean()), rel=1e-4)
+    criterion = start_criterion(x, split, target, "softmax", [None] * len(x), cfg.index.metric)
+    assert criterion.name == "loss" and criterion.precision_at_10 is None  # no labels
+    assert criterion.loss(net) == pytest.approx(unigram_loss, rel=1e-4)  # against the word distributions
 
 
 def test_lsa_path_takes_softmax_and_pca_path_does_not():
