@@ -8,8 +8,8 @@ cosine. P@10 = share of the 10 nearest training documents with the query's label
 recall r = precision at the rank where a share r of the query's relevant training documents has
 been retrieved; topic NMI = k-means (k = number of test labels) on the L2-normalised test codes
 (``--scan``: a row with the library's scan heads, trained on the training codes, assigning them).
-LSA (TruncatedSVD of the 2,000-term sublinear TF-IDF) at the same dimensions, and that TF-IDF
-itself, are measured in the same run. Labels are used for scoring only. Nothing here depends on
+LSA (TruncatedSVD of the sublinear TF-IDF over the same ``--max-features`` terms as the
+autoencoder's inputs) at the same dimensions, and that TF-IDF itself, are measured in the same run. Labels are used for scoring only. Nothing here depends on
 a particular corpus: any Parquet file with text, label and split columns works.
 ``--tiny`` runs the same code with a small model in seconds (CI; give it small data).
 """
@@ -235,7 +235,13 @@ def main(argv: list[str] | None = None) -> int:
         help="neighbour-smoothed target (training.knn_target; the preset's k is 10); 0: off",
     )
     p.add_argument("--masking", type=float, default=0.5, help="masking noise (model.denoising.level)")
-    p.add_argument("--max-features", type=int, default=2000)
+    p.add_argument(
+        "--max-features",
+        type=int,
+        default=10_000,
+        help="vocabulary size (features.text.max_features; the documents preset's is 2,000); 10,000 beat "
+        "2,000 on the validation documents (session 11: P@10 0.651 / 0.720 vs 0.581 / 0.657 at 10 / 32-d)",
+    )
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     p.add_argument("--split-column", default="split", help="rows 'train' are the database, 'test' the queries")
