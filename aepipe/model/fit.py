@@ -343,7 +343,9 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     guard = None
     if linear_path and has_val and cfg.training.task == "reconstruct":
         with timed("score the linear start on the validation items"):
-            guard = StartGuard(module.net, start_criterion(data.x, split, target, loss, data.labels, cfg.index.metric))
+            guard = StartGuard(
+                module.net, start_criterion(data.x, split, target, loss, data.labels, cfg.index.metric, tc.seed)
+            )
         callbacks.append(guard)
     if not on_terminal:  # scheduled jobs and logs: one line per epoch instead of a bar
         callbacks.append(EpochLog(plan.seconds_left if plan else None))

@@ -26,6 +26,13 @@ log = logging.getLogger(__name__)
 
 Measure = Callable[[Autoencoder], float]
 
+# precision@10 runs after every epoch: on a seeded sample of at most this many training items (the
+# database) and validation items (the queries). On all 54,000 + 6,000 MNIST items it added 2 s an
+# epoch on 2 cores (478 s of training instead of about 350); with the samples one evaluation took
+# 0.63 s instead of 3.8 s (one thread, the machine busy).
+GUARD_DATABASE_ITEMS = 10_000
+GUARD_QUERIES = 2_000
+
 
 @dataclass
 class Criterion:
@@ -47,17 +54,24 @@ def start_criterion(
     loss: str,
     labels: list[str | None],
     metric: str,
+    seed: int = 0,
+    max_database: int = GUARD_DATABASE_ITEMS,
+    max_queries: int = GUARD_QUERIES,
 ) -> Criterion:
     """The guard's measures for items ``x`` split into train and val: the loss on the validation
     items (against what the decoder reconstructs there, ``target`` rows or the input itself, never
     a smoothed target) and, with a label on every training and validation item and two labels
     among the training items, precision@10 of the validation queries against the training items
-    under the index's ``metric``."""
+    under the index's ``metric`` (on seeded samples of at most ``max_queries`` and
+    ``max_database`` of them, the same for every state)."""
     train, val = split["train"], split["val"]
     y = np.array(labels, dtype=object)
     recon = validation_loss(x[val], None if target is None else target[val], loss)
     if not all(v is not None for v in y[np.concatenate([train, val])]) or len(set(y[train])) < 2:
         return Criterion(recon)
+    rng = np.random.default_rng(seed)
+    train = np.sort(rng.choice(train, max_database, replace=False)) if len(train) > max_database else train
+    val = np.sort(rng.choice(val, max_queries, replace=False)) if len(val) > max_queries else val
     x_train, x_val = x[train], x[val]
 
     @torch.no_grad()

@@ -162,6 +162,26 @@ def test_guard_keeps_the_start_when_no_epoch_beats_it_on_both_measures(digits_x)
     assert guard.restore(net) and _same(net, start)
 
 
+def test_guard_precision_runs_on_bounded_seeded_samples(digits_x):
+    """precision@10 runs after every epoch, so it encodes at most max_database training and
+    max_queries validation items, the same ones for every state scored."""
+    net, _ = _pca_net(digits_x)
+    labels = [str(i % 10) for i in range(len(digits_x))]
+    split = {"train": np.arange(0, 300), "val": np.arange(300, 400)}
+    encoded: list[int] = []
+    forward = net.code_and_output
+    net.code_and_output = lambda x: (encoded.append(len(x)), forward(x))[1]  # type: ignore[method-assign]
+    full = start_criterion(digits_x, split, None, "mse", labels, "l2")
+    capped = start_criterion(digits_x, split, None, "mse", labels, "l2", seed=0, max_database=50, max_queries=20)
+    full.precision_at_10(net)
+    assert sum(encoded) == 400
+    encoded.clear()
+    first = capped.precision_at_10(net)
+    assert sum(encoded) == 70
+    assert capped.precision_at_10(net) == first  # the same sample each time
+    assert 0.0 <= first <= 1.0
+
+
 def test_guard_watches_every_epoch_of_a_real_trainer(digits_x):
     """In a Lightning fit the guard scores each validation epoch (not the sanity check) and the
     chosen state is one the network passed through."""
