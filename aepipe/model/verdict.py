@@ -13,7 +13,7 @@ import numpy as np
 from sklearn.decomposition import TruncatedSVD
 
 from aepipe.config import PipelineConfig
-from aepipe.quality.metrics import fit_pca, label_retrieval
+from aepipe.quality.metrics import fit_pca, paired_difference, per_query_precision
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,22 @@ def retrieval_comparison(
     y_test: list[str | None],
 ) -> dict[str, Any] | None:
     """P@10 of held-out queries against the training items, AE codes vs baseline codes, with the
-    index's metric. None without labels (every item needs one, and two labels at least)."""
+    index's metric, and the paired difference with its standard error over the queries (``noise``:
+    on 60 queries a few neighbours either way is within it). None without labels (every item
+    needs one, and two labels at least)."""
     if not len(y_test) or any(v is None for v in [*y_train, *y_test]) or len(set(y_train)) < 2:
         return None
     lt, lq = np.array(y_train, dtype=object), np.array(y_test, dtype=object)
     metric = cfg.index.metric
-    ae = label_retrieval(ae_train, ae_test, lt, lq, metric=metric, k=10)["precision_at_10"]
-    base = label_retrieval(base_train, base_test, lt, lq, metric=metric, k=10)["precision_at_10"]
-    return {"ae_precision_at_10": ae, "baseline_precision_at_10": base, "metric": metric, "n_queries": len(lq)}
+    ae = per_query_precision(ae_train, ae_test, lt, lq, metric=metric, k=10)
+    base = per_query_precision(base_train, base_test, lt, lq, metric=metric, k=10)
+    return {
+        "ae_precision_at_10": float(ae.mean()),
+        "baseline_precision_at_10": float(base.mean()),
+        "metric": metric,
+        "n_queries": len(lq),
+        "noise": paired_difference(ae, base),
+    }
 
 
 def baseline_verdict(
@@ -100,6 +108,18 @@ def outcome_word(b: dict[str, Any], measure: str) -> str:
     return "won" if b[key] else "lost"
 
 
+def retrieval_outcome(b: dict[str, Any]) -> str:
+    """won / tied / lost on precision@10, and when the paired difference is within two standard
+    errors: 'won, within noise: +0.005 ± 0.012 over 60 queries'."""
+    word = outcome_word(b, "precision@10")
+    r, noise = b["retrieval"], b["retrieval"].get("noise")  # verdicts saved before it have none
+    if noise and noise["within_noise"] and word != "tied":
+        word += (
+            f", within noise: {noise['difference']:+.3f} ± {noise['standard_error']:.3f} over {r['n_queries']} queries"
+        )
+    return word
+
+
 def loss_hints(
     cfg: PipelineConfig,
     metrics: dict[str, Any],
@@ -143,8 +163,7 @@ def baseline_summary(metrics: dict[str, Any]) -> str:
     r = b["retrieval"]
     if r is not None:
         parts.append(
-            f"P@10 {r['ae_precision_at_10']:.3f} vs {base} {r['baseline_precision_at_10']:.3f}"
-            f" ({outcome_word(b, 'precision@10')})"
+            f"P@10 {r['ae_precision_at_10']:.3f} vs {base} {r['baseline_precision_at_10']:.3f} ({retrieval_outcome(b)})"
         )
     where = "held-out" if b.get("held_out", True) else f"{metrics.get('evaluated_on')} (not held-out)"
     return ", ".join(parts) + f" on {metrics['n_test']} {where} items"

@@ -58,19 +58,47 @@ def label_retrieval(
 ) -> dict[str, float]:
     """Exact nearest database items of each query (faiss, L2 or cosine), scored by labels:
     precision@k and, with ``map_k``, mAP@map_k. (N, d), (Q, d), (N,), (Q,) -> scores"""
-    a, b = (np.array(v, dtype=np.float32, order="C") for v in (db, queries))
-    if metric == "cosine":
-        faiss.normalize_L2(a)
-        faiss.normalize_L2(b)
-    depth = min(max(k, map_k or 0), len(a))
-    _, idx = faiss.knn(b, a, depth, metric=faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2)
-    nl = db_labels[idx]
+    nl = neighbour_labels(db, queries, db_labels, metric, max(k, map_k or 0))
     out = {f"precision_at_{k}": precision_at_k(nl[:, :k], query_labels)}
     if map_k:
         values, counts = np.unique(db_labels, return_counts=True)
         n_rel = np.array([dict(zip(values, counts)).get(lb, 0) for lb in query_labels])
         out[f"map_at_{map_k}"] = average_precision_at_k(nl[:, :map_k], query_labels, n_rel)
     return out
+
+
+def neighbour_labels(db: np.ndarray, queries: np.ndarray, db_labels: np.ndarray, metric: str, k: int) -> np.ndarray:
+    """Labels of each query's ``k`` exact nearest database items (faiss, L2 or cosine), nearest
+    first. (N, d), (Q, d), (N,) -> (Q, min(k, N))"""
+    a, b = (np.array(v, dtype=np.float32, order="C") for v in (db, queries))
+    if metric == "cosine":
+        faiss.normalize_L2(a)
+        faiss.normalize_L2(b)
+    _, idx = faiss.knn(
+        b, a, min(k, len(a)), metric=faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+    )
+    return db_labels[idx]
+
+
+def per_query_precision(
+    db: np.ndarray,
+    queries: np.ndarray,
+    db_labels: np.ndarray,
+    query_labels: np.ndarray,
+    metric: str = "l2",
+    k: int = 10,
+) -> np.ndarray:
+    """Each query's precision@k: the share of its ``k`` nearest database items with its label. -> (Q,)"""
+    return (neighbour_labels(db, queries, db_labels, metric, k) == query_labels[:, None]).mean(axis=1)
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> dict[str, float | bool]:
+    """Mean of ``a - b`` over paired per-query scores, its standard error, and whether it is within
+    two standard errors of zero (a difference this sample cannot tell from noise). (Q,), (Q,)"""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    mean = float(d.mean())
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
+    return {"difference": mean, "standard_error": se, "within_noise": bool(abs(mean) <= 2 * se)}
 
 
 def precision_at_k(neighbor_labels: np.ndarray, query_labels: np.ndarray) -> float:

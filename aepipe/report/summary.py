@@ -15,7 +15,7 @@ from aepipe.index.build import IndexResult
 from aepipe.index.search import Searcher
 from aepipe.layout import RunLayout
 from aepipe.model.train import TrainResult
-from aepipe.model.verdict import outcome_word
+from aepipe.model.verdict import outcome_word, retrieval_outcome
 from aepipe.quality.metrics import precision_at_k
 
 
@@ -148,7 +148,7 @@ def baseline_lines(b: dict[str, Any] | None) -> list[str]:
     )
     head = "AE beats the linear baseline" if b["ae_beats_baseline"] else "WARNING: AE does not beat the linear baseline"
     if r is not None:
-        vs += f" ({outcome_word(b, 'precision@10')})"
+        vs += f" ({retrieval_outcome(b)})"
     lines = [f"{head} (reconstruction vs PCA: {outcome_word(b, 'reconstruction')}{vs})"]
     lines += [f"  try: {h}" for h in b["hints"]]
     return lines

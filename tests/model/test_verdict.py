@@ -6,6 +6,7 @@ import json
 import logging
 
 import numpy as np
+import pytest
 
 from aepipe.config import build_config
 from aepipe.layout import RunLayout
@@ -116,3 +117,58 @@ def test_the_smaller_network_hint_counts_the_deep_path_only():
     total = sum(p.numel() for p in with_path.parameters())
     assert total == sum(p.numel() for p in plain.parameters()) + 4 * 1024 + 1024
     assert deep_parameters(with_path) == deep_parameters(plain) == sum(p.numel() for p in plain.parameters())
+
+
+def _codes_with_neighbours(rng: np.random.Generator, n_db: int, n_q: int, spread: float):
+    """Two labelled blobs in 2-d; ``spread`` sets how often a query's neighbours cross over."""
+    y_db = np.array(["a", "b"] * (n_db // 2), dtype=object)
+    y_q = np.array(["a", "b"] * (n_q // 2), dtype=object)
+    centre = {"a": (0.0, 0.0), "b": (1.0, 0.0)}
+
+    def place(y):
+        return (np.array([centre[v] for v in y]) + rng.normal(0, spread, (len(y), 2))).astype(np.float32)
+
+    return place(y_db), place(y_q), list(y_db), list(y_q)
+
+
+def test_retrieval_comparison_reports_the_paired_noise_of_the_difference():
+    """Per-query precisions are paired (same queries, same database); the standard error of their
+    difference says whether a P@10 win on a small held-out set is more than noise."""
+    from sklearn.neighbors import NearestNeighbors
+
+    cfg = build_config()
+    rng = np.random.default_rng(0)
+    db, q, y_db, y_q = _codes_with_neighbours(rng, 400, 60, 0.6)
+    jitter = (q + rng.normal(0, 0.05, q.shape)).astype(np.float32)  # nearly the same codes: a few neighbours move
+    r = retrieval_comparison(cfg, db, jitter, db, q, y_db, y_q)
+    # independent per-query precision (scikit-learn's exact neighbours)
+    nn = NearestNeighbors(n_neighbors=10).fit(db)
+    lab = np.array(y_db, dtype=object)
+
+    def per_query(x):
+        return (lab[nn.kneighbors(x, return_distance=False)] == np.array(y_q, dtype=object)[:, None]).mean(1)
+
+    d = per_query(jitter) - per_query(q)
+    assert np.any(d != 0)  # some neighbours did move
+    assert r["ae_precision_at_10"] == pytest.approx(per_query(jitter).mean())
+    assert r["noise"]["difference"] == pytest.approx(d.mean())
+    assert r["noise"]["standard_error"] == pytest.approx(d.std(ddof=1) / np.sqrt(60))
+    assert r["noise"]["within_noise"]
+    # clean codes against noisy ones: a real difference
+    far = (q + rng.normal(0, 5.0, q.shape)).astype(np.float32)  # neighbours at random
+    r = retrieval_comparison(cfg, db, q, db, far, y_db, y_q)
+    assert r["noise"]["difference"] > 0 and not r["noise"]["within_noise"]
+
+
+def test_a_win_within_noise_says_so_in_the_summary():
+    cfg = build_config()
+    noise = {"difference": 0.005, "standard_error": 0.012, "within_noise": True}
+    r = {"ae_precision_at_10": 0.19, "baseline_precision_at_10": 0.185, "metric": "l2", "n_queries": 60, "noise": noise}
+    metrics = {**_metrics(1.0, 2.0), "n_test": 60}
+    metrics["baseline"] = baseline_verdict(cfg, metrics, "pca", r, 10_000, (1, 8, 8))
+    assert "(won, within noise: +0.005 ± 0.012 over 60 queries)" in baseline_summary(metrics)
+    assert "within noise" in baseline_lines(metrics["baseline"])[0]
+    metrics["baseline"]["retrieval"]["noise"] = {**noise, "within_noise": False}
+    assert "within noise" not in baseline_summary(metrics)
+    del metrics["baseline"]["retrieval"]["noise"]  # a verdict saved before the estimate
+    assert "P@10 0.190 vs PCA 0.185 (won)" in baseline_summary(metrics)
