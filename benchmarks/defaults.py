@@ -228,6 +228,8 @@ def run_row(row: str, corpus: list[str], out: Path) -> dict[str, Any]:
         "pca_sse": m["pca"]["sse_per_item"],
         "ae_p10": r["ae_precision_at_10"],
         "base_p10": r["baseline_precision_at_10"],
+        "p10_noise": r.get("noise"),  # the paired difference and its standard error over the test queries
+        "n_queries": r["n_queries"],
         "ae_acc": scores["ae"]["acc"],
         "ae_nmi": scores["ae"]["nmi"],
         "base_acc": scores["base"]["acc"],
@@ -249,6 +251,15 @@ def git_commit() -> str:
     return head + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
 
 
+def noise_cell(r: dict) -> str:
+    """'+0.0050 ± 0.0120 (60)', marked when the difference is within two standard errors (noise)."""
+    n = r.get("p10_noise")
+    if not n:
+        return "–"
+    star = " (within noise)" if n["within_noise"] and n["difference"] != 0 else ""
+    return f"{n['difference']:+.4f} ± {n['standard_error']:.4f} ({r.get('n_queries', '?')}){star}"
+
+
 def table(rows: list[dict], not_run: list[str], argv: list[str], start: dict[str, str] | None = None) -> str:
     start = start or {}
     lines = [
@@ -260,9 +271,9 @@ def table(rows: list[dict], not_run: list[str], argv: list[str], start: dict[str
         f"code: commit {start.get('commit', git_commit())} at the start, {git_commit()} at the end; "
         f"{start.get('time', '?')} to {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
-        "| row | items | input | code | SSE/item AE | PCA | P@10 AE | PCA/LSA | k-means ACC AE | base | NMI AE "
-        "| base | beats both | PCA start kept | epochs (steps) | train s | peak RSS MB |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|:-:|---:|---:|---:|",
+        "| row | items | input | code | SSE/item AE | PCA | P@10 AE | PCA/LSA | P@10 difference ± SE (queries) "
+        "| k-means ACC AE | base | NMI AE | base | beats both | PCA start kept | epochs (steps) | train s | peak RSS MB |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|:-:|---:|---:|---:|",
     ]
     for r in rows:
         if "error" in r:
@@ -271,6 +282,7 @@ def table(rows: list[dict], not_run: list[str], argv: list[str], start: dict[str
         lines.append(
             f"| {r['row']} | {r['n_items']:,} | {'x'.join(map(str, r['input_shape']))} | {r['code_size']} "
             f"| {r['ae_sse']:.4g} | {r['pca_sse']:.4g} | {r['ae_p10']:.4f} | {r['base_p10']:.4f} ({r['baseline']}) "
+            f"| {noise_cell(r)} "
             f"| {r['ae_acc']:.3f} | {r['base_acc']:.3f} | {r['ae_nmi']:.3f} | {r['base_nmi']:.3f} "
             f"| {'yes' if r['beats_both'] else 'NO'} | {'yes' if r.get('kept_start') else 'no'} "
             f"| {r['epochs']} ({r['steps']}) | {r['train_s']:.0f} "

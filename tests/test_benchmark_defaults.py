@@ -75,3 +75,37 @@ def test_man_pages_become_a_labelled_text_folder(tmp_path):
     assert "\\f" not in text and ".SH" not in text and ".TH" not in text
     with pytest.raises(FileNotFoundError, match="no manual pages"):
         write_man_corpus(tmp_path / "empty", tmp_path / "nowhere")
+
+
+def test_table_shows_the_paired_noise_of_each_p10_difference():
+    row = {
+        "row": "mixed-photos",
+        "n_items": 600,
+        "input_shape": [3, 64, 64],
+        "code_size": 10,
+        "ae_sse": 227.6,
+        "pca_sse": 231.6,
+        "ae_p10": 0.19,
+        "base_p10": 0.185,
+        "baseline": "pca",
+        "p10_noise": {"difference": 0.005, "standard_error": 0.012, "within_noise": True},
+        "n_queries": 60,
+        "ae_acc": 0.3,
+        "base_acc": 0.3,
+        "ae_nmi": 0.35,
+        "base_nmi": 0.35,
+        "beats_both": True,
+        "kept_start": False,
+        "epochs": 375,
+        "steps": 1500,
+        "train_s": 75.0,
+        "peak_rss_mb": 862,
+    }
+    clear = {**row, "row": "digits", "p10_noise": {"difference": 0.02, "standard_error": 0.004, "within_noise": False}}
+    older = {k: v for k, v in row.items() if k != "p10_noise"}  # a row recorded before the estimate
+    md = defaults.table([row, clear, older], [], ["--rows", "mixed-photos"])
+    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    assert len(lines) == 4 and lines[0].count("|") == lines[1].count("|")  # header and rows have the same columns
+    assert "| +0.0050 ± 0.0120 (60) (within noise) |" in lines[1]
+    assert "| +0.0200 ± 0.0040 (60) |" in lines[2]
+    assert "| 0.1850 (pca) | – |" in lines[3]
