@@ -110,12 +110,12 @@ def outcome_word(b: dict[str, Any], measure: str) -> str:
 
 def retrieval_outcome(b: dict[str, Any]) -> str:
     """won / tied / lost on precision@10, and when the paired difference is within two standard
-    errors: 'won, within noise: +0.005 ± 0.012 over 60 queries'."""
+    errors: 'won, within noise: +0.0050 ± 0.0120 over 60 queries'."""
     word = outcome_word(b, "precision@10")
     r, noise = b["retrieval"], b["retrieval"].get("noise")  # verdicts saved before it have none
     if noise and noise["within_noise"] and word != "tied":
         word += (
-            f", within noise: {noise['difference']:+.3f} ± {noise['standard_error']:.3f} over {r['n_queries']} queries"
+            f", within noise: {noise['difference']:+.4f} ± {noise['standard_error']:.4f} over {r['n_queries']} queries"
         )
     return word
 

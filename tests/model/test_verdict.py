@@ -166,7 +166,7 @@ def test_a_win_within_noise_says_so_in_the_summary():
     r = {"ae_precision_at_10": 0.19, "baseline_precision_at_10": 0.185, "metric": "l2", "n_queries": 60, "noise": noise}
     metrics = {**_metrics(1.0, 2.0), "n_test": 60}
     metrics["baseline"] = baseline_verdict(cfg, metrics, "pca", r, 10_000, (1, 8, 8))
-    assert "(won, within noise: +0.005 ± 0.012 over 60 queries)" in baseline_summary(metrics)
+    assert "(won, within noise: +0.0050 ± 0.0120 over 60 queries)" in baseline_summary(metrics)
     assert "within noise" in baseline_lines(metrics["baseline"])[0]
     metrics["baseline"]["retrieval"]["noise"] = {**noise, "within_noise": False}
     assert "within noise" not in baseline_summary(metrics)
