@@ -346,7 +346,10 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
             guard = StartGuard(
                 module.net, start_criterion(data.x, split, target, loss, data.labels, cfg.index.metric, tc.seed)
             )
-        callbacks.append(guard)
+        if not any(word in str(tc.strategy) for word in ("spawn", "fork", "notebook")):
+            # those strategies run rank 0 in a child process too (and pickle the callbacks):
+            # what a guard there saw never comes back, so after the fit it judges the checkpoint
+            callbacks.append(guard)
     if not on_terminal:  # scheduled jobs and logs: one line per epoch instead of a bar
         callbacks.append(EpochLog(plan.seconds_left if plan else None))
     log.info("training on %s, precision %s", device.accelerator, device.precision)
@@ -392,9 +395,13 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     if warning := overestimated(plan, int(trainer.global_step), fit_s):
         log.warning(warning)
     # Our own checkpoint, but still read without unpickling arbitrary objects.
-    best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(best)
+    best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+    module.load_state_dict(best["state_dict"])
     net = module.net.cpu().eval()
+    if guard is not None and guard.epochs_seen == 0:
+        # The epochs ran where this process's guard could not watch them (a spawned rank 0,
+        # strategy ddp_spawn): judge the lowest-loss checkpoint against the start, as before.
+        guard.consider(net, int(best.get("epoch", -1)))
     kept_start = guard.restore(net) if guard is not None else False
 
     with timed("evaluate held-out items against the linear baseline"):

@@ -88,6 +88,21 @@ def test_two_process_ddp_matches_single_process_training(tmp_path, caplog):
     assert 0.5 < ddp_m["best_val_loss"] / single_m["best_val_loss"] < 2.0, (ddp_m, single_m)
     assert 0.5 < ddp_m["ae"]["sse_per_item"] / single_m["ae"]["sse_per_item"] < 2.0
     assert ddp.metrics["best_val_loss"] == ddp_m["best_val_loss"]
+    # the PCA start's guard watched every epoch on rank 0, as in one process
+    assert ddp_m["start_guard"]["epochs_seen"] == single_m["start_guard"]["epochs_seen"] == ddp_m["epochs"] == 5
+
+
+@pytest.mark.slow  # two spawned gloo processes
+def test_ddp_spawn_trains_and_the_guard_judges_the_checkpoint(tmp_path):
+    """ddp_spawn runs rank 0 in a child process and pickles the callbacks: the start guard stays
+    out of the fit (it holds closures over the data) and judges the best checkpoint afterwards."""
+    cfg = build_config(
+        overrides=[*DDP_BASE, f"run_dir={tmp_path / 'spawn'}", "training.devices=2", "training.strategy=ddp_spawn"]
+    )
+    result = train_model(cfg)
+    m = json.loads(RunLayout.at(cfg.run_dir).model.metrics.read_text())
+    assert result.model_id and m["start_guard"]["epochs_seen"] == 1  # the checkpoint, once
+    assert m["kept_pca_start"] == (m["start_guard"]["chosen"] is None)
 
 
 @pytest.mark.slow  # a DDP subprocess
