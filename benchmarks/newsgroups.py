@@ -9,8 +9,9 @@ recall r = precision at the rank where a share r of the query's relevant trainin
 been retrieved; topic NMI = k-means (k = number of test labels) on the L2-normalised test codes
 (``--scan``: a row with the library's scan heads, trained on the training codes, assigning them).
 LSA (TruncatedSVD of the sublinear TF-IDF over the same ``--max-features`` terms as the
-autoencoder's inputs) at the same dimensions, and that TF-IDF itself, are measured in the same run. Labels are used for scoring only. Nothing here depends on
-a particular corpus: any Parquet file with text, label and split columns works.
+autoencoder's inputs) at the same dimensions, and that TF-IDF itself, are measured in the same
+run. Labels are used for scoring only. Nothing here depends on a particular corpus: any Parquet
+file with text, label and split columns works.
 ``--tiny`` runs the same code with a small model in seconds (CI; give it small data).
 """
 

@@ -10,7 +10,8 @@ checkpoint by loss alone had given back the retrieval it gained (RESULTS-default
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import lightning as L
@@ -104,6 +105,17 @@ def _cpu_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
 
 
+@contextmanager
+def _evaluating(net: torch.nn.Module) -> Iterator[None]:
+    """``net`` in eval mode inside the block, then back to the mode it was in."""
+    was_training = net.training
+    net.eval()
+    try:
+        yield
+    finally:
+        net.train(was_training)
+
+
 class StartGuard(L.Callback):
     """Built before training on the start network; watches every validation epoch (rank 0 only);
     ``restore(net)`` afterwards puts the chosen state into ``net``."""
@@ -111,37 +123,28 @@ class StartGuard(L.Callback):
     def __init__(self, net: Autoencoder, criterion: Criterion):
         self.criterion = criterion
         self.start_state = _cpu_state(net)
-        start = self.scores(net)
-        assert start is not None  # no ceiling: always scored
-        self.start: tuple[float, ...] = start
+        with _evaluating(net):
+            self.start = self._scores(net, criterion.loss(net))
         self.best: tuple[float, ...] | None = None  # the chosen state's scores (lower is better)
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_epoch: int | None = None
         self.epochs_seen = 0
 
-    def scores(self, net: Autoencoder, ceiling: float | None = None) -> tuple[float, ...] | None:
-        """(loss,) or (-precision@10, loss) of ``net`` in eval mode. With ``ceiling``, None when the
-        loss is above it (then precision, the costly measure, is not computed)."""
-        was_training = net.training
-        net.eval()
-        try:
-            loss = self.criterion.loss(net)
-            if ceiling is not None and loss > ceiling:
-                return None
-            if self.criterion.precision_at_10 is None:
-                return (loss,)
-            return (-self.criterion.precision_at_10(net), loss)
-        finally:
-            net.train(was_training)
+    def _scores(self, net: Autoencoder, loss: float) -> tuple[float, ...]:
+        """(loss,) or (-precision@10, loss): lower is better on each."""
+        if self.criterion.precision_at_10 is None:
+            return (loss,)
+        return (-self.criterion.precision_at_10(net), loss)
 
     def consider(self, net: Autoencoder, epoch: int) -> None:
         """Score ``net`` (the state after ``epoch``) and keep it if it beats the start and has a
         lower loss than the state kept so far."""
         self.epochs_seen += 1
-        ceiling = self.start[-1] if self.best is None else min(self.start[-1], self.best[-1])
-        s = self.scores(net, ceiling)
-        if s is None or (self.best is not None and s[-1] >= self.best[-1]):
-            return
+        with _evaluating(net):
+            loss = self.criterion.loss(net)
+            if loss > self.start[-1] or (self.best is not None and loss >= self.best[-1]):
+                return  # it cannot be chosen: precision, the costly measure, is not computed
+            s = self._scores(net, loss)
         if all(a <= b for a, b in zip(s, self.start)) and any(a < b for a, b in zip(s, self.start)):
             self.best, self.best_state, self.best_epoch = s, _cpu_state(net), epoch
 
