@@ -204,9 +204,14 @@ def run_codes(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     rss_after_build = peak_rss_mb()
     queries = pca_vectors(args, args.queries, seed=3, dim=32)  # other augmentations: not in the store
     searcher = Searcher(cfg.run_dir)
-    t2 = time.perf_counter()
-    found = searcher.search_arrays(queries, k=10)
-    t3 = time.perf_counter()
+    # Throughput: the same batch searched --search-passes times (one pass of 5,000 queries lasts
+    # ~0.15 s, so a single pass reads a scheduler hiccup as a slow index); every pass is kept, the
+    # verdict is on their median.
+    pass_s = []
+    for _ in range(args.search_passes):
+        t2 = time.perf_counter()
+        found = searcher.search_arrays(queries, k=10)
+        pass_s.append(time.perf_counter() - t2)
     # recall of these new queries against exact search over all codes (streamed, a part at a time)
     from aepipe.codes.store import open_store
 
@@ -223,8 +228,9 @@ def run_codes(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
         "n_codes": indexed.n_items,
         "n_queries": len(queries),
         "index_s": t1 - t0,
-        "search_s": t3 - t2,
-        "qps": len(queries) / (t3 - t2),
+        "search_s": float(np.median(pass_s)),
+        "qps": len(queries) / float(np.median(pass_s)),
+        "qps_passes": [round(len(queries) / t, 1) for t in pass_s],
         "index_string": indexed.index_string,
         "on_disk": infos.get("on_disk"),
         "params": indexed.params,
@@ -318,13 +324,21 @@ def table(row: Any, args: argparse.Namespace, argv: list[str]) -> str:
             "|---|---|---|---|---|---|---|---|",
             f"| codes | {row['n_codes']:,} × 32-d | {row['index_s']:.0f} s (`{row['index_string']}`, on disk: "
             f"{row['on_disk']}, {row['index_bytes'] / 2**30:.2f} GiB; {row['index_seconds']}) | "
-            f"{row['qps']:,.0f} queries/s ({row['n_queries']:,} new queries, {row['params']}) | "
+            f"{row['qps']:,.0f} queries/s ({row['n_queries']:,} new queries, {row['params']}; {_passes(row)}) | "
             f"{row['recall_at_10_new_queries']:.3f} new queries, {row['recall_at_10_eval']} held-out stored | "
             f"<= {RSS_TARGET_GIB:.0f} GiB | {'met' if rss_gib <= RSS_TARGET_GIB else 'missed'} | "
             f"{rss_gib:.2f} GiB ({row['peak_rss_mb_build'] / 1024:.2f} after the build) |",
         ]
         lines += choice_lines(row)
     return "\n".join(lines)
+
+
+def _passes(row: dict[str, Any]) -> str:
+    """How the queries/s figure was taken: the median of the passes, each listed (first first)."""
+    passes = row.get("qps_passes", [row["qps"]])
+    if len(passes) == 1:
+        return "one pass"
+    return f"median of {len(passes)} passes: " + ", ".join(f"{q:,.0f}" for q in passes)
 
 
 COST_TARGETS = {"recall": 0.95, "qps": 30_000.0, "build_s": 10.0}  # issue #15, 1M x 32-d, 2 threads
@@ -359,7 +373,7 @@ def choice_lines(row: dict[str, Any]) -> list[str]:
     built = sum(seconds.get(key, 0.0) for key in ("gather_sample", "train", "add", "write"))
     checks = [
         ("recall@10 of new queries", row["recall_at_10_new_queries"], ">=", COST_TARGETS["recall"]),
-        ("queries/s (search_arrays, 2 threads)", row["qps"], ">=", COST_TARGETS["qps"]),
+        ("queries/s (search_arrays, 2 threads, median pass)", row["qps"], ">=", COST_TARGETS["qps"]),
         ("build: choice + train + add + write (s)", seconds.get("choose", 0.0) + built, "<=", COST_TARGETS["build_s"]),
         ("whole build_index incl. recall measurement (s)", row["index_s"], "<=", COST_TARGETS["build_s"]),
     ]
@@ -406,6 +420,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=int, default=1_000_000, help="images: corpus size")
     p.add_argument("--codes", type=int, default=10_000_000, help="codes: store size")
     p.add_argument("--queries", type=int, default=1_000)
+    p.add_argument(
+        "--search-passes", type=int, default=5, help="codes: times the query batch is searched (median reported)"
+    )
     p.add_argument("--factory", default="auto", help="index.factory")
     p.add_argument("--on-disk", default="always", choices=["auto", "always", "never"], help="codes: index.on_disk")
     p.add_argument("--batch-size", type=int, default=1024, help="images: encode.batch_size")
@@ -423,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(0, stream_is_tty=False)  # warnings only: the results table is the output
     if not args.tiny and not Path(args.data).is_file():
         parser().error(f"{args.data} not found (see ../shared/datasets/README.md)")
+    if args.search_passes < 1:
+        parser().error(f"--search-passes must be at least 1, got {args.search_passes}")
     if args.child:
         return child(args)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the measured child's faiss / torch threads (and the table's)

@@ -99,8 +99,10 @@ def test_large_benchmarks_tiny_run_images_and_codes(tmp_path):
     assert codes["n_codes"] == 20_000 and codes["on_disk"] is True  # --on-disk always is the default
     assert codes["recall_at_10_eval"] >= 0.95  # tuned to the target on held-out stored items
     assert 0.5 <= codes["recall_at_10_new_queries"] <= 1.0
+    passes = codes["qps_passes"]  # the default 5 passes, the figure their median
+    assert len(passes) == 5 and sorted(passes)[2] == pytest.approx(codes["qps"], rel=1e-3)
     table = (tmp_path / "codes" / "results.md").read_text()
-    assert "| codes |" in table and "Machine:" in table
+    assert "| codes |" in table and "Machine:" in table and "median of 5 passes" in table
 
 
 def test_service_benchmark_tiny_measures_every_kind(tmp_path):

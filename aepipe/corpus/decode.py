@@ -4,7 +4,9 @@ Pillow's PNG / JPEG decoders hold the GIL for most of their ~90 us per small ima
 thread slows the reader down rather than helping it; worker processes use the other cores.
 Chunks of raw items go to a process pool and come back in submission order, so ids, positions
 and quarantine entries are exactly those of decoding in line; at most ``2 x workers`` chunks are
-in flight, which bounds memory whatever the corpus size.
+in flight, which bounds memory whatever the corpus size. A chunk comes back as one array (and the
+reasons of its bad items): unpickling a thousand small arrays one by one costs the parent, which
+also runs the model, more than the copy.
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ def decode_chunk(prep: Any, max_pixels: int, payloads: list[Any]) -> list[np.nda
     return out
 
 
+def decode_packed(prep: Any, max_pixels: int, payloads: list[Any]) -> tuple[np.ndarray | None, list[str]]:
+    """``decode_chunk`` for the trip back from a worker: the good items' arrays stacked in order
+    (None when there are none) and per item its reason, "" for a good one."""
+    results = decode_chunk(prep, max_pixels, payloads)
+    good = [x for x in results if not isinstance(x, str)]
+    return (np.stack(good) if good else None), [x if isinstance(x, str) else "" for x in results]
+
+
 def decode_in_line(chunks: Iterable[list[RawItem]], prep: Any, max_pixels: int) -> Iterator[Decoded]:
     for items in chunks:
         yield items, [_decode_one(item, prep, max_pixels) for item in items]
@@ -55,7 +65,9 @@ def decode_in_workers(chunks: Iterable[list[RawItem]], prep: Any, max_pixels: in
     try:
         for items in chunks:
             send = [i for i, item in enumerate(items) if not isinstance(item.payload, BadItem)]
-            pending.append((items, send, pool.submit(decode_chunk, prep, max_pixels, [items[i].payload for i in send])))
+            pending.append(
+                (items, send, pool.submit(decode_packed, prep, max_pixels, [items[i].payload for i in send]))
+            )
             if len(pending) >= 2 * workers:  # bounded read-ahead
                 yield _collect(*pending.popleft())
         while pending:
@@ -69,8 +81,10 @@ def _collect(items: list[RawItem], send: list[int], future: Future) -> Decoded:
     results: list[np.ndarray | str] = [
         item.payload.reason if isinstance(item.payload, BadItem) else "" for item in items
     ]
-    for i, value in zip(send, future.result()):
-        results[i] = value
+    stacked, reasons = future.result()
+    good = iter(stacked if stacked is not None else ())
+    for i, reason in zip(send, reasons):
+        results[i] = reason or next(good)
     return items, results
 
 

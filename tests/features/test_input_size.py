@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from aepipe.config import CorpusConfig, FeaturesConfig, build_config
 from aepipe.corpus import Quarantine, open_image_corpus
@@ -193,3 +193,60 @@ def test_payloads_that_are_not_images_are_bad_items_not_crashes(payload, reason)
     prep = ImagePreprocessor(height=8, width=8, channels=1)
     with pytest.raises(BadItem, match=reason):
         prep(payload)
+
+
+def _full_path(prep: ImagePreprocessor, data: bytes) -> np.ndarray:
+    """What the preprocessor computed before it skipped steps: always transpose, always convert."""
+    img = Image.open(io.BytesIO(data))
+    if img.format in ("JPEG", "MPO"):
+        img.draft(None, (2 * max(prep.height, prep.width),) * 2)
+    img = ImageOps.exif_transpose(img).convert("L" if prep.channels == 1 else "RGB")
+    arr = np.asarray(prep.fit(img), dtype=np.float32) / 255.0
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _encoded(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_skipped_steps_change_no_value_whatever_the_format_mode_or_orientation_tag():
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (30, 50, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description tiff:Orientation="3"/></x:xmpmeta>'
+    items = {
+        "gray png": _encoded(rgb.convert("L"), "PNG"),
+        "rgb png": _encoded(rgb, "PNG"),
+        "rgba png": _encoded(rgb.convert("RGBA"), "PNG"),
+        "palette gif": _encoded(rgb.convert("P"), "GIF"),
+        "16-bit png": _encoded(Image.fromarray(rng.integers(0, 65536, (20, 20), dtype=np.uint16)), "PNG"),
+        "png with exif orientation": _encoded(rgb, "PNG", exif=exif.tobytes()),
+        "png with xmp orientation": _encoded(rgb, "PNG", pnginfo=_xmp_text(xmp)),
+        "jpeg": _encoded(rgb, "JPEG", quality=90),
+        "jpeg with exif orientation": _encoded(rgb, "JPEG", quality=90, exif=exif.tobytes()),
+        "tiff with orientation tag": _encoded(rgb, "TIFF", exif=exif.tobytes()),
+    }
+    rotated = {name for name in items if "orientation" in name and "tiff" not in name}  # TIFFs: Pillow's own
+    for channels in (1, 3):
+        for resize in ("pad", "crop", "stretch"):
+            prep = ImagePreprocessor(16, 24, channels, resize=resize)
+            for name, data in items.items():
+                got, want = prep(data), _full_path(prep, data)
+                assert got.shape == (channels, 16, 24) and got.dtype == np.float32, name
+                assert np.array_equal(got, want), f"{name}, {channels} channels, {resize}"
+    # the tagged items really are turned (so the comparison above covers the transpose)
+    for name in rotated:
+        img = Image.open(io.BytesIO(items[name])).convert("RGB")
+        turned = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(items[name]))).convert("RGB"))
+        assert turned.shape != np.asarray(img).shape or not np.array_equal(turned, np.asarray(img)), name
+
+
+def _xmp_text(xmp: bytes):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp.decode())
+    return info
