@@ -341,14 +341,15 @@ def test_normalize_never_touches_the_callers_array():
     assert normalize(x, "l2") is x  # already float32 and contiguous: no copy needed for l2
 
 
+@pytest.mark.parametrize("codes", ["Flat", "SQfp16"])
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
-def test_ivf_with_an_hnsw_quantizer_puts_every_item_in_its_exact_nearest_list(run_copy, metric):
+def test_ivf_with_an_hnsw_quantizer_puts_every_item_in_its_exact_nearest_list(run_copy, metric, codes):
     """Bulk adds into IVF…_HNSW32 assign by an exact search over the centroids (faster in bulk than
     one HNSW search per item, and exact): each stored vector sits in the list of its nearest
     centroid under the index's metric, and each finds itself."""
     from aepipe.index.faissio import normalize
 
-    build_index(run_copy.config("index.factory=IVF16_HNSW32,Flat", f"index.metric={metric}"))
+    build_index(run_copy.config(f"index.factory=IVF16_HNSW32,{codes}", f"index.metric={metric}"))
     layout = RunLayout.at(run_copy.run_dir)
     index = faiss.read_index(str(layout.index.index))
     ivf = faiss.extract_index_ivf(index)
@@ -366,11 +367,14 @@ def test_ivf_with_an_hnsw_quantizer_puts_every_item_in_its_exact_nearest_list(ru
     assert (found[:, 0] == np.arange(50)).mean() >= 0.9  # exact duplicates in the store may come first
 
 
-def test_on_disk_ivf_with_an_hnsw_quantizer_keeps_store_positions_as_labels(run_copy):
+@pytest.mark.parametrize("codes_kind", ["Flat", "SQfp16"])
+def test_on_disk_ivf_with_an_hnsw_quantizer_keeps_store_positions_as_labels(run_copy, codes_kind):
     """The on-disk build fills partial indexes through the same exact assignment, with explicit ids:
-    every stored vector comes back under its own store position."""
+    every stored vector comes back under its own store position (half-precision lists too)."""
     build_index(
-        run_copy.config("index.factory=IVF16_HNSW32,Flat", "index.on_disk=always", "index.on_disk_shard_items=128")
+        run_copy.config(
+            f"index.factory=IVF16_HNSW32,{codes_kind}", "index.on_disk=always", "index.on_disk_shard_items=128"
+        )
     )
     layout = RunLayout.at(run_copy.run_dir)
     assert layout.index.ivfdata.is_file()
@@ -381,5 +385,7 @@ def test_on_disk_ivf_with_an_hnsw_quantizer_keeps_store_positions_as_labels(run_
     assert index.ntotal == len(codes)
     set_search_params(index, {"nprobe": 16})
     distances, found = index.search(np.ascontiguousarray(codes), 1)
-    assert np.allclose(distances[:, 0], 0, atol=1e-4)  # each finds itself (or an exact copy) at distance 0
+    scale = float((codes**2).sum(1).mean())  # fp16 keeps ~3 significant digits of each value
+    tolerance = 1e-4 if codes_kind == "Flat" else 1e-5 * scale
+    assert np.allclose(distances[:, 0], 0, atol=tolerance)  # each finds itself (or an exact copy), at ~0
     assert (found[:, 0] == np.arange(len(codes))).mean() >= 0.9

@@ -15,7 +15,9 @@ from aepipe.index.build import build_index
 from aepipe.index.choose import (
     COARSE_POINTS_PER_LIST,
     build_speedup,
+    calibrate,
     calibrated_names,
+    estimate_bytes,
     extrapolate,
     ivf_nlist,
     pick,
@@ -24,7 +26,7 @@ from aepipe.index.choose import (
 from aepipe.layout import RunLayout
 
 
-def _write_store(run, n: int = 6000, dim: int = 32, seed: int = 0) -> np.ndarray:
+def _write_store(run, n: int = 6000, dim: int = 32, seed: int = 0, scale: float = 1.0) -> np.ndarray:
     from aepipe.codes.store import PartWriter, store_schema
 
     rng = np.random.default_rng(seed)
@@ -32,6 +34,7 @@ def _write_store(run, n: int = 6000, dim: int = 32, seed: int = 0) -> np.ndarray
     codes = latent @ rng.standard_normal((8, dim)).astype(np.float32) + 0.01 * rng.standard_normal((n, dim)).astype(
         np.float32
     )  # (n, 8) -> (n, dim): low intrinsic dimension, as real codes
+    codes *= np.float32(scale)
     writer = PartWriter(
         run / "store" / "part-00000.parquet", store_schema(dim, "float32", {"model_id": "m", "config": {}})
     )
@@ -160,10 +163,10 @@ def test_extrapolation_follows_each_kinds_cost_model():
 
 
 def test_calibrated_names_fit_the_memory_budget():
-    assert calibrated_names(1_000_000, 32, IndexConfig()) == ["HNSW32", "IVF4096,Flat", "IVF4096_HNSW32,Flat"]
+    assert calibrated_names(1_000_000, 32, IndexConfig()) == ["HNSW32", "IVF4096,Flat", "IVF4096_HNSW32,SQfp16"]
     assert calibrated_names(3_000_000, 32, IndexConfig()) == [
         f"IVF{ivf_nlist(3_000_000)},Flat",
-        f"IVF{ivf_nlist(3_000_000)}_HNSW32,Flat",
+        f"IVF{ivf_nlist(3_000_000)}_HNSW32,SQfp16",
     ]
     assert calibrated_names(1_000_000, 32, IndexConfig(memory_budget_mb=50)) == []
 
@@ -186,3 +189,27 @@ def test_hnsw_builds_are_not_assumed_to_scale_with_threads():
     assert build_speedup("HNSW32", 1) == 1.0
     assert 1.0 < build_speedup("HNSW32", 2) < 1.3  # measured 1.13x on 1M x 32-d (RESULTS-large.md)
     assert build_speedup("IVF4096_HNSW32,Flat", 2) == 2.0
+
+
+def test_half_precision_lists_halve_the_memory_and_are_passed_over_where_they_lose_neighbours(tmp_path):
+    """The IVF-HNSW candidate keeps its vectors in fp16. On codes of ordinary scale its sample
+    recall matches float32's; on values beyond fp16's range (here ~1e6) the sample shows the loss,
+    it is passed over, and the float32 IVF-Flat candidate wins."""
+    from aepipe.codes.store import open_store
+
+    flat, half = estimate_bytes("IVF4096,Flat", 10**6, 32), estimate_bytes("IVF4096_HNSW32,SQfp16", 10**6, 32)
+    assert half == pytest.approx(flat - 10**6 * 32 * 2)  # 2 bytes a value instead of 4
+    cfg = IndexConfig(calibration_items=2000)
+    names = ["IVF64,Flat", "IVF64_HNSW32,SQfp16"]
+    recalls = {}
+    for scale in (1.0, 1e6):
+        run = tmp_path / f"run-{scale:g}"
+        _write_store(run, scale=scale)
+        measured = calibrate(open_store(run / "store"), names, cfg)
+        recalls[scale] = {c["index_string"]: c["sample"]["recall_at_10"] for c in measured}
+        winner, why = pick(measured, cfg)
+        if scale == 1.0:
+            assert recalls[scale]["IVF64_HNSW32,SQfp16"] >= cfg.recall_target
+        else:
+            assert recalls[scale]["IVF64_HNSW32,SQfp16"] < cfg.recall_target <= recalls[scale]["IVF64,Flat"]
+            assert winner == "IVF64,Flat" and "passed over: IVF64_HNSW32,SQfp16" in why
