@@ -9,7 +9,7 @@
 |---|---|---|
 | images | encode (Parquet of PNG bytes -> decode -> encode -> store) + index (auto, tuned) + 1,000 queries by image file | <= 10 minutes on 2 cores; peak RSS reported |
 | codes | build_index over a store of 10M 32-d codes (on disk by default) + 1,000 queries | peak RSS <= 8 GiB; time and recall reported |
-| encode | encode_corpus of the images run's corpus, twice in separate processes: PNGs decoded in the reading thread (``encode.decode_workers=0``, the path before #15) and in worker processes (default) | workers >= 1.6x in line; peak RSS (run + decode workers) < 2 GiB |
+| encode | encode_corpus of the images run's corpus, in separate processes: PNGs decoded in the reading thread (``encode.decode_workers=0``, the path before #15), in worker processes (default), and in workers with the model under bf16 autocast (``encode.autocast=bf16``, opt-in); plus how far bf16 codes are from fp32 ones | workers >= 1.6x in line; peak RSS (run + decode workers) < 2 GiB |
 
 Data are made once and reused, never timed: augmented copies of MNIST's training images
 (seeded rotations and shifts, see ``stages.augment``), stored as a Parquet corpus of PNG bytes
@@ -166,6 +166,7 @@ def run_encode(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     import multiprocessing
 
     from aepipe.codes.encode import decode_workers, encode_corpus
+    from aepipe.model.saved import inference_settings
     from aepipe.corpus.decode import shutdown_pools
 
     t0 = time.perf_counter()
@@ -176,12 +177,48 @@ def run_encode(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     workers_mb = [_vm_hwm_mb(p.pid) for p in multiprocessing.active_children() if p.pid]
     shutdown_pools(wait=True)
     return {
+        "autocast": inference_settings(cfg.encode.device, cfg.encode.autocast)[1],
         "decode_workers": decode_workers(cfg.encode) if cfg.encode.rows_per_part >= cfg.encode.decode_min_items else 0,
         "n_items": encoded.n_items,
         "n_quarantined": encoded.n_quarantined,
         "encode_s": seconds,
         "encode_items_per_s": encoded.n_items / seconds,
         "workers_peak_rss_mb": sum(workers_mb),
+    }
+
+
+def bf16_agreement(args: argparse.Namespace, n: int = 20_000, n_queries: int = 1_000) -> dict[str, Any]:
+    """How far the bf16 variant's codes are from fp32 ones: the first ``n`` corpus images encoded
+    both ways by the run's model; relative difference of each code, and of ``n_queries`` of them
+    the share of their 10 exact nearest codes (among the n) that bf16 codes find again."""
+    import faiss
+    import pyarrow.parquet as pq
+    import torch
+
+    from aepipe.model.saved import encode_array, load_model
+
+    model = load_model(Path(args.out) / "runs" / args.run / "model")
+    first = sorted(image_corpus(args).glob("part-*.parquet"))[0]
+    images = pq.read_table(first, columns=["image"]).column("image").to_pylist()[:n]
+    x = torch.from_numpy(np.stack([model.prep(b) for b in images]))
+    codes = {}
+    for autocast in ("off", "bf16"):
+        codes[autocast] = np.concatenate(
+            [encode_array(model.net, x[i : i + 1024], autocast)[0].numpy() for i in range(0, len(x), 1024)]
+        ).astype(np.float32)
+    full, half = codes["off"], codes["bf16"]
+    rel = np.linalg.norm(full - half, axis=1) / np.maximum(np.linalg.norm(full, axis=1), 1e-12)
+    queries = np.arange(0, len(full), max(len(full) // n_queries, 1))[:n_queries]
+    _, want = faiss.knn(full[queries], full, 11)  # the item itself first
+    _, got = faiss.knn(half[queries], half, 11)
+    agree = np.mean([len(set(w[1:]) & set(g[1:])) / 10 for w, g in zip(want, got)])
+    return {
+        "bf16_agreement": True,
+        "items": len(full),
+        "queries": len(queries),
+        "median_relative_difference": float(np.median(rel)),
+        "max_relative_difference": float(rel.max()),
+        "neighbours_at_10_agreement": float(agree),
     }
 
 
@@ -389,23 +426,40 @@ def choice_lines(row: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _ratio_line(name: str, ratio: float) -> str:
+    verdict = "met" if ratio >= ENCODE_RATIO_TARGET else f"missed by {ENCODE_RATIO_TARGET - ratio:.2f}"
+    return f"{name}: {ratio:.2f}x (target >= {ENCODE_RATIO_TARGET}x: {verdict})"
+
+
 def encode_table(rows: Any, lines: list[str]) -> str:
-    in_line, workers = rows
-    ratio = workers["encode_items_per_s"] / in_line["encode_items_per_s"]
+    runs = [r for r in rows if not r.get("bf16_agreement")]
+    in_line, workers = runs[0], runs[1]
     lines += [
-        "| decoding | items | encode | items/s | peak RSS (run + all decode workers) |",
-        "|---|---|---|---|---|",
+        "| decoding | model precision | items | encode | items/s | peak RSS (run + all decode workers) |",
+        "|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in runs:
         lines.append(
-            f"| {_decoding(r)} | {r['n_items']:,} ({r['n_quarantined']} quarantined) | {r['encode_s']:.1f} s | "
-            f"{r['encode_items_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} + {r['workers_peak_rss_mb']:,.0f} MiB |"
+            f"| {_decoding(r)} | {r.get('autocast', 'off')} | {r['n_items']:,} ({r['n_quarantined']} quarantined) | "
+            f"{r['encode_s']:.1f} s | {r['encode_items_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} + "
+            f"{r['workers_peak_rss_mb']:,.0f} MiB |"
         )
     lines += [
         "",
-        f"Workers / in line: {ratio:.2f}x (target >= {ENCODE_RATIO_TARGET}x: "
-        f"{'met' if ratio >= ENCODE_RATIO_TARGET else f'missed by {ENCODE_RATIO_TARGET - ratio:.2f}'})",
+        _ratio_line(
+            "Workers / in line (both fp32, the defaults)", workers["encode_items_per_s"] / in_line["encode_items_per_s"]
+        ),
     ]
+    for r in runs[2:]:
+        ratio = r["encode_items_per_s"] / in_line["encode_items_per_s"]
+        lines.append(_ratio_line(f"Workers with {r['autocast']} autocast (opt-in) / in line fp32", ratio))
+    for a in rows:
+        if a.get("bf16_agreement"):
+            lines.append(
+                f"bf16 codes against fp32 codes ({a['items']:,} corpus images): relative difference median "
+                f"{a['median_relative_difference']:.4f}, max {a['max_relative_difference']:.4f}; of their 10 exact "
+                f"nearest codes, {a['neighbours_at_10_agreement']:.3f} found again ({a['queries']:,} queries)"
+            )
     return "\n".join(lines)
 
 
@@ -422,6 +476,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=int, default=1_000)
     p.add_argument(
         "--search-passes", type=int, default=5, help="codes: times the query batch is searched (median reported)"
+    )
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="encode: also run the workers variant with encode.autocast=bf16 and compare its codes with fp32 ones",
     )
     p.add_argument("--factory", default="auto", help="index.factory")
     p.add_argument("--on-disk", default="always", choices=["auto", "always", "never"], help="codes: index.on_disk")
@@ -446,7 +505,11 @@ def main(argv: list[str] | None = None) -> int:
         return child(args)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the measured child's faiss / torch threads (and the table's)
     prepare(args)
-    variants = [["--set", "encode.decode_workers=0"], []] if args.run == "encode" else [[]]
+    variants = [[]]
+    if args.run == "encode":
+        variants = [["--set", "encode.decode_workers=0"], []] + (
+            [["--set", "encode.autocast=bf16"]] if args.bf16 else []
+        )
     rows = []
     for extra in variants:  # encode: in line, then with workers, each in its own process
         proc = subprocess.run(
@@ -459,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
             print(proc.stderr[-3000:], file=sys.stderr)
             return 1
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    if args.run == "encode" and args.bf16:
+        rows.append(bf16_agreement(args))
     write_results(Path(args.out) / args.run, rows, table(rows if args.run == "encode" else rows[0], args, argv))
     return 0
 

@@ -105,6 +105,26 @@ def test_large_benchmarks_tiny_run_images_and_codes(tmp_path):
     assert "| codes |" in table and "Machine:" in table and "median of 5 passes" in table
 
 
+def test_large_encode_benchmark_tiny_compares_decoding_and_precision(tmp_path):
+    """The encode run on digits: decoding in line, in worker processes, and in workers with bf16
+    autocast, each in its own process over the same corpus; then bf16 codes against fp32 ones."""
+    from benchmarks import large
+
+    out = str(tmp_path)
+    argv = ["encode", "--tiny", "--items", "1500", "--bf16", "--set", "encode.decode_min_items=0", "--out", out]
+    assert large.main(argv) == 0
+    rows = json.loads((tmp_path / "encode" / "results.json").read_text())
+    in_line, workers, bf16, agreement = rows
+    assert (in_line["decode_workers"], in_line["autocast"]) == (0, "off")
+    assert workers["decode_workers"] > 0 and workers["autocast"] == "off" and bf16["autocast"] == "bf16"
+    assert all(r["n_items"] == 1500 and r["n_quarantined"] == 0 and r["encode_items_per_s"] > 0 for r in rows[:3])
+    assert agreement["items"] == 1500 and agreement["queries"] == 1000
+    assert 0 < agreement["median_relative_difference"] <= agreement["max_relative_difference"] < 0.1
+    assert 0.5 < agreement["neighbours_at_10_agreement"] <= 1.0
+    table = (tmp_path / "encode" / "results.md").read_text()
+    assert "Workers with bf16 autocast (opt-in) / in line fp32" in table and "found again (1,000 queries)" in table
+
+
 def test_service_benchmark_tiny_measures_every_kind(tmp_path):
     """The latency benchmark's tiny form: a short demo pipeline, the real service in a subprocess,
     2 clients x 20 requests per kind, raw faiss and a cold CLI call; a verdict per target."""
