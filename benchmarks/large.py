@@ -166,8 +166,8 @@ def run_encode(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     import multiprocessing
 
     from aepipe.codes.encode import decode_workers, encode_corpus
-    from aepipe.model.saved import inference_settings
     from aepipe.corpus.decode import shutdown_pools
+    from aepipe.model.saved import inference_settings
 
     t0 = time.perf_counter()
     encoded = encode_corpus(cfg)
