@@ -120,7 +120,9 @@ def code_store(args: argparse.Namespace, run_dir: Path) -> None:
 
     done = RunLayout.at(run_dir).store / "_complete"
     if not done.is_file():
-        vector_store(run_dir, pca_vectors(args, args.codes, seed=2, dim=32), rows_per_part=1_000_000)
+        vector_store(
+            run_dir, pca_vectors(args, args.codes, seed=2 + 10 * args.data_seed, dim=32), rows_per_part=1_000_000
+        )
         done.touch()
 
 
@@ -239,7 +241,9 @@ def run_codes(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     indexed = build_index(cfg)
     t1 = time.perf_counter()
     rss_after_build = peak_rss_mb()
-    queries = pca_vectors(args, args.queries, seed=3, dim=32)  # other augmentations: not in the store
+    queries = pca_vectors(
+        args, args.queries, seed=3 + 10 * args.data_seed, dim=32
+    )  # other augmentations: not in the store
     searcher = Searcher(cfg.run_dir)
     # Throughput: the same batch searched --search-passes times (one pass of 5,000 queries lasts
     # ~0.15 s, so a single pass reads a scheduler hiccup as a slow index); every pass is kept, the
@@ -481,6 +485,13 @@ def parser() -> argparse.ArgumentParser:
         "--bf16",
         action="store_true",
         help="encode: also run the workers variant with encode.autocast=bf16 and compare its codes with fp32 ones",
+    )
+    p.add_argument(
+        "--data-seed",
+        type=int,
+        default=0,
+        help="codes: another draw of augmentations for the store and the queries (choose settings on a draw "
+        "other than the reported one's, 0; use its own --out)",
     )
     p.add_argument("--factory", default="auto", help="index.factory")
     p.add_argument("--on-disk", default="always", choices=["auto", "always", "never"], help="codes: index.on_disk")
