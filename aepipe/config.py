@@ -630,12 +630,13 @@ class IndexConfig(_Section):
         "queries, at the tuned recall) is longer; none: no limit",
     )
     train_points_per_list: int = Field(
-        64,
+        48,
         ge=39,
         le=256,
-        description="IVF: k-means trains on this many sampled vectors per list (faiss's bounds: 39..256). 64 "
-        "trains IVF4096 over 1M 32-d codes in ~3 s on 2 cores, 256 in ~4x that, for recall within "
-        "reach by a larger nprobe (benchmarks/RESULTS-large.md)",
+        description="IVF: k-means trains on this many sampled vectors per list (faiss's bounds: 39..256). 48 "
+        "trains IVF4096 over 1M 32-d codes in ~3-4 s on 2 cores, 256 in ~5x that, for recall within "
+        "reach by a larger nprobe; 48 against 64 on a validation draw: the same nprobe and recall@10 "
+        "(0.954), ~1 s less build (benchmarks/RESULTS-large.md, session 12)",
     )
     queries_per_build: int = Field(
         1_000_000,
