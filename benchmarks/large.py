@@ -213,15 +213,20 @@ def bf16_agreement(args: argparse.Namespace, n: int = 20_000, n_queries: int = 1
     queries = np.arange(0, len(full), max(len(full) // n_queries, 1))[:n_queries]
     _, want = faiss.knn(full[queries], full, 11)  # the item itself first
     _, got = faiss.knn(half[queries], half, 11)
-    agree = np.mean([len(set(w[1:]) & set(g[1:])) / 10 for w, g in zip(want, got)])
+    agree = overlap_at_10(got[:, 1:], want[:, 1:])
     return {
         "bf16_agreement": True,
         "items": len(full),
         "queries": len(queries),
         "median_relative_difference": float(np.median(rel)),
         "max_relative_difference": float(rel.max()),
-        "neighbours_at_10_agreement": float(agree),
+        "neighbours_at_10_agreement": agree,
     }
+
+
+def overlap_at_10(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each row's 10 true neighbours that ``found`` has too (recall@10). (Q, 10) each"""
+    return float(np.mean([len(set(f) & set(t)) for f, t in zip(found, truth)]) / 10)
 
 
 def _vm_hwm_mb(pid: int) -> float:
@@ -241,9 +246,8 @@ def run_codes(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     indexed = build_index(cfg)
     t1 = time.perf_counter()
     rss_after_build = peak_rss_mb()
-    queries = pca_vectors(
-        args, args.queries, seed=3 + 10 * args.data_seed, dim=32
-    )  # other augmentations: not in the store
+    # other augmentations: not in the store
+    queries = pca_vectors(args, args.queries, seed=3 + 10 * args.data_seed, dim=32)
     searcher = Searcher(cfg.run_dir)
     # Throughput: the same batch searched --search-passes times (one pass of 5,000 queries lasts
     # ~0.15 s, so a single pass reads a scheduler hiccup as a slow index); every pass is kept, the
@@ -263,7 +267,7 @@ def run_codes(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
         heap.add_result(d, i + offset)
         offset += len(codes)
     heap.finalize()
-    recall = float(np.mean([len(set(f) & set(t)) for f, t in zip(found.rows, heap.I)]) / 10)
+    recall = overlap_at_10(found.rows, heap.I)
     infos = searcher.infos
     return {
         "n_codes": indexed.n_items,
@@ -376,7 +380,7 @@ def table(row: Any, args: argparse.Namespace, argv: list[str]) -> str:
 
 def _passes(row: dict[str, Any]) -> str:
     """How the queries/s figure was taken: the median of the passes, each listed (first first)."""
-    passes = row.get("qps_passes", [row["qps"]])
+    passes = row["qps_passes"]
     if len(passes) == 1:
         return "one pass"
     return f"median of {len(passes)} passes: " + ", ".join(f"{q:,.0f}" for q in passes)
@@ -444,7 +448,7 @@ def encode_table(rows: Any, lines: list[str]) -> str:
     ]
     for r in runs:
         lines.append(
-            f"| {_decoding(r)} | {r.get('autocast', 'off')} | {r['n_items']:,} ({r['n_quarantined']} quarantined) | "
+            f"| {_decoding(r)} | {r['autocast']} | {r['n_items']:,} ({r['n_quarantined']} quarantined) | "
             f"{r['encode_s']:.1f} s | {r['encode_items_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} + "
             f"{r['workers_peak_rss_mb']:,.0f} MiB |"
         )

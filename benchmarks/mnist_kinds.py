@@ -83,8 +83,6 @@ def validation_split(data: str, n_val: int, seed: int, out: Path) -> Path:
 
 def run(args: argparse.Namespace) -> list[dict]:
     rows = []
-    if args.validate and not args.tiny:
-        args.data = str(validation_split(args.data, args.val_items, args.seed, Path(args.out)))
     for kind in args.kinds:
         run_dir = Path(args.out) / "runs" / kind
         if args.tiny:
@@ -309,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{args.data} not found (see ../shared/datasets/README.md)")
     setup_logging(0, stream_is_tty=False)  # warnings only: the results table is the output
     code, started = commit(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())  # what the run measures
+    if args.validate and not args.tiny:  # the run reads this split in place of the file given
+        args.data = str(validation_split(args.data, args.val_items, args.seed, Path(args.out)))
     rows = run(args)
     command = "python -m benchmarks.mnist_kinds " + " ".join(argv if argv is not None else sys.argv[1:])
     md = table(rows, command, started, code)
