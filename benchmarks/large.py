@@ -505,6 +505,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="scikit-learn digits, seconds (CI)")
     p.add_argument("--out", default="bench-out/large")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--prepare-only", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -518,8 +519,13 @@ def main(argv: list[str] | None = None) -> int:
         parser().error(f"--search-passes must be at least 1, got {args.search_passes}")
     if args.child:
         return child(args)
+    if args.prepare_only:
+        prepare(args)
+        return 0
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the measured child's faiss / torch threads (and the table's)
-    prepare(args)
+    # in a process of its own: a measured child forked from a parent that had trained the model
+    # would start with the parent's peak as its own ru_maxrss
+    subprocess.run([sys.executable, "-m", "benchmarks.large", *argv, "--prepare-only"], check=True)
     variants = [[]]
     if args.run == "encode":
         variants = [["--set", "encode.decode_workers=0"], []] + (
