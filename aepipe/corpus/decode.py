@@ -7,21 +7,39 @@ and quarantine entries are exactly those of decoding in line; at most ``2 x work
 in flight, which bounds memory whatever the corpus size. A chunk comes back as one array (and the
 reasons of its bad items): unpickling a thousand small arrays one by one costs the parent, which
 also runs the model, more than the copy.
+
+When a worker dies the run goes on. If new workers cannot even start (most often a script that
+calls aepipe without ``if __name__ == "__main__":``, which every spawned worker runs again), the
+rest is decoded in line, with a warning that says why. Otherwise the chunk is decoded again item
+by item in new workers: an item that kills its worker (a crash in the image library) is
+quarantined with that reason, and the rest carry on, in order.
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import multiprocessing
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from itertools import chain
 from typing import Any
 
 import numpy as np
 
 from aepipe.corpus.base import BadItem, RawItem
+
+log = logging.getLogger(__name__)
+
+WORKER_DIED = "decoding killed its worker process (a crash in the image library)"
+MAIN_GUARD_HINT = (
+    "decode worker processes could not start; decoding in this process instead (slower). A script "
+    'that calls aepipe needs its top-level code under `if __name__ == "__main__":` for workers '
+    "(each spawned worker runs the script again), or set encode.decode_workers=0"
+)
 
 Decoded = tuple[list[RawItem], list[np.ndarray | str]]  # items, and per item its array or the reason it is bad
 
@@ -59,22 +77,87 @@ def _decode_one(item: RawItem, prep: Any, max_pixels: int) -> np.ndarray | str:
 
 def decode_in_workers(chunks: Iterable[list[RawItem]], prep: Any, max_pixels: int, workers: int) -> Iterator[Decoded]:
     """``decode_in_line`` with the decoding in ``workers`` processes, results in input order.
-    Items the reader already marked bad (a BadItem payload) are not sent."""
-    pool = shared_pool(workers)
+    Items the reader already marked bad (a BadItem payload) are not sent. A worker that dies is
+    survived (see the module docstring)."""
+    if _no_workers.is_set():  # they could not start earlier in this process: don't respawn for each shard
+        yield from decode_in_line(chunks, prep, max_pixels)
+        return
+    chunks = iter(chunks)
+    pool: ProcessPoolExecutor | None = shared_pool(workers)
     pending: deque[tuple[list[RawItem], list[int], Future]] = deque()
+    again: deque[list[RawItem]] = deque()  # chunks whose work was lost with a dead worker, in order
     try:
-        for items in chunks:
-            send = [i for i, item in enumerate(items) if not isinstance(item.payload, BadItem)]
-            pending.append(
-                (items, send, pool.submit(decode_packed, prep, max_pixels, [items[i].payload for i in send]))
-            )
-            if len(pending) >= 2 * workers:  # bounded read-ahead
-                yield _collect(*pending.popleft())
-        while pending:
-            yield _collect(*pending.popleft())
+        while pool is not None:
+            try:
+                while again:
+                    pending.append(_submit(pool, again[0], prep, max_pixels))
+                    again.popleft()
+                for items in chunks:  # bounded read-ahead: at most 2 x workers chunks in flight
+                    pending.append(_submit(pool, items, prep, max_pixels))
+                    if len(pending) >= 2 * workers:
+                        break
+                if not pending:
+                    return
+                result = _collect(*pending[0])
+                pending.popleft()
+            except BrokenProcessPool:
+                again = deque([items for items, _, _ in pending] + list(again))
+                pending.clear()
+                pool = _new_pool(workers, pool)
+                if pool is None:
+                    break
+                log.warning("a decode worker process died; decoding its chunk again, item by item")
+                result, pool = _one_by_one(again.popleft(), pool, workers, prep, max_pixels)
+            yield result
+        log.warning(MAIN_GUARD_HINT)
+        yield from decode_in_line(chain(again, chunks), prep, max_pixels)
     finally:
         for _, _, future in pending:  # an early close (an error downstream): drop queued work
             future.cancel()
+
+
+def _submit(pool: ProcessPoolExecutor, items: list[RawItem], prep: Any, max_pixels: int) -> tuple:
+    send = [i for i, item in enumerate(items) if not isinstance(item.payload, BadItem)]
+    return items, send, pool.submit(decode_packed, prep, max_pixels, [items[i].payload for i in send])
+
+
+def _one_by_one(
+    items: list[RawItem], pool: ProcessPoolExecutor, workers: int, prep: Any, max_pixels: int
+) -> tuple[Decoded, ProcessPoolExecutor | None]:
+    """A chunk whose worker died, each item in a call of its own: one that kills the worker again
+    gets WORKER_DIED as its reason, and new workers take over (None: none could start; the rest
+    of the chunk is then decoded in line)."""
+    results: list[np.ndarray | str] = []
+    current: ProcessPoolExecutor | None = pool
+    for item in items:
+        if isinstance(item.payload, BadItem) or current is None:
+            results.append(_decode_one(item, prep, max_pixels))
+            continue
+        try:
+            results.append(current.submit(decode_chunk, prep, max_pixels, [item.payload]).result()[0])
+        except BrokenProcessPool:
+            log.warning("item %s killed its decode worker process; quarantined", item.id)
+            results.append(WORKER_DIED)
+            current = _new_pool(workers, current)
+    return (items, results), current
+
+
+def _new_pool(workers: int, broken: ProcessPoolExecutor) -> ProcessPoolExecutor | None:
+    """A fresh pool in place of ``broken``, or None when its workers cannot start at all."""
+    with _pools_lock:
+        if _pools.get(workers) is broken:
+            del _pools[workers]
+    broken.shutdown(wait=False, cancel_futures=True)
+    pool = shared_pool(workers)
+    try:
+        pool.submit(decode_chunk, None, 0, []).result()  # a no-op: does a worker come up?
+    except BrokenProcessPool:
+        with _pools_lock:
+            _pools.pop(workers, None)
+        pool.shutdown(wait=False, cancel_futures=True)
+        _no_workers.set()
+        return None
+    return pool
 
 
 def _collect(items: list[RawItem], send: list[int], future: Future) -> Decoded:
@@ -90,6 +173,7 @@ def _collect(items: list[RawItem], send: list[int], future: Future) -> Decoded:
 
 _pools: dict[int, ProcessPoolExecutor] = {}
 _pools_lock = threading.Lock()
+_no_workers = threading.Event()  # set once workers could not start in this process
 
 
 def shared_pool(workers: int) -> ProcessPoolExecutor:

@@ -4,6 +4,8 @@ corpora with bad items among the good ones."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -145,3 +147,83 @@ def test_the_model_runs_on_the_cores_the_decode_workers_leave(
         assert torch.get_num_threads() == 5
     finally:
         torch.set_num_threads(before)
+
+
+class CrashOn:
+    """An ImagePreprocessor that kills its process on one payload, as a crash in the image
+    library would (picklable: it goes to the workers)."""
+
+    def __init__(self, payload: bytes) -> None:
+        from aepipe.features.images import ImagePreprocessor
+
+        self.payload, self.prep = payload, ImagePreprocessor(8, 8, 1)
+
+    def __call__(self, payload: bytes, max_pixels: int):
+        if payload == self.payload:
+            import os
+
+            os._exit(3)
+        return self.prep(payload, max_pixels)
+
+
+def test_an_item_that_kills_its_worker_is_quarantined_and_the_rest_decode_in_order(tmp_path, digits_x, caplog):
+    from aepipe.config import CorpusConfig
+    from aepipe.corpus.decode import WORKER_DIED
+    from aepipe.features.images import ImagePreprocessor
+
+    corpus = open_corpus(CorpusConfig(source=str(_parquet(tmp_path, digits_x)), id_column="id"))
+    items = list(corpus.iter_raw())
+    crash = b"CRASH"
+    items[100] = dataclasses.replace(items[100], payload=crash)
+    expected = [
+        WORKER_DIED if i == 100 else x
+        for i, x in enumerate(
+            x for _, c in decode_in_line(chunked(iter(items), 16), ImagePreprocessor(8, 8, 1), 10**6) for x in c
+        )
+    ]
+    with caplog.at_level("WARNING", logger="aepipe.corpus.decode"):
+        work = list(decode_in_workers(chunked(iter(items), 16), CrashOn(crash), 10**6, workers=2))
+    assert [it.pos for chunk, _ in work for it in chunk] == [it.pos for it in items]
+    got = [x for _, c in work for x in c]
+    assert [x if isinstance(x, str) else x.tobytes() for x in got] == [
+        x if isinstance(x, str) else x.tobytes() for x in expected
+    ]
+    assert f"item {items[100].id} killed its decode worker process" in caplog.text
+    # the pool that replaced the dead one keeps working for the next shard
+    assert len(list(decode_in_workers(chunked(iter(items[:40]), 16), ImagePreprocessor(8, 8, 1), 10**6, 2))) == 3
+
+
+def test_a_script_without_a_main_guard_still_encodes_everything(run_copy, tmp_path, digits_x):
+    """Spawned workers run an unguarded script again and die; the run goes on decoding in line,
+    says why once, and writes the same store as decoding in line."""
+    import json
+    import subprocess
+    import sys
+
+    source = _folder(tmp_path, digits_x)
+    overrides = [
+        *run_copy.overrides,
+        f"run_dir={run_copy.run_dir}",
+        f"corpus.source={source}",
+        "corpus.limit=null",
+        "encode.batch_size=32",
+        "encode.rows_per_part=120",  # three shards: workers are not tried again for each
+        "encode.decode_workers=2",
+        "encode.decode_min_items=0",
+    ]
+    script = tmp_path / "encode_my_folder.py"  # no `if __name__ == "__main__":` on purpose
+    script.write_text(
+        "import json, sys\n"
+        "from aepipe.codes.encode import encode_corpus\n"
+        "from aepipe.config import build_config\n"
+        f"encoded = encode_corpus(build_config(overrides=json.loads({json.dumps(json.dumps(overrides))})))\n"
+        "print('encoded', encoded.n_items, encoded.n_quarantined)\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["encoded", str(N_GOOD), "3"]
+    assert proc.stderr.count("decode worker processes could not start") == 1 and "__main__" in proc.stderr
+    store = open_store(RunLayout.at(run_copy.run_dir).store).read(["id", "code"])
+    in_line, _ = _encode(run_copy, source, 0)
+    assert store.column("id").to_pylist() == in_line.column("id").to_pylist()
+    assert store.column("code").to_pylist() == in_line.column("code").to_pylist()
