@@ -144,7 +144,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True, help="a checkout of 3c74c6b (git worktree add PATH 3c74c6b)")
     p.add_argument("--data", default="../shared/datasets/mnist.npz")
     p.add_argument("--items", type=int, default=1_000_000)
-    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--bf16", action="store_true", help="also this tree with encode.autocast=bf16 (opt-in), each round")
     p.add_argument("--threads", type=int, default=2, help="torch threads in each measured process")
     p.add_argument("--out", default="bench-out/encode-vs-issue")
@@ -160,14 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{args.data} not found (see ../shared/datasets/README.md)")
     if not (Path(args.reference) / "aepipe" / "benchmarks" / "large.py").is_file():
         p.error(f"{args.reference} is not a checkout of 3c74c6b (no aepipe/benchmarks/large.py)")
-    if args.pairs < 1:
-        p.error(f"--pairs must be at least 1, got {args.pairs}")
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, got {args.rounds}")
     reference = subprocess.run(
         ["git", "-C", args.reference, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
     prepare(args)
     rows: list[dict[str, Any]] = []
-    for _ in range(args.pairs):
+    for _ in range(args.rounds):
         rows += [{"tree": "reference", **reference_run(args, "run")}, {"tree": "this", **this_run(args, "run")}]
         if args.bf16:
             rows.append({"tree": "this, bf16", **this_run(args, "run", ("--set", "encode.autocast=bf16"))})
