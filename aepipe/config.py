@@ -8,6 +8,7 @@ beside every artifact so a model can be rebuilt from its directory alone.
 from __future__ import annotations
 
 import logging
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -840,12 +841,32 @@ def _linear_path_fits(path: str, model: dict[str, Any], data: dict[str, Any]) ->
     )
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans: only true / false. PyYAML's default (YAML 1.1) also reads
+    on / off / yes / no as booleans, so ``encode.autocast=off`` would arrive as False and fail as
+    "not one of auto, off, bf16, fp16". Boolean settings still take yes / no / on / off (pydantic
+    reads those strings as booleans)."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ConfigLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def load_yaml(text: str) -> Any:
+    """A config's YAML (a file, a preset, one override's value): safe, with YAML 1.2's booleans."""
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_preset(name: str) -> dict[str, Any]:
     """The defaults of a named preset (a YAML shipped in aepipe/presets/)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
     text = resources.files("aepipe.presets").joinpath(f"{name}.yaml").read_text()
-    return yaml.safe_load(text) or {}
+    return load_yaml(text) or {}
 
 
 def format_validation_error(err: ValidationError) -> str:
@@ -890,7 +911,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{item}' conflicts with another override")
         try:
-            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+            node[parts[-1]] = load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"override '{item}': value is not valid YAML ({exc.__class__.__name__})") from None
     return nested
@@ -922,7 +943,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = load_yaml(p.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from aepipe.config import PipelineConfig, build_config, dump_config
+from aepipe.config import PipelineConfig, build_config, dump_config, load_yaml
 from aepipe.files import atomic_write_bytes
 from aepipe.layout import RunLayout
 from aepipe.runlock import command_line, run_lock
@@ -77,7 +77,7 @@ def recorded_config(run_dir: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError:
         log.warning("%s is not valid YAML; starting from the given config", path)
         return None

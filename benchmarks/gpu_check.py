@@ -142,16 +142,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--cpu-threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--out", default="bench-out/gpu-check")
+    # tests: every step of the check with "cpu" where CUDA would be (bf16 on the CPU; N processes
+    # in DDP as N GPUs would be), so that the path a GPU machine takes is exercised where there is none
+    p.add_argument("--rehearse-on-cpu", type=int, default=0, metavar="N", help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
-    n_gpus = cuda_devices()
+    n_gpus = args.rehearse_on_cpu or cuda_devices()
     if not n_gpus:
         print("gpu-check: skipped: no CUDA device (torch.cuda.is_available() is False)")
         return 0
+    accelerator, device = ("cpu", "cpu") if args.rehearse_on_cpu else ("gpu", "cuda")
     import torch
 
     from aepipe.logs import setup_logging
@@ -161,13 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.cpu_threads)
     cpu, _ = timed_run(args, "cpu", ["training.accelerator=cpu", "encode.device=cpu", "encode.autocast=off"])
     gpu_train = [
-        "training.accelerator=gpu",
+        f"training.accelerator={accelerator}",
         f"training.devices={n_gpus}",
         f"training.strategy={'ddp' if n_gpus > 1 else 'auto'}",
         "training.precision=bf16-mixed",
     ]
-    gpu, bf16 = timed_run(args, f"gpu x{n_gpus} bf16", [*gpu_train, "encode.device=cuda", "encode.autocast=bf16"])
-    fp32 = encode_only(args, f"gpu x{n_gpus} bf16", [*gpu_train, "encode.device=cuda", "encode.autocast=off"])
+    name = f"{accelerator} x{n_gpus} bf16"
+    gpu, bf16 = timed_run(args, name, [*gpu_train, f"encode.device={device}", "encode.autocast=bf16"])
+    fp32 = encode_only(args, name, [*gpu_train, f"encode.device={device}", "encode.autocast=off"])
     agree = agreement(bf16, fp32)
     write_results(Path(args.out), [cpu, gpu, {"agreement": agree}], table([cpu, gpu], agree, args, argv))
     return 0

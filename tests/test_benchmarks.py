@@ -247,3 +247,22 @@ def test_newsgroups_validation_never_reads_the_test_rows(tmp_path):
     # --knn-k 0 switches the documents preset's neighbour targets off (it used to leave k=10 on)
     assert load_model(tmp_path / "val" / "runs" / "ae4" / "model").config.training.knn_target is not None
     assert load_model(tmp_path / "test" / "runs" / "ae4" / "model").config.training.knn_target is None
+
+
+def test_gpu_check_rehearsed_on_the_cpu_runs_every_step_and_compares_codes(tmp_path):
+    """The path a machine with two GPUs takes (bf16-mixed DDP training on both, bf16 autocast
+    encode, then fp32 of the same model, agreement of the two code sets, the table), with "cpu"
+    where CUDA would be: no GPU has been lent to this project yet, so this keeps the check runnable."""
+    from benchmarks import gpu_check
+
+    out = tmp_path / "out"
+    argv = ["--rehearse-on-cpu", "2", "--data", str(tmp_path / "absent.npz"), "--items", "600", "--epochs", "1"]
+    assert gpu_check.main([*argv, "--cpu-threads", "1", "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert [r.get("run") for r in rows[:2]] == ["cpu", "cpu x2 bf16"]
+    for r in rows[:2]:
+        assert r["n_items"] == 600 and r["train_s"] > 0 and r["encode_items_per_s"] > 0
+    agree = rows[2]["agreement"]
+    assert 0.95 < agree["mean_cosine"] < 1.0  # bf16 moves codes a little, not at all or a lot
+    assert 0.0 < agree["max_abs_diff_over_std"] < 0.5 and 0.5 < agree["knn10_overlap"] <= 1.0
+    assert "| cpu x2 bf16 | 600 |" in (out / "results.md").read_text()

@@ -214,3 +214,15 @@ def test_config_show_prints_a_preset_and_the_resolved_config(capsys):
     assert "loss: softmax" in capsys.readouterr().out
     assert main(["config", "show", "--set", "model.code_size=7"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["model"]["code_size"] == 7
+
+
+def test_off_on_yes_no_are_words_for_choices_and_still_booleans_for_switches(tmp_path):
+    """YAML 1.1 reads off / on / yes / no as booleans: `encode.autocast=off` arrived as False and
+    was refused as not one of its choices (found by the GPU check's rehearsal on the CPU)."""
+    cfg = build_config(overrides=["encode.autocast=off", "model.batch_norm=no", "model.variational=on"])
+    assert cfg.encode.autocast == "off" and cfg.model.batch_norm is False and cfg.model.variational is True
+    path = tmp_path / "c.yaml"
+    path.write_text("encode:\n  autocast: off\nmodel:\n  batch_norm: yes\n")
+    cfg = load_config(path)
+    assert cfg.encode.autocast == "off" and cfg.model.batch_norm is True
+    assert build_config(overrides=["model.batch_norm=false"]).model.batch_norm is False
