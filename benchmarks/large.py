@@ -434,9 +434,13 @@ def choice_lines(row: dict[str, Any]) -> list[str]:
     return lines
 
 
+def ratio_verdict(ratio: float) -> str:
+    """ "met", or by how much ``ratio`` misses the encode target (>= ENCODE_RATIO_TARGET x)."""
+    return "met" if ratio >= ENCODE_RATIO_TARGET else f"missed by {ENCODE_RATIO_TARGET - ratio:.2f}"
+
+
 def _ratio_line(name: str, ratio: float) -> str:
-    verdict = "met" if ratio >= ENCODE_RATIO_TARGET else f"missed by {ENCODE_RATIO_TARGET - ratio:.2f}"
-    return f"{name}: {ratio:.2f}x (target >= {ENCODE_RATIO_TARGET}x: {verdict})"
+    return f"{name}: {ratio:.2f}x (target >= {ENCODE_RATIO_TARGET}x: {ratio_verdict(ratio)})"
 
 
 def encode_table(rows: Any, lines: list[str]) -> str:
@@ -448,7 +452,7 @@ def encode_table(rows: Any, lines: list[str]) -> str:
     ]
     for r in runs:
         lines.append(
-            f"| {_decoding(r)} | {r['autocast']} | {r['n_items']:,} ({r['n_quarantined']} quarantined) | "
+            f"| {decoding(r)} | {r['autocast']} | {r['n_items']:,} ({r['n_quarantined']} quarantined) | "
             f"{r['encode_s']:.1f} s | {r['encode_items_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} + "
             f"{r['workers_peak_rss_mb']:,.0f} MiB |"
         )
@@ -471,7 +475,7 @@ def encode_table(rows: Any, lines: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _decoding(row: dict[str, Any]) -> str:
+def decoding(row: dict[str, Any]) -> str:
     return "in the reading thread" if row["decode_workers"] == 0 else f"{row['decode_workers']} worker processes"
 
 

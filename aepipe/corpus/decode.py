@@ -42,6 +42,7 @@ MAIN_GUARD_HINT = (
 )
 
 Decoded = tuple[list[RawItem], list[np.ndarray | str]]  # items, and per item its array or the reason it is bad
+Pending = tuple[list[RawItem], list[int], Future]  # a chunk, the positions sent to a worker, their result
 
 
 def decode_chunk(prep: Any, max_pixels: int, payloads: list[Any]) -> list[np.ndarray | str]:
@@ -84,7 +85,7 @@ def decode_in_workers(chunks: Iterable[list[RawItem]], prep: Any, max_pixels: in
         return
     chunks = iter(chunks)
     pool: ProcessPoolExecutor | None = shared_pool(workers)
-    pending: deque[tuple[list[RawItem], list[int], Future]] = deque()
+    pending: deque[Pending] = deque()
     again: deque[list[RawItem]] = deque()  # chunks whose work was lost with a dead worker, in order
     try:
         while pool is not None:
@@ -116,7 +117,7 @@ def decode_in_workers(chunks: Iterable[list[RawItem]], prep: Any, max_pixels: in
             future.cancel()
 
 
-def _submit(pool: ProcessPoolExecutor, items: list[RawItem], prep: Any, max_pixels: int) -> tuple:
+def _submit(pool: ProcessPoolExecutor, items: list[RawItem], prep: Any, max_pixels: int) -> Pending:
     send = [i for i, item in enumerate(items) if not isinstance(item.payload, BadItem)]
     return items, send, pool.submit(decode_packed, prep, max_pixels, [items[i].payload for i in send])
 
