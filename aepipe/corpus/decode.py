@@ -90,13 +90,14 @@ def decode_in_workers(chunks: Iterable[list[RawItem]], prep: Any, max_pixels: in
     try:
         while pool is not None:
             try:
-                while again:
+                while len(pending) < 2 * workers:  # bounded read-ahead: at most 2 x workers chunks in flight
+                    if not again:
+                        items = next(chunks, None)
+                        if items is None:
+                            break
+                        again.append(items)  # held until submitted: submitting to a broken pool raises
                     pending.append(_submit(pool, again[0], prep, max_pixels))
                     again.popleft()
-                for items in chunks:  # bounded read-ahead: at most 2 x workers chunks in flight
-                    pending.append(_submit(pool, items, prep, max_pixels))
-                    if len(pending) >= 2 * workers:
-                        break
                 if not pending:
                     return
                 result = _collect(*pending[0])

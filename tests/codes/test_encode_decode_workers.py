@@ -227,3 +227,43 @@ def test_a_script_without_a_main_guard_still_encodes_everything(run_copy, tmp_pa
     in_line, _ = _encode(run_copy, source, 0)
     assert store.column("id").to_pylist() == in_line.column("id").to_pylist()
     assert store.column("code").to_pylist() == in_line.column("code").to_pylist()
+
+
+def test_a_chunk_read_after_the_pool_broke_is_not_lost(tmp_path, digits_x):
+    """The reader can hand over the next chunk after a worker has died but before its result is
+    collected: submitting it to the broken pool raises, and the chunk must still be decoded (it
+    was dropped once, on CI, where the timing fell that way)."""
+    import time
+    from concurrent.futures.process import BrokenProcessPool
+
+    from aepipe.config import CorpusConfig
+    from aepipe.corpus.decode import WORKER_DIED, decode_chunk, shared_pool
+    from aepipe.features.images import ImagePreprocessor
+
+    corpus = open_corpus(CorpusConfig(source=str(_parquet(tmp_path, digits_x)), id_column="id"))
+    items = list(corpus.iter_raw())[:64]
+    crash = b"CRASH"
+    items[3] = dataclasses.replace(items[3], payload=crash)
+
+    def reader():
+        chunks = chunked(iter(items), 16)
+        yield next(chunks)  # holds the crash item: its worker dies
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # wait until the pool knows (a no-op job is refused)
+            try:
+                shared_pool(2).submit(decode_chunk, None, 0, []).result()
+            except BrokenProcessPool:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the worker that decoded the crash item did not die")
+        yield from chunks
+
+    work = list(decode_in_workers(reader(), CrashOn(crash), 10**6, workers=2))
+    assert [it.pos for chunk, _ in work for it in chunk] == [it.pos for it in items]
+    got = [x for _, c in work for x in c]
+    in_line = [x for _, c in decode_in_line(chunked(iter(items), 16), ImagePreprocessor(8, 8, 1), 10**6) for x in c]
+    expected = [WORKER_DIED if i == 3 else x for i, x in enumerate(in_line)]
+    assert [x if isinstance(x, str) else x.tobytes() for x in got] == [
+        x if isinstance(x, str) else x.tobytes() for x in expected
+    ]
