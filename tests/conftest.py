@@ -14,8 +14,13 @@ import os
 import shutil
 import tempfile
 
-_PREFECT_HOME = tempfile.mkdtemp(prefix="aepipe-tests-prefect-")
-atexit.register(shutil.rmtree, _PREFECT_HOME, True)
+# Processes the tests start (decode workers, DDP ranks, CLI subprocesses) import this module
+# too: they share the test session's Prefect home instead of each leaving one of their own in
+# /tmp (a worker killed on purpose never runs its atexit).
+_PREFECT_HOME = os.environ.get("AEPIPE_TESTS_PREFECT_HOME") or tempfile.mkdtemp(prefix="aepipe-tests-prefect-")
+if "AEPIPE_TESTS_PREFECT_HOME" not in os.environ:
+    os.environ["AEPIPE_TESTS_PREFECT_HOME"] = _PREFECT_HOME
+    atexit.register(shutil.rmtree, _PREFECT_HOME, True)
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
