@@ -4,9 +4,9 @@ Pillow's PNG / JPEG decoders hold the GIL for most of their ~90 us per small ima
 thread slows the reader down rather than helping it; worker processes use the other cores.
 Chunks of raw items go to a process pool and come back in submission order, so ids, positions
 and quarantine entries are exactly those of decoding in line; at most ``2 x workers`` chunks are
-in flight, which bounds memory whatever the corpus size. A chunk comes back as one array (and the
-reasons of its bad items): unpickling a thousand small arrays one by one costs the parent, which
-also runs the model, more than the copy.
+in flight, which bounds memory whatever the corpus size. A chunk comes back as one array of uint8
+pixels (and the reasons of its bad items): unpickling a thousand small arrays one by one, or four
+times the bytes as float32, costs the parent, which also runs the model, more than it saves.
 
 When a worker dies the run goes on. If new workers cannot even start (most often a script that
 calls aepipe without ``if __name__ == "__main__":``, which every spawned worker runs again), the
@@ -25,12 +25,14 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
 import numpy as np
 
 from aepipe.corpus.base import BadItem, RawItem
+from aepipe.features.images import to_unit
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +43,23 @@ MAIN_GUARD_HINT = (
     "(each spawned worker runs the script again), or set encode.decode_workers=0"
 )
 
-Decoded = tuple[list[RawItem], list[np.ndarray | str]]  # items, and per item its array or the reason it is bad
-Pending = tuple[list[RawItem], list[int], Future]  # a chunk, the positions sent to a worker, their result
+Packed = tuple[np.ndarray | None, list[str]]  # the good items' arrays stacked, and per item its reason ("" if good)
+Pending = tuple[list[RawItem], list[int], Future]  # a chunk, the positions sent to a worker, their Packed result
+
+
+@dataclass
+class Decoded:
+    """A chunk of items decoded: per item the reason it is bad ("" for a good one), and the good
+    items' (C, H, W) float32 arrays stacked in order (None when there are none)."""
+
+    items: list[RawItem]
+    reasons: list[str]
+    x: np.ndarray | None
+
+    def per_item(self) -> list[np.ndarray | str]:
+        """Per item its array or its reason."""
+        good = iter(self.x if self.x is not None else ())
+        return [reason or next(good) for reason in self.reasons]
 
 
 def decode_chunk(prep: Any, max_pixels: int, payloads: list[Any]) -> list[np.ndarray | str]:
@@ -57,23 +74,44 @@ def decode_chunk(prep: Any, max_pixels: int, payloads: list[Any]) -> list[np.nda
     return out
 
 
-def decode_packed(prep: Any, max_pixels: int, payloads: list[Any]) -> tuple[np.ndarray | None, list[str]]:
-    """``decode_chunk`` for the trip back from a worker: the good items' arrays stacked in order
-    (None when there are none) and per item its reason, "" for a good one."""
-    results = decode_chunk(prep, max_pixels, payloads)
-    good = [x for x in results if not isinstance(x, str)]
-    return (np.stack(good) if good else None), [x if isinstance(x, str) else "" for x in results]
+def decode_packed(prep: Any, max_pixels: int, payloads: list[Any]) -> Packed:
+    """``decode_chunk`` packed for the trip back from a worker: the good items' arrays stacked in
+    order, as uint8 pixels when every good payload was image bytes (``to_unit`` makes them what
+    ``prep`` gives), else float32; and per item its reason, "" for a good one."""
+    good: list[np.ndarray] = []
+    reasons: list[str] = []
+    for payload in payloads:
+        try:
+            if isinstance(payload, (bytes, bytearray, memoryview)) and hasattr(prep, "pixels"):
+                good.append(prep.pixels(payload, max_pixels))
+            else:
+                good.append(prep(payload, max_pixels))
+            reasons.append("")
+        except BadItem as bad:
+            reasons.append(bad.reason)
+    if len({x.dtype for x in good}) > 1:  # bytes and arrays in one chunk: all as float32
+        good = [to_unit(x) if x.dtype == np.uint8 else x for x in good]
+    return (np.stack(good) if good else None), reasons
 
 
 def decode_in_line(chunks: Iterable[list[RawItem]], prep: Any, max_pixels: int) -> Iterator[Decoded]:
     for items in chunks:
-        yield items, [_decode_one(item, prep, max_pixels) for item in items]
+        send = _to_send(items)
+        yield _unpack(items, send, decode_packed(prep, max_pixels, [items[i].payload for i in send]))
 
 
-def _decode_one(item: RawItem, prep: Any, max_pixels: int) -> np.ndarray | str:
-    if isinstance(item.payload, BadItem):
-        return item.payload.reason
-    return decode_chunk(prep, max_pixels, [item.payload])[0]
+def _to_send(items: list[RawItem]) -> list[int]:
+    """Positions in the chunk of the items to decode (the reader marked the others bad)."""
+    return [i for i, item in enumerate(items) if not isinstance(item.payload, BadItem)]
+
+
+def _unpack(items: list[RawItem], send: list[int], packed: Packed) -> Decoded:
+    stacked, sent_reasons = packed
+    reasons = [item.payload.reason if isinstance(item.payload, BadItem) else "" for item in items]
+    for i, reason in zip(send, sent_reasons):
+        reasons[i] = reason
+    x = None if stacked is None else to_unit(stacked) if stacked.dtype == np.uint8 else stacked
+    return Decoded(items, reasons, x)
 
 
 def decode_in_workers(chunks: Iterable[list[RawItem]], prep: Any, max_pixels: int, workers: int) -> Iterator[Decoded]:
@@ -119,7 +157,7 @@ def decode_in_workers(chunks: Iterable[list[RawItem]], prep: Any, max_pixels: in
 
 
 def _submit(pool: ProcessPoolExecutor, items: list[RawItem], prep: Any, max_pixels: int) -> Pending:
-    send = [i for i, item in enumerate(items) if not isinstance(item.payload, BadItem)]
+    send = _to_send(items)
     return items, send, pool.submit(decode_packed, prep, max_pixels, [items[i].payload for i in send])
 
 
@@ -132,8 +170,11 @@ def _one_by_one(
     results: list[np.ndarray | str] = []
     current: ProcessPoolExecutor | None = pool
     for item in items:
-        if isinstance(item.payload, BadItem) or current is None:
-            results.append(_decode_one(item, prep, max_pixels))
+        if isinstance(item.payload, BadItem):
+            results.append(item.payload.reason)
+            continue
+        if current is None:  # no workers could start: in this process
+            results.append(decode_chunk(prep, max_pixels, [item.payload])[0])
             continue
         try:
             results.append(current.submit(decode_chunk, prep, max_pixels, [item.payload]).result()[0])
@@ -141,7 +182,9 @@ def _one_by_one(
             log.warning("item %s killed its decode worker process; quarantined", item.id)
             results.append(WORKER_DIED)
             current = _new_pool(workers, current)
-    return (items, results), current
+    good = [x for x in results if not isinstance(x, str)]
+    reasons = [x if isinstance(x, str) else "" for x in results]
+    return Decoded(items, reasons, np.stack(good) if good else None), current
 
 
 def _new_pool(workers: int, broken: ProcessPoolExecutor) -> ProcessPoolExecutor | None:
@@ -163,14 +206,7 @@ def _new_pool(workers: int, broken: ProcessPoolExecutor) -> ProcessPoolExecutor 
 
 
 def _collect(items: list[RawItem], send: list[int], future: Future) -> Decoded:
-    results: list[np.ndarray | str] = [
-        item.payload.reason if isinstance(item.payload, BadItem) else "" for item in items
-    ]
-    stacked, reasons = future.result()
-    good = iter(stacked if stacked is not None else ())
-    for i, reason in zip(send, reasons):
-        results[i] = reason or next(good)
-    return items, results
+    return _unpack(items, send, future.result())
 
 
 _pools: dict[int, ProcessPoolExecutor] = {}

@@ -202,25 +202,29 @@ class ImageCorpus:
         else:
             decoded = decode_in_line(chunks, prep, max_pixels)
         ids: list[str] = []
-        xs: list[np.ndarray] = []
         labels: list[str | None] = []
         sources: list[str] = []
         positions: list[int] = []
-        for items, results in decoded:
-            for raw, x in zip(items, results):
-                if isinstance(x, str):
-                    quarantine.add(raw.id, raw.source, x)
+        parts: list[np.ndarray] = []  # the good items' arrays, a chunk's stack at a time
+        for chunk in decoded:
+            for raw, reason in zip(chunk.items, chunk.reasons):
+                if reason:
+                    quarantine.add(raw.id, raw.source, reason)
                     continue
                 ids.append(raw.id)
-                xs.append(x)
                 labels.append(raw.label)
                 sources.append(raw.source)
                 positions.append(raw.pos)
-                if len(ids) == batch_size:
-                    yield ItemBatch(ids, np.stack(xs), labels, sources, positions)
-                    ids, xs, labels, sources, positions = [], [], [], [], []
+            if chunk.x is not None:
+                parts.append(chunk.x)
+            while len(ids) >= batch_size:  # batches of exactly batch_size good items, as before
+                x = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                b = batch_size
+                yield ItemBatch(ids[:b], x[:b], labels[:b], sources[:b], positions[:b])
+                ids, labels, sources, positions = ids[b:], labels[b:], sources[b:], positions[b:]
+                parts = [x[b:]] if len(x) > b else []
         if ids:
-            yield ItemBatch(ids, np.stack(xs), labels, sources, positions)
+            yield ItemBatch(ids, parts[0] if len(parts) == 1 else np.concatenate(parts), labels, sources, positions)
 
     def _arrays_match(self, prep: ImagePreprocessor) -> bool:
         """An in-memory array already at the model's size and channels needs no per-item conversion."""

@@ -56,10 +56,15 @@ class ImagePreprocessor:
     def __call__(self, payload: Any, max_pixels: int = 40_000_000) -> np.ndarray:
         """Raw payload (encoded bytes or array in [0, 1]) -> (C, H, W) float32 in [0, 1]."""
         if isinstance(payload, (bytes, bytearray, memoryview)):
-            return self._from_bytes(bytes(payload), max_pixels)
+            return to_unit(self.pixels(payload, max_pixels))
         if isinstance(payload, str):
             raise BadItem("the image column holds text, not image bytes")
         return self._from_array(payload)
+
+    def pixels(self, payload: bytes | bytearray | memoryview, max_pixels: int = 40_000_000) -> np.ndarray:
+        """Encoded image bytes -> (C, H, W) uint8: what ``__call__`` gives, before ``to_unit``
+        (decode workers send this back, a quarter of the bytes)."""
+        return self._from_bytes(bytes(payload), max_pixels)
 
     def _from_bytes(self, data: bytes, max_pixels: int) -> np.ndarray:
         # JPEG: decode at the smallest DCT scale still at least twice the input size (a 4000x3000
@@ -74,8 +79,11 @@ class ImagePreprocessor:
         if img.mode != mode:
             img = img.convert(mode)
         img = self.fit(img)
-        pixels = np.frombuffer(img.tobytes(), dtype=np.uint8).reshape(img.height, img.width, self.channels)
-        return pixels.astype(np.float32).transpose(2, 0, 1) / 255.0
+        return (
+            np.frombuffer(img.tobytes(), dtype=np.uint8)
+            .reshape(img.height, img.width, self.channels)
+            .transpose(2, 0, 1)
+        )
 
     def _from_array(self, arr: np.ndarray) -> np.ndarray:
         # arr: (H, W) or (H, W, C) in [0, 1]
@@ -113,6 +121,11 @@ class ImagePreprocessor:
         if self.resize == "crop":
             return ImageOps.fit(img, size, method=Image.Resampling.BILINEAR)
         return img.resize(size, Image.Resampling.BILINEAR)
+
+
+def to_unit(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels (one image or a stack) -> float32 in [0, 1]; the same values either way."""
+    return pixels.astype(np.float32) / 255.0
 
 
 def open_image_bytes(data: bytes, max_pixels: int, draft: tuple[int, int] | None = None) -> Image.Image:

@@ -100,13 +100,18 @@ def test_workers_return_chunks_in_order_and_keep_bad_items_in_place(tmp_path, di
     items = list(corpus.iter_raw())
     line = list(decode_in_line(chunked(iter(items), 16), prep, 10**6))
     work = list(decode_in_workers(chunked(iter(items), 16), prep, 10**6, workers=2))
-    assert [[it.pos for it in chunk] for chunk, _ in work] == [[it.pos for it in chunk] for chunk, _ in line]
-    for (_, a), (_, b) in zip(line, work):
-        assert [x if isinstance(x, str) else x.tobytes() for x in a] == [
-            x if isinstance(x, str) else x.tobytes() for x in b
+    assert [[it.pos for it in c.items] for c in work] == [[it.pos for it in c.items] for c in line]
+    for a, b in zip(line, work):
+        assert [x if isinstance(x, str) else x.tobytes() for x in a.per_item()] == [
+            x if isinstance(x, str) else x.tobytes() for x in b.per_item()
         ]
-    flat = [x for _, chunk in work for x in chunk]
+    flat = [x for c in work for x in c.per_item()]
     assert [i for i, x in enumerate(flat) if isinstance(x, str)] == [7, 42, 150, 233]
+    # chunks travel as uint8 pixels; what arrives is, bit for bit, what the preprocessor gives an item
+    for item, x in zip(items, flat):
+        if not isinstance(x, str):
+            want = prep(item.payload, 10**6)
+            assert x.dtype == want.dtype == np.float32 and x.tobytes() == want.tobytes()
     # an early close cancels what is still queued and leaves the pool usable
     gen = decode_in_workers(chunked(iter(items), 16), prep, 10**6, workers=2)
     next(gen)
@@ -178,13 +183,13 @@ def test_an_item_that_kills_its_worker_is_quarantined_and_the_rest_decode_in_ord
     expected = [
         WORKER_DIED if i == 100 else x
         for i, x in enumerate(
-            x for _, c in decode_in_line(chunked(iter(items), 16), ImagePreprocessor(8, 8, 1), 10**6) for x in c
+            x for c in decode_in_line(chunked(iter(items), 16), ImagePreprocessor(8, 8, 1), 10**6) for x in c.per_item()
         )
     ]
     with caplog.at_level("WARNING", logger="aepipe.corpus.decode"):
         work = list(decode_in_workers(chunked(iter(items), 16), CrashOn(crash), 10**6, workers=2))
-    assert [it.pos for chunk, _ in work for it in chunk] == [it.pos for it in items]
-    got = [x for _, c in work for x in c]
+    assert [it.pos for c in work for it in c.items] == [it.pos for it in items]
+    got = [x for c in work for x in c.per_item()]
     assert [x if isinstance(x, str) else x.tobytes() for x in got] == [
         x if isinstance(x, str) else x.tobytes() for x in expected
     ]
@@ -260,9 +265,11 @@ def test_a_chunk_read_after_the_pool_broke_is_not_lost(tmp_path, digits_x):
         yield from chunks
 
     work = list(decode_in_workers(reader(), CrashOn(crash), 10**6, workers=2))
-    assert [it.pos for chunk, _ in work for it in chunk] == [it.pos for it in items]
-    got = [x for _, c in work for x in c]
-    in_line = [x for _, c in decode_in_line(chunked(iter(items), 16), ImagePreprocessor(8, 8, 1), 10**6) for x in c]
+    assert [it.pos for c in work for it in c.items] == [it.pos for it in items]
+    got = [x for c in work for x in c.per_item()]
+    in_line = [
+        x for c in decode_in_line(chunked(iter(items), 16), ImagePreprocessor(8, 8, 1), 10**6) for x in c.per_item()
+    ]
     expected = [WORKER_DIED if i == 3 else x for i, x in enumerate(in_line)]
     assert [x if isinstance(x, str) else x.tobytes() for x in got] == [
         x if isinstance(x, str) else x.tobytes() for x in expected
