@@ -55,6 +55,11 @@ def shard_fingerprints(corpus: Any, shard: Shard) -> pa.Table:
             ids += batch_ids
             fps += ["h:" + hashlib.blake2b(prefix + row.tobytes(), digest_size=16).hexdigest() for row in payloads]
             poss += pos.tolist()
+    elif hasattr(corpus, "payload_slices"):  # image corpora: no item object per row of a Parquet file
+        for pos, batch_ids, payloads in corpus.payload_slices(shard):
+            ids += batch_ids
+            fps += [payload_hash(p) for p in payloads]
+            poss += pos
     else:
         for raw in corpus.iter_raw(shard):
             ids.append(raw.id)

@@ -9,6 +9,7 @@ import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -98,26 +99,41 @@ class ImageCorpus:
             yield RawItem(pos=pos, id=f"{pos:0{width}d}", source=f"{name}[{pos}]", label=label, payload=payload)
 
     def _iter_parquet(self, shard: Shard) -> Iterator[RawItem]:
+        for first, ids, payloads, labels in self._parquet_slices(shard):
+            for p, rid, payload, label in zip(range(first, first + len(ids)), ids, payloads, labels):
+                yield RawItem(pos=p, id=rid, source=f"{self.cfg.source}#row={p}", label=label, payload=payload)
+
+    def _parquet_slices(self, shard: Shard) -> Iterator[tuple[int, list[str], list[bytes | BadItem], list[str | None]]]:
+        """The shard's rows a slice at a time: (position of the first, ids, payloads, labels), a
+        missing id or image as a BadItem payload (a missing id also gets the id ``row-N``)."""
         id_col, img_col, label_col = self.cfg.id_column, self.cfg.images.column, self.cfg.label_column
         cols = [id_col, img_col] + ([label_col] if label_col and self.has_labels else [])
         for first, rows in iter_row_slices(self._dataset, cols, shard):
-            ids = rows[id_col].to_pylist()
-            payloads = _binary_values(rows[img_col])
-            labels = rows[label_col].to_pylist() if label_col and label_col in rows else [None] * len(ids)
-            for p, item_id, payload, label in zip(range(first, first + len(ids)), ids, payloads, labels):
-                rid = str(item_id) if item_id is not None else f"row-{p}"
-                raw = RawItem(
-                    pos=p,
-                    id=rid,
-                    source=f"{self.cfg.source}#row={p}",
-                    label=None if label is None else str(label),
-                    payload=payload,
-                )
-                if item_id is None:
-                    raw.payload = BadItem(f"missing id in column '{id_col}'")
-                elif payload is None:
-                    raw.payload = BadItem(f"missing image bytes in column '{img_col}'")
-                yield raw
+            raw_ids = rows[id_col].to_pylist()
+            ids = [str(i) if i is not None else f"row-{p}" for p, i in enumerate(raw_ids, first)]
+            payloads: list[bytes | BadItem] = [
+                BadItem(f"missing id in column '{id_col}'")
+                if i is None
+                else BadItem(f"missing image bytes in column '{img_col}'")
+                if b is None
+                else b
+                for i, b in zip(raw_ids, _binary_values(rows[img_col]))
+            ]
+            if label_col and label_col in rows:
+                labels = [None if v is None else str(v) for v in rows[label_col].to_pylist()]
+            else:
+                labels = [None] * len(ids)
+            yield first, ids, payloads, labels
+
+    def payload_slices(self, shard: Shard) -> Iterator[tuple[list[int], list[str], list[Any]]]:
+        """(positions, ids, payloads) of ``shard`` a slice at a time, for fingerprints: what
+        ``iter_raw`` gives, without an item object per row for Parquet corpora."""
+        if self.format == "parquet" and self._arrays is None:
+            for first, ids, payloads, _ in self._parquet_slices(shard):
+                yield list(range(first, first + len(ids))), ids, payloads
+            return
+        for chunk in chunked(self.iter_raw(shard), 4096):
+            yield [r.pos for r in chunk], [r.id for r in chunk], [r.payload for r in chunk]
 
     def infer_preprocessor(
         self, features: FeaturesConfig, keep: set[int] | None = None, architecture: str = "dense", seed: int = 0

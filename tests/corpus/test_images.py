@@ -297,6 +297,28 @@ def test_parquet_corpus_shards_respect_row_ranges(parquet_corpus):
     assert got == [[0, 1, 2, 3], [4, 5]]
 
 
+def test_parquet_fingerprints_match_those_of_the_items(parquet_corpus):
+    """Fingerprints of a Parquet image corpus are taken a slice at a time, without an item
+    object per row: the same ids, positions and hashes as from ``iter_raw``, bad rows included,
+    for the whole corpus and for each shard."""
+    from aepipe.corpus.fingerprint import payload_hash, shard_fingerprints
+
+    path, _ = parquet_corpus
+    corpus = open_image_corpus(CorpusConfig(source=str(path)))
+    for shard in [*corpus.shards(100), *corpus.shards(4), *corpus.shards(1)]:
+        raws = list(corpus.iter_raw(shard))
+        got = shard_fingerprints(corpus, shard).to_pydict()
+        assert got == {
+            "id": [r.id for r in raws],
+            "fingerprint": [payload_hash(r.payload) for r in raws],
+            "position": [r.pos for r in raws],
+        }
+    (whole_corpus,) = corpus.shards(100)
+    whole = shard_fingerprints(corpus, whole_corpus).to_pydict()
+    assert whole["id"] == ["p0", "p1", "p2", "p3", "row-4", "p5"]
+    assert len(set(whole["fingerprint"])) == 6  # two bad rows, for different reasons
+
+
 def test_parquet_struct_column_hugging_face_layout(tmp_path):
     arr = np.arange(16, dtype=np.uint8).reshape(4, 4) * 10
     images = pa.array(
