@@ -56,6 +56,12 @@ class Decoded:
     reasons: list[str]
     x: np.ndarray | None
 
+    @classmethod
+    def from_per_item(cls, items: list[RawItem], results: list[np.ndarray | str]) -> Decoded:
+        """From per item its array or its reason (the inverse of ``per_item``)."""
+        good = [x for x in results if not isinstance(x, str)]
+        return cls(items, [x if isinstance(x, str) else "" for x in results], np.stack(good) if good else None)
+
     def per_item(self) -> list[np.ndarray | str]:
         """Per item its array or its reason."""
         good = iter(self.x if self.x is not None else ())
@@ -182,9 +188,7 @@ def _one_by_one(
             log.warning("item %s killed its decode worker process; quarantined", item.id)
             results.append(WORKER_DIED)
             current = _new_pool(workers, current)
-    good = [x for x in results if not isinstance(x, str)]
-    reasons = [x if isinstance(x, str) else "" for x in results]
-    return Decoded(items, reasons, np.stack(good) if good else None), current
+    return Decoded.from_per_item(items, results), current
 
 
 def _new_pool(workers: int, broken: ProcessPoolExecutor) -> ProcessPoolExecutor | None:

@@ -55,7 +55,7 @@ def shard_fingerprints(corpus: Any, shard: Shard) -> pa.Table:
             ids += batch_ids
             fps += ["h:" + hashlib.blake2b(prefix + row.tobytes(), digest_size=16).hexdigest() for row in payloads]
             poss += pos.tolist()
-    elif hasattr(corpus, "payload_slices"):  # image corpora: no item object per row of a Parquet file
+    elif corpus.format == "parquet" and hasattr(corpus, "payload_slices"):  # images: no item object per row
         for pos, batch_ids, payloads in corpus.payload_slices(shard):
             ids += batch_ids
             fps += [payload_hash(p) for p in payloads]

@@ -9,7 +9,6 @@ import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -125,15 +124,11 @@ class ImageCorpus:
                 labels = [None] * len(ids)
             yield first, ids, payloads, labels
 
-    def payload_slices(self, shard: Shard) -> Iterator[tuple[list[int], list[str], list[Any]]]:
-        """(positions, ids, payloads) of ``shard`` a slice at a time, for fingerprints: what
-        ``iter_raw`` gives, without an item object per row for Parquet corpora."""
-        if self.format == "parquet" and self._arrays is None:
-            for first, ids, payloads, _ in self._parquet_slices(shard):
-                yield list(range(first, first + len(ids))), ids, payloads
-            return
-        for chunk in chunked(self.iter_raw(shard), 4096):
-            yield [r.pos for r in chunk], [r.id for r in chunk], [r.payload for r in chunk]
+    def payload_slices(self, shard: Shard) -> Iterator[tuple[list[int], list[str], list[bytes | BadItem]]]:
+        """(positions, ids, payloads) of a Parquet corpus's ``shard`` a slice at a time, for
+        fingerprints: what ``iter_raw`` gives, without an item object per row."""
+        for first, ids, payloads, _ in self._parquet_slices(shard):
+            yield list(range(first, first + len(ids))), ids, payloads
 
     def infer_preprocessor(
         self, features: FeaturesConfig, keep: set[int] | None = None, architecture: str = "dense", seed: int = 0

@@ -64,15 +64,12 @@ class ImagePreprocessor:
     def pixels(self, payload: bytes | bytearray | memoryview, max_pixels: int = 40_000_000) -> np.ndarray:
         """Encoded image bytes -> (C, H, W) uint8: what ``__call__`` gives, before ``to_unit``
         (decode workers send this back, a quarter of the bytes)."""
-        return self._from_bytes(bytes(payload), max_pixels)
-
-    def _from_bytes(self, data: bytes, max_pixels: int) -> np.ndarray:
         # JPEG: decode at the smallest DCT scale still at least twice the input size (a 4000x3000
         # photo for a 64x48 input decodes at 1/8 of its pixels); the resize below still antialiases.
         # Per 28x28 PNG the zlib decode is ~10 us and Pillow's Python around it most of the rest, so
         # the steps that do nothing for an item are skipped (same values either way).
         side = 2 * max(self.height, self.width)
-        img = open_image_bytes(data, max_pixels, draft=(side, side))
+        img = open_image_bytes(bytes(payload), max_pixels, draft=(side, side))
         if may_be_rotated(img):
             img = ImageOps.exif_transpose(img)  # phone photos store their rotation as an EXIF tag
         mode = "L" if self.channels == 1 else "RGB"
