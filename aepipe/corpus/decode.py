@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from aepipe.corpus.base import BadItem, RawItem
-from aepipe.features.images import to_unit
+from aepipe.features.images import stack_pixels, to_unit
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +83,27 @@ def decode_chunk(prep: Any, max_pixels: int, payloads: list[Any]) -> list[np.nda
 def decode_packed(prep: Any, max_pixels: int, payloads: list[Any]) -> Packed:
     """``decode_chunk`` packed for the trip back from a worker: the good items' arrays stacked in
     order, as uint8 pixels when every good payload was image bytes (``to_unit`` makes them what
-    ``prep`` gives), else float32; and per item its reason, "" for a good one."""
-    good: list[np.ndarray] = []
+    ``prep`` gives; ``stack_pixels`` reads them out of Pillow in one go), else float32; and per
+    item its reason, "" for a good one."""
+    images: list[Any] = []  # Pillow images for bytes payloads, float32 arrays for the others
     reasons: list[str] = []
     for payload in payloads:
         try:
-            if isinstance(payload, (bytes, bytearray, memoryview)) and hasattr(prep, "pixels"):
-                good.append(prep.pixels(payload, max_pixels))
+            if isinstance(payload, (bytes, bytearray, memoryview)) and hasattr(prep, "fitted"):
+                images.append(prep.fitted(payload, max_pixels))
             else:
-                good.append(prep(payload, max_pixels))
+                images.append(prep(payload, max_pixels))
             reasons.append("")
         except BadItem as bad:
             reasons.append(bad.reason)
-    if len({x.dtype for x in good}) > 1:  # bytes and arrays in one chunk: all as float32
-        good = [to_unit(x) if x.dtype == np.uint8 else x for x in good]
-    return (np.stack(good) if good else None), reasons
+    if not images:
+        return None, reasons
+    arrays = [x for x in images if isinstance(x, np.ndarray)]
+    if not arrays:
+        return stack_pixels(images, prep.channels), reasons
+    # bytes and arrays in one chunk: all as float32
+    unit = [x if isinstance(x, np.ndarray) else to_unit(stack_pixels([x], prep.channels)[0]) for x in images]
+    return np.stack(unit), reasons
 
 
 def decode_in_line(chunks: Iterable[list[RawItem]], prep: Any, max_pixels: int) -> Iterator[Decoded]:

@@ -20,6 +20,7 @@ from aepipe.config import CorpusConfig, FeaturesConfig, build_config
 from aepipe.corpus import BadItem, Quarantine, Shard, open_corpus, open_image_corpus
 from aepipe.errors import CorpusError
 from aepipe.features import ImagePreprocessor
+from aepipe.features.images import stack_pixels
 from aepipe.layout import RunLayout
 from aepipe.model import build_autoencoder, save_model
 
@@ -218,6 +219,37 @@ def test_preprocessor_rejects_bad_arrays():
         prep(np.full((4, 4), np.nan, np.float32))
     with pytest.raises(BadItem, match="not an image"):
         prep(np.zeros((4, 4, 2), np.float32))
+
+
+def test_stacked_pixels_are_each_image_s_own():
+    rng = np.random.default_rng(3)
+    for mode, channels in (("L", 1), ("RGB", 3)):
+        shape = (5, 7) if channels == 1 else (5, 7, 3)
+        images = [Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode) for _ in range(4)]
+        stacked = stack_pixels(images, channels)
+        assert stacked.shape == (4, channels, 5, 7) and stacked.flags.c_contiguous
+        for img, pixels in zip(images, stacked):
+            np.testing.assert_array_equal(pixels, np.asarray(img).reshape(5, 7, channels).transpose(2, 0, 1))
+
+
+def test_max_pixels_is_the_limit_and_pillow_s_guard_stays_beneath_it(monkeypatch):
+    """An image over Pillow's warning threshold but within corpus.images.max_pixels decodes (the
+    user's limit applies); over twice that threshold Pillow refuses it, quarantined as too large."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400)
+    prep = ImagePreprocessor(4, 4, 1)
+    with pytest.warns(Image.DecompressionBombWarning):
+        assert prep(_png(np.full((20, 30), 7, np.uint8)), 10_000).shape == (1, 4, 4)  # 600 pixels
+    with pytest.raises(BadItem, match="too large"):
+        prep(_png(np.full((30, 30), 7, np.uint8)), 10_000)  # 900 > 2 x 400: Pillow's error
+    with pytest.raises(BadItem, match="too large: 20x15 = 300 pixels > max_pixels 200"):
+        prep(_png(np.full((15, 20), 7, np.uint8)), 200)
+
+
+def test_files_that_only_start_like_png_or_jpeg_are_quarantined_with_a_reason():
+    prep = ImagePreprocessor(4, 4, 1)
+    for fake in (b"\x89PNG\r\n\x1a\n" + b"x" * 64, b"\xff\xd8\xff" + b"y" * 64, _png(np.zeros((9, 9), np.uint8))[:40]):
+        with pytest.raises(BadItem, match="not an image|truncated or corrupt"):
+            prep(fake)
 
 
 def test_folder_limit_and_shards_cover_items_once(image_folder):
