@@ -44,7 +44,8 @@ def api_url_configured() -> bool:
 def session_server(startup_timeout_s: float = 180) -> Iterator[str]:
     """Start ``prefect server start`` on a free loopback port in its own session, wait until it is
     healthy, set PREFECT_API_URL for this process (and the flow runs it starts), yield the URL; stop
-    the server's whole session afterwards. Its log goes to a temporary file named in errors."""
+    the server's whole session afterwards. Its log goes to a temporary file, named in errors and
+    kept when the server failed to start or died on its own; removed after a clean stop."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -54,13 +55,20 @@ def session_server(startup_timeout_s: float = 180) -> Iterator[str]:
     with os.fdopen(fd, "wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
+    healthy = False
     try:
         _wait_until_healthy(url, proc, log_name, startup_timeout_s)
+        healthy = True
         os.environ["PREFECT_API_URL"] = url
         yield url
     finally:
         os.environ.pop("PREFECT_API_URL", None)
+        died = proc.poll() is not None
         _stop_session(proc)
+        if healthy and died:
+            print(f"the Prefect server of this session stopped on its own; its log: {log_name}", file=sys.stderr)
+        elif healthy:
+            Path(log_name).unlink(missing_ok=True)
 
 
 def _wait_until_healthy(url: str, proc: subprocess.Popen, log_name: str, timeout_s: float) -> None:

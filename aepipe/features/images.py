@@ -135,8 +135,9 @@ def stack_pixels(images: Sequence[Image.Image], channels: int) -> np.ndarray:
     return np.ascontiguousarray(stacked.transpose(0, 3, 1, 2))
 
 
-# Formats worth naming to Pillow from a file's first bytes (it then tries no other plugin first);
-# anything else is left to Pillow's own identification.
+# Formats worth naming to Pillow from a file's first bytes (it then tries no other plugin; a file
+# with the signature that is not one is still "not an image"); anything else is left to Pillow's own
+# identification. JPEG alone: its opener itself returns an MPO file where the file is one.
 _SIGNATURES = ((b"\x89PNG\r\n\x1a\n", ["PNG"]), (b"\xff\xd8\xff", ["JPEG"]))
 
 
@@ -144,11 +145,11 @@ def open_image_bytes(data: bytes, max_pixels: int, draft: tuple[int, int] | None
     """Decode fully, or raise BadItem with the reason (empty, not an image, too large, truncated).
     ``draft``: let a JPEG decode at a reduced scale no smaller than this (width, height).
 
-    ``max_pixels`` is checked before the pixels are decoded. Pillow's own guard stays beneath it:
-    an image over twice ``Image.MAX_IMAGE_PIXELS`` raises in ``Image.open`` (quarantined as too
-    large); over ``MAX_IMAGE_PIXELS`` alone it only warns. (That warning is not turned into an
-    error here: a ``warnings.catch_warnings`` per item cost ~10 % of decoding a small PNG, and
-    ``max_pixels``, 40 M by default, is the limit meant to apply.)"""
+    ``max_pixels`` is checked before the pixels are decoded. Pillow's own guard still applies:
+    an image over twice ``Image.MAX_IMAGE_PIXELS`` (~179 M) raises in ``Image.open`` (quarantined
+    as too large) whatever ``max_pixels`` says; over ``MAX_IMAGE_PIXELS`` alone it only warns.
+    That warning is not turned into an error here: ``max_pixels`` (40 M by default) is the limit
+    meant to apply, and a ``warnings.catch_warnings`` per item cost ~10 % of decoding a small PNG."""
     if not data:
         raise BadItem("empty file (0 bytes)")
     formats = next((names for magic, names in _SIGNATURES if data.startswith(magic)), None)

@@ -28,6 +28,8 @@ def _group_alive(pgid: int) -> bool:
 def test_ctrl_c_stops_serve_cleanly(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(tmp_path / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false", OMP_NUM_THREADS="1")
+    env["TMPDIR"] = str(tmp_path / "tmp")  # where the session's server log goes, to see it removed
+    (tmp_path / "tmp").mkdir()
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -60,6 +62,7 @@ def test_ctrl_c_stops_serve_cleanly(tmp_path):
         assert not _group_alive(pgid)
         left = subprocess.run(["pgrep", "-f", "prefect server start"], capture_output=True, text=True).stdout.split()
         assert not set(servers) & set(left), "the session's Prefect server is still running"
+        assert not list((tmp_path / "tmp").glob("aepipe-prefect-server-*.log")), "the server's log was left behind"
     finally:
         if _group_alive(pgid):
             os.killpg(pgid, signal.SIGKILL)
