@@ -247,7 +247,12 @@ def smooth_over_neighbours(inputs: np.ndarray, target: np.ndarray, k: int) -> np
 
 
 def _loader(
-    x: np.ndarray, batch_size: int, shuffle: bool, num_workers: int, target: np.ndarray | None = None
+    x: np.ndarray,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    target: np.ndarray | None = None,
+    drop_last: bool = False,
 ) -> DataLoader:
     tensors = [torch.from_numpy(x)] + ([torch.from_numpy(target)] if target is not None else [])
     return DataLoader(
@@ -256,7 +261,16 @@ def _loader(
         shuffle=shuffle,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        drop_last=drop_last,
     )
+
+
+def drop_single_last_batch(n_train: int, batch_size: int, world_size: int) -> bool:
+    """Whether each process's last training batch would hold exactly one item (under DDP each
+    process gets ceil(n / world_size) items). Batch norm cannot train on one item, so that batch is
+    dropped; the items are shuffled each epoch, so a different item sits out each time."""
+    per_process = math.ceil(n_train / world_size)
+    return per_process > 1 and per_process % batch_size == 1
 
 
 def fit_vocabulary_on_training_items(
@@ -384,7 +398,14 @@ def fit_model(cfg: PipelineConfig) -> TrainResult:
     with timed(f"fit {cfg.model.architecture} autoencoder on {len(split['train'])} items"):
         trainer.fit(
             module,
-            _loader(x[split["train"]], tc.batch_size, True, tc.num_workers, _rows(target, split["train"])),
+            _loader(
+                x[split["train"]],
+                tc.batch_size,
+                True,
+                tc.num_workers,
+                _rows(target, split["train"]),
+                drop_last=drop_single_last_batch(len(split["train"]), tc.batch_size, trainer.world_size),
+            ),
             _loader(x[split["val"]], tc.batch_size * 4, False, tc.num_workers, _rows(target, split["val"]))
             if has_val
             else None,

@@ -16,7 +16,7 @@ from aepipe.config import PipelineConfig, build_config
 from aepipe.errors import CorpusError
 from aepipe.layout import RunLayout
 from aepipe.model import load_model
-from aepipe.model.fit import resolve_loss, split_indices
+from aepipe.model.fit import drop_single_last_batch, resolve_loss, split_indices
 from aepipe.model.saved import model_id_for
 from aepipe.model.train import train_model
 
@@ -132,6 +132,24 @@ def test_training_is_reproducible_with_a_seed(tmp_path):
     a = train_model(build_config(overrides=[*overrides, f"run_dir={tmp_path / 'a'}"]))
     b = train_model(build_config(overrides=[*overrides, f"run_dir={tmp_path / 'b'}"]))
     assert a.model_id == b.model_id
+
+
+def test_a_last_training_batch_of_one_item_is_dropped(tmp_path):
+    """Batch norm cannot train on one item: 2,401 photos at the default batch size ended in a batch
+    of one and the run crashed. That batch is dropped (per process under DDP), no other."""
+    overrides = ["corpus.limit=60", "model.n_layers=1", "model.nodes_per_layer=[8]", "model.code_size=3"]
+    tc = build_config(overrides=overrides).training
+    n_train = len(split_indices(60, tc.val_fraction, tc.test_fraction, tc.seed)["train"])
+    result = train_model(
+        build_config(
+            overrides=[*overrides, "training.max_epochs=1", f"training.batch_size={n_train - 1}", f"run_dir={tmp_path}"]
+        )
+    )
+    assert result.model_id
+    assert drop_single_last_batch(n_train, n_train - 1, 1)
+    assert not drop_single_last_batch(n_train, n_train - 2, 1) and not drop_single_last_batch(n_train, n_train, 1)
+    assert drop_single_last_batch(10, 4, 2) and not drop_single_last_batch(10, 4, 1)  # 5 items a process under DDP
+    assert not drop_single_last_batch(1, 4, 1)  # one item in all: nothing else to train on
 
 
 def test_split_indices_partition_all_items():
