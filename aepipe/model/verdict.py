@@ -88,13 +88,19 @@ def baseline_verdict(
     if not verdict["ae_beats_baseline"]:
         verdict["hints"] = loss_hints(cfg, metrics, recon_win, ret_win, n_parameters, input_shape)
         short = [f"{result} on {m}" for m, result in outcome.items() if result != "won"]
-        kept = " (training did not beat its PCA start, which was kept)" if metrics.get("kept_pca_start") else ""
+        notes = " (training did not beat its PCA start, which was kept)" if metrics.get("kept_pca_start") else ""
+        noise = retrieval.get("noise") if retrieval is not None else None
+        if noise and noise["within_noise"] and outcome.get("precision@10") == "lost":  # say how close it was
+            notes += (
+                f" (precision@10 within noise: {noise['difference']:+.4f} ± {noise['standard_error']:.4f} "
+                f"over {retrieval['n_queries']} queries)"  # type: ignore[index]
+            )
         log.warning(
             "the autoencoder did not beat %s: %s of %s items%s; try: %s",
             name.upper() if name == "lsa" else "PCA",
             " and ".join(short),
             "held-out" if held_out else f"{metrics.get('evaluated_on')} (not held-out)",
-            kept,
+            notes,
             "; ".join(verdict["hints"]),
         )
     return verdict

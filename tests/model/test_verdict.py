@@ -53,6 +53,24 @@ def test_losing_on_retrieval_alone_is_a_loss_with_a_retrieval_hint(caplog):
     assert all(line.startswith("  try: ") for line in lines[1:]) and len(lines) == 1 + len(v["hints"])
 
 
+def test_a_retrieval_loss_within_noise_says_so(caplog):
+    cfg = build_config()
+    noise = {"difference": -0.0038, "standard_error": 0.0051, "within_noise": True}
+    retrieval = {"ae_precision_at_10": 0.152, "baseline_precision_at_10": 0.155, "metric": "l2", "n_queries": 240}
+    with caplog.at_level(logging.WARNING, logger="aepipe"):
+        baseline_verdict(cfg, _metrics(1.0, 2.0), "pca", {**retrieval, "noise": noise}, 1000, (1, 8, 8))
+    assert (
+        "lost on precision@10 of held-out items (precision@10 within noise: -0.0038 ± 0.0051 over 240 queries)"
+        in caplog.text
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="aepipe"):
+        baseline_verdict(
+            cfg, _metrics(1.0, 2.0), "pca", {**retrieval, "noise": {**noise, "within_noise": False}}, 1000, (1, 8, 8)
+        )
+    assert "lost on precision@10 of held-out items; try" in caplog.text and "within noise" not in caplog.text
+
+
 def test_a_tie_is_reported_as_a_tie_not_a_loss(caplog):
     """A kept PCA start gives the AE PCA's codes: equal P@10 is a tie (not a win, not a loss)."""
     cfg = build_config()
