@@ -98,8 +98,7 @@ def decode_packed(prep: Any, max_pixels: int, payloads: list[Any]) -> Packed:
             reasons.append(bad.reason)
     if not images:
         return None, reasons
-    arrays = [x for x in images if isinstance(x, np.ndarray)]
-    if not arrays:
+    if not any(isinstance(x, np.ndarray) for x in images):
         return stack_pixels(images, prep.channels), reasons
     # bytes and arrays in one chunk: all as float32
     unit = [x if isinstance(x, np.ndarray) else to_unit(stack_pixels([x], prep.channels)[0]) for x in images]

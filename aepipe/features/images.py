@@ -167,10 +167,8 @@ def open_image_bytes(data: bytes, max_pixels: int, draft: tuple[int, int] | None
         raise
     except UnidentifiedImageError:
         raise BadItem("not an image (Pillow cannot identify the format)") from None
-    except (
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as exc:  # the warning: made an error by a filter
+    # the warning only when a caller's warnings filter made it an error
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadItem(f"too large: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise BadItem(f"truncated or corrupt image: {exc}") from None

@@ -89,12 +89,9 @@ def baseline_verdict(
         verdict["hints"] = loss_hints(cfg, metrics, recon_win, ret_win, n_parameters, input_shape)
         short = [f"{result} on {m}" for m, result in outcome.items() if result != "won"]
         notes = " (training did not beat its PCA start, which was kept)" if metrics.get("kept_pca_start") else ""
-        noise = retrieval.get("noise") if retrieval is not None else None
-        if noise and noise["within_noise"] and outcome.get("precision@10") == "lost":  # say how close it was
-            notes += (
-                f" (precision@10 within noise: {noise['difference']:+.4f} ± {noise['standard_error']:.4f} "
-                f"over {retrieval['n_queries']} queries)"  # type: ignore[index]
-            )
+        close = within_noise(retrieval) if outcome.get("precision@10") == "lost" else None
+        if close:  # say how close it was
+            notes += f" (precision@10 {close})"
         log.warning(
             "the autoencoder did not beat %s: %s of %s items%s; try: %s",
             name.upper() if name == "lsa" else "PCA",
@@ -114,15 +111,26 @@ def outcome_word(b: dict[str, Any], measure: str) -> str:
     return "won" if b[key] else "lost"
 
 
+def within_noise(retrieval: dict[str, Any] | None) -> str | None:
+    """'within noise: +0.0050 ± 0.0120 over 60 queries' when the paired P@10 difference of a
+    retrieval comparison is within two standard errors, else None (also for comparisons saved
+    before the noise was recorded)."""
+    noise = (retrieval or {}).get("noise")
+    if not noise or not noise["within_noise"]:
+        return None
+    return (
+        f"within noise: {noise['difference']:+.4f} ± {noise['standard_error']:.4f} "
+        f"over {retrieval['n_queries']} queries"  # type: ignore[index]  # noise implies a comparison
+    )
+
+
 def retrieval_outcome(b: dict[str, Any]) -> str:
     """won / tied / lost on precision@10, and when the paired difference is within two standard
     errors: 'won, within noise: +0.0050 ± 0.0120 over 60 queries'."""
     word = outcome_word(b, "precision@10")
-    r, noise = b["retrieval"], b["retrieval"].get("noise")  # verdicts saved before it have none
-    if noise and noise["within_noise"] and word != "tied":
-        word += (
-            f", within noise: {noise['difference']:+.4f} ± {noise['standard_error']:.4f} over {r['n_queries']} queries"
-        )
+    close = within_noise(b["retrieval"])
+    if close and word != "tied":
+        word += f", {close}"
     return word
 
 
